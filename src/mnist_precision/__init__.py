@@ -1,0 +1,1 @@
+"""mnist-precision: single or half precision for deep learning, measured on MNIST."""

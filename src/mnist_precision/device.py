@@ -1,0 +1,37 @@
+"""Resolve the `device` param to a torch device, refusing what cannot work."""
+
+from __future__ import annotations
+
+import torch
+
+
+class DeviceError(RuntimeError):
+    """The requested device or precision is not available on this machine."""
+
+
+def resolve_device(requested: str, precision: str) -> torch.device:
+    """`auto` picks CUDA when available, else the CPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                "device is 'cuda' but PyTorch sees no CUDA GPU on this machine; "
+                "set device: auto (or cpu) in params.yaml, or run with -S device=cpu"
+            )
+        if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise DeviceError(
+                f"precision bf16 needs a GPU with native bfloat16 support; "
+                f"{torch.cuda.get_device_name()} has none: use fp16 or fp32"
+            )
+    return torch.device(requested)
+
+
+def peak_memory_metrics(device: torch.device) -> dict[str, float]:
+    """Peak memory of this process: the CUDA allocator's peak on a GPU,
+    the resident set size on the CPU (which includes the Python runtime)."""
+    if device.type == "cuda":
+        return {"peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    import resource
+
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -1,0 +1,77 @@
+"""The `evaluate` stage: test-set metrics, the confusion matrix, and fp16 storage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import torch  # noqa: E402
+
+from . import paths, tracking  # noqa: E402
+from .atomic import atomic_path, atomic_write_json  # noqa: E402
+from .data import load_split  # noqa: E402
+from .device import resolve_device  # noqa: E402
+from .evaluation import evaluate, fp16_stored_copy, stored_bytes  # noqa: E402
+from .model import CLASSES, build_mlp  # noqa: E402
+from .params import load  # noqa: E402
+from .precision import PrecisionPolicy, use_true_fp32  # noqa: E402
+
+
+def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6, 5))
+    image = axes.imshow(matrix.numpy(), cmap="Blues")
+    for actual in range(CLASSES):
+        for predicted in range(CLASSES):
+            count = int(matrix[actual, predicted])
+            axes.text(predicted, actual, str(count), ha="center", va="center", fontsize=7,
+                      color="white" if count > matrix.max() / 2 else "black")
+    axes.set(xticks=range(CLASSES), yticks=range(CLASSES), xlabel="predicted", ylabel="actual",
+             title=f"MNIST test set, {precision}: accuracy {accuracy:.4f}")
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    params = load(paths.PARAMS)
+    device = resolve_device(params.device, params.precision)
+    use_true_fp32()
+    run_id = json.loads(paths.MLFLOW_RUN.read_text())["run_id"]
+    tracking.configure()
+
+    state = torch.load(paths.MODEL, map_location="cpu", weights_only=True)
+    model = build_mlp(params.train.hidden)
+    model.load_state_dict(state)
+    model.to(device)
+    test = load_split(paths.DATA_DIR, "test", device)
+
+    with tracking.run_scope(run_id=run_id):
+        result = evaluate(model, test, PrecisionPolicy(params.precision, device.type), params.evaluate.batch_size)
+        half, widened = fp16_stored_copy(state)
+        model.load_state_dict(widened)
+        fp16_stored = evaluate(model, test, PrecisionPolicy("fp32", device.type), params.evaluate.batch_size)
+
+        metrics = {
+            "test_accuracy": result.accuracy,
+            "test_loss": result.loss,
+            "model_bytes_fp32": stored_bytes(state),
+            "model_bytes_fp16": stored_bytes(half),
+            "fp16_stored_test_accuracy": fp16_stored.accuracy,
+        }
+        per_class = result.per_class_accuracy(test.labels)
+        mlflow.log_metrics(metrics | {f"test_accuracy_class_{c}": a for c, a in per_class.items()})
+
+        labels = test.labels.cpu()
+        atomic_write_json(paths.EVAL_METRICS, metrics | {"per_class_accuracy": per_class})
+        atomic_write_json(paths.CONFUSION_PLOT, [
+            {"actual": int(a), "predicted": int(p)} for a, p in zip(labels.tolist(), result.predictions.tolist())], indent=None)
+        save_confusion_png(result.confusion(labels), result.accuracy, params.precision, paths.CONFUSION_PNG)
+        mlflow.log_artifact(str(paths.EVAL_METRICS), artifact_path="metrics")
+        mlflow.log_artifact(str(paths.CONFUSION_PNG), artifact_path="plots")

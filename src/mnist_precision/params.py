@@ -1,0 +1,177 @@
+"""Read and validate params.yaml before any work is done.
+
+Every key is checked for type, range and allowed values; an unknown key is an
+error that suggests the nearest known one. Errors name the key, the bad value
+and what is allowed, so the user can fix params.yaml (or the `-S` override)
+without reading code.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or holds a value we refuse."""
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    lr: float
+    hidden: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Params:
+    precision: str
+    seed: int
+    device: str
+    train: TrainParams
+    evaluate: EvaluateParams
+    mlflow_experiment: str
+    raw: dict[str, Any]
+
+    def flat(self) -> dict[str, Any]:
+        """The params as MLflow logs them: nested keys joined with dots."""
+        return flatten(self.raw)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+# The schema: for each key, a checker that returns the cleaned value or raises.
+def _int(minimum: int):
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key} must be an integer, got {value!r}")
+        if value < minimum:
+            raise ParamsError(f"{key} must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    return check
+
+
+def _positive_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ParamsError(f"{key} must be a positive number, got {value!r}")
+    if value != value or value == float("inf"):
+        raise ParamsError(f"{key} must be a finite positive number, got {value!r}")
+    return float(value)
+
+
+def _choice(allowed: tuple[str, ...]):
+    def check(key: str, value: Any) -> str:
+        if value not in allowed:
+            raise ParamsError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+        return value
+
+    return check
+
+
+def _hidden(key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise ParamsError(f"{key} must be a non-empty list of layer widths such as [256], got {value!r}")
+    return tuple(_int(1)(f"{key}[{i}]", width) for i, width in enumerate(value))
+
+
+def _name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ParamsError(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+SCHEMA: dict[str, Any] = {
+    "precision": _choice(PRECISIONS),
+    "seed": _int(0),
+    "device": _choice(DEVICES),
+    "train": {
+        "epochs": _int(1),
+        "batch_size": _int(1),
+        "lr": _positive_float,
+        "hidden": _hidden,
+    },
+    "evaluate": {
+        "batch_size": _int(1),
+    },
+    "mlflow": {
+        "experiment": _name,
+    },
+}
+
+
+def _validate(tree: Any, schema: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    where = prefix.rstrip(".") or "params.yaml"
+    if not isinstance(tree, dict):
+        raise ParamsError(f"{where} must be a mapping of keys to values, got {tree!r}")
+    for key in tree:
+        if key not in schema:
+            near = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""
+            known = ", ".join(f"{prefix}{k}" for k in schema)
+            raise ParamsError(f"unknown key '{prefix}{key}' in params.yaml{hint} (known keys: {known})")
+    clean: dict[str, Any] = {}
+    for key, check in schema.items():
+        name = f"{prefix}{key}"
+        if key not in tree:
+            raise ParamsError(f"params.yaml is missing the key '{name}'")
+        if isinstance(check, dict):
+            clean[key] = _validate(tree[key], check, prefix=f"{name}.")
+        else:
+            clean[key] = check(name, tree[key])
+    return clean
+
+
+def parse(tree: Any) -> Params:
+    """Validate a params mapping (as read from YAML) and return typed params."""
+    clean = _validate(tree, SCHEMA)
+    return Params(
+        precision=clean["precision"],
+        seed=clean["seed"],
+        device=clean["device"],
+        train=TrainParams(**clean["train"]),
+        evaluate=EvaluateParams(**clean["evaluate"]),
+        mlflow_experiment=clean["mlflow"]["experiment"],
+        raw=tree,
+    )
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read params.yaml; syntax errors are reported with the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(
+            f"{path} not found in {Path.cwd()}: run from the project root, where params.yaml lives"
+        ) from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        raise ParamsError(f"{where}: YAML syntax error: {problem}") from None
+    return parse(tree)

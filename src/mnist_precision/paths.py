@@ -1,0 +1,13 @@
+"""Where each stage reads and writes, relative to the repository root (see dvc.yaml)."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+DATA_DIR = Path("data/mnist")
+MODEL = Path("models/model.pt")
+MLFLOW_RUN = Path("models/mlflow_run.json")
+TRAIN_METRICS = Path("metrics/train.json")
+TRAIN_PLOT = Path("plots/train_epochs.json")
+EVAL_METRICS = Path("metrics/evaluate.json")
+CONFUSION_PLOT = Path("plots/confusion.json")
+CONFUSION_PNG = Path("plots/confusion.png")

@@ -1,0 +1,116 @@
+"""MLflow set-up shared by the stages: where the store is, and one run per pipeline.
+
+The store defaults to `sqlite:///<repo root>/mlflow.db` with artifacts in
+`<repo root>/mlartifacts`. The repo root is found even when DVC runs a queued
+experiment in a temporary copy under `<repo>/.dvc/tmp/exps/`, so every
+experiment lands in the user's store rather than in a copy that DVC deletes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# MLflow's own SQLAlchemy mappings trigger this deprecation warning; it is not ours to fix.
+warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is deprecated",
+                        category=DeprecationWarning)
+
+import mlflow  # noqa: E402
+from mlflow.entities import RunStatus  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from .interrupts import Interrupted, sigterm_raises  # noqa: E402
+
+DVC_QUEUE_DIR = (".dvc", "tmp", "exps")
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The user's repository, also from inside one of DVC's temporary experiment copies."""
+    path = Path(start or os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    parts = path.parts
+    for i in range(len(parts) - len(DVC_QUEUE_DIR) + 1):
+        if parts[i:i + len(DVC_QUEUE_DIR)] == DVC_QUEUE_DIR:
+            return Path(*parts[:i])
+    return path
+
+
+@dataclass(frozen=True)
+class Store:
+    uri: str
+    artifact_location: str | None  # for new experiments; None lets a tracking server decide
+
+
+def store(root: Path) -> Store:
+    """MLFLOW_TRACKING_URI when set, else the repository's own SQLite store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return Store(uri, None)
+    return Store(f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri())
+
+
+def configure(root: Path | None = None) -> Store:
+    chosen = store(root or repo_root())
+    mlflow.set_tracking_uri(chosen.uri)  # note: this also exports MLFLOW_TRACKING_URI
+    return chosen
+
+
+def experiment_id(name: str, chosen: Store) -> str:
+    """Get or create the experiment. MLflow fixes the artifact location at
+    creation, so a new experiment gets the store's absolute location."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=chosen.artifact_location)
+    except MlflowException:
+        # Another queued experiment created it a moment ago.
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def run_tags() -> dict[str, str]:
+    tags = {}
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def run_name(precision: str) -> str:
+    return f"{precision}-{os.environ.get('DVC_EXP_NAME') or 'workspace'}"
+
+
+@contextmanager
+def run_scope(**start_run_kwargs) -> Iterator[mlflow.ActiveRun]:
+    """Start (or reopen, with run_id=...) a run and always end it:
+    FINISHED on success, KILLED on SIGINT/SIGTERM, FAILED on any error."""
+    with sigterm_raises():
+        run = mlflow.start_run(**start_run_kwargs)
+        status = RunStatus.to_string(RunStatus.FAILED)
+        try:
+            yield run
+            status = RunStatus.to_string(RunStatus.FINISHED)
+        except (KeyboardInterrupt, Interrupted):
+            status = RunStatus.to_string(RunStatus.KILLED)
+            raise
+        finally:
+            mlflow.end_run(status=status)

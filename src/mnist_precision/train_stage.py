@@ -1,0 +1,91 @@
+"""The `train` stage: train the network under the chosen precision and log it to MLflow."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import mlflow
+import torch
+from mlflow.entities import Metric
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from . import paths, tracking
+from .atomic import atomic_path, atomic_write_json
+from .data import load_split
+from .device import peak_memory_metrics, resolve_device
+from .model import build_mlp
+from .params import load
+from .precision import PrecisionPolicy, use_true_fp32
+from .training import EpochRecord, train
+
+
+def environment_params(device: torch.device) -> dict[str, str]:
+    return {
+        "device_resolved": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "none",
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def main() -> None:
+    params = load(paths.PARAMS)
+    device = resolve_device(params.device, params.precision)
+    use_true_fp32()
+    torch.manual_seed(params.seed)
+    policy = PrecisionPolicy(params.precision, device.type)
+
+    store = tracking.configure()
+    experiment_id = tracking.experiment_id(params.mlflow_experiment, store)
+    data = load_split(paths.DATA_DIR, "train", device)
+    model = build_mlp(params.train.hidden).to(device)
+
+    with tracking.run_scope(experiment_id=experiment_id, run_name=tracking.run_name(params.precision),
+                            tags=tracking.run_tags()) as run:
+        mlflow.log_params(params.flat() | environment_params(device))
+        client = MlflowClient()
+
+        def log_epoch(record: EpochRecord) -> None:
+            values = {"train_loss": record.loss, "train_accuracy": record.accuracy,
+                      "epoch_seconds": record.seconds, "epoch_skipped_steps": record.skipped_steps}
+            now_ms = int(time.time() * 1000)
+            client.log_batch(run.info.run_id, metrics=[
+                Metric(key, float(value), timestamp=now_ms, step=record.epoch) for key, value in values.items()])
+
+        result = train(model, data, policy=policy, epochs=params.train.epochs,
+                       batch_size=params.train.batch_size, lr=params.train.lr,
+                       seed=params.seed, on_epoch=log_epoch)
+
+        metrics = {
+            "train_loss": result.epochs[-1].loss,
+            "train_accuracy": result.epochs[-1].accuracy,
+            "samples_per_s": result.samples_per_s,
+            "train_seconds": result.seconds,
+            **peak_memory_metrics(device),
+        }
+        if result.final_scale is not None:
+            metrics |= {"grad_scale_final": result.final_scale, "skipped_steps": result.skipped_steps}
+        # train_loss and train_accuracy are already logged, per epoch.
+        mlflow.log_metrics({k: v for k, v in metrics.items() if k not in ("train_loss", "train_accuracy")})
+
+        model = model.cpu().eval()
+        with atomic_path(paths.MODEL) as tmp:
+            torch.save(model.state_dict(), tmp)
+        atomic_write_json(paths.TRAIN_METRICS, metrics)
+        atomic_write_json(paths.TRAIN_PLOT, [vars(record) for record in result.epochs])
+        mlflow.log_artifact(str(paths.PARAMS))
+        mlflow.log_artifact(str(paths.TRAIN_METRICS), artifact_path="metrics")
+        mlflow.log_artifact(str(paths.TRAIN_PLOT), artifact_path="plots")
+
+        example = data.images[:2].cpu()
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), model(example).numpy())
+        mlflow.pytorch.log_model(
+            model, name="model", signature=signature, input_example=example.numpy(),
+            # Declared, so MLflow need not infer them (which takes seconds).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+        atomic_write_json(paths.MLFLOW_RUN, {"run_id": run.info.run_id, "experiment_id": experiment_id})

@@ -1,0 +1,7 @@
+"""DVC stage `evaluate` (see dvc.yaml); the work is in mnist_precision.evaluate_stage."""
+
+from mnist_precision.cli import run_stage
+from mnist_precision.evaluate_stage import main
+
+if __name__ == "__main__":
+    run_stage("evaluate", main)

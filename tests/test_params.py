@@ -1,0 +1,100 @@
+"""params.yaml validation: bad values are refused before any work, with the fix named."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from mnist_precision.params import ParamsError, load, parse
+
+DEFAULTS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+def with_value(path: str, value):
+    tree = copy.deepcopy(DEFAULTS)
+    *parents, key = path.split(".")
+    node = tree
+    for parent in parents:
+        node = node[parent]
+    node[key] = value
+    return tree
+
+
+def test_project_params_are_valid_and_typed():
+    params = load(REPO_ROOT / "params.yaml")
+    assert params.precision == "fp32"
+    assert params.device == "auto"
+    assert params.train.batch_size == 64 and params.train.lr == 0.01 and params.train.hidden == (256,)
+    assert params.mlflow_experiment == "mnist-precision"
+    flat = params.flat()
+    assert flat["precision"] == "fp32" and flat["train.batch_size"] == 64 and flat["train.hidden"] == [256]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_every_precision_is_accepted(precision):
+    assert parse(with_value("precision", precision)).precision == precision
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("precision", "fp64", ["precision", "'fp64'", "fp32, fp16, bf16"]),
+        ("device", "tpu", ["device", "'tpu'", "auto, cpu, cuda"]),
+        ("train.batch_size", 0, ["train.batch_size", ">= 1", "0"]),
+        ("train.batch_size", 64.5, ["train.batch_size", "integer", "64.5"]),
+        ("train.epochs", -1, ["train.epochs", ">= 1", "-1"]),
+        ("train.epochs", True, ["train.epochs", "integer", "True"]),
+        ("train.lr", 0, ["train.lr", "positive", "0"]),
+        ("train.lr", "fast", ["train.lr", "positive", "'fast'"]),
+        ("train.hidden", [], ["train.hidden", "[256]"]),
+        ("train.hidden", [256, 0], ["train.hidden[1]", ">= 1"]),
+        ("seed", -3, ["seed", ">= 0"]),
+        ("mlflow.experiment", "", ["mlflow.experiment", "non-empty"]),
+    ],
+)
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, expected):
+    with pytest.raises(ParamsError) as error:
+        parse(with_value(key, value))
+    for fragment in expected:
+        assert fragment in str(error.value)
+
+
+def test_unknown_key_suggests_the_nearest_known_key():
+    tree = with_value("train.batchsize", 32)
+    with pytest.raises(ParamsError, match=r"unknown key 'train.batchsize'.*did you mean 'train.batch_size'"):
+        parse(tree)
+
+
+def test_missing_key_is_named():
+    tree = copy.deepcopy(DEFAULTS)
+    del tree["train"]["lr"]
+    with pytest.raises(ParamsError, match="missing the key 'train.lr'"):
+        parse(tree)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("precision: fp32\ntrain:\n  epochs: [1\n  lr: 0.1\n")
+    with pytest.raises(ParamsError, match=r"params.yaml:\d+:\d+: YAML syntax error"):
+        load(path)
+
+
+def test_missing_file_says_where_to_run(tmp_path):
+    with pytest.raises(ParamsError, match="not found.*run from the project root"):
+        load(tmp_path / "params.yaml")
+
+
+def test_train_stage_refuses_bad_params_before_any_work(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("precision", "fp8")))
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "train: error: precision must be one of fp32, fp16, bf16; got 'fp8'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no store, no outputs

@@ -1,0 +1,160 @@
+"""The user's workflow, end to end: the real `dvc` CLI and a real MLflow store on real MNIST.
+
+The project is copied into a temporary git repository; MNIST comes over HTTP
+from 127.0.0.1 (the offline copy beside the checkout) or, where that copy is
+absent, from the public mirrors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+MIN_TEST_ACCURACY = 0.90  # one epoch of the reference recipe reaches about 0.91
+
+
+@dataclass
+class Project:
+    root: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        result = subprocess.run(args, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def json(self, relative: str):
+        return json.loads((self.root / relative).read_text())
+
+    def mlflow_runs(self):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("mnist-precision")
+        return client, experiment, client.search_runs([experiment.experiment_id])
+
+
+def project_files() -> list[str]:
+    """What a clone of the project holds: tracked files, and new ones git does not ignore."""
+    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    return [name for name in listing.split("\0") if name and (REPO_ROOT / name).is_file()]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mnist_mirror) -> Project:
+    root = tmp_path_factory.mktemp("project")
+    for name in project_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MNIST_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env |= {"GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@localhost",
+            "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@localhost"}
+    if mnist_mirror:
+        env["MNIST_MIRROR"] = mnist_mirror
+    project = Project(root, env)
+    project.run("git", "init", "-q", "-b", "main")
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-q", "-m", "project")
+    return project
+
+
+def assert_evaluated(project: Project, precision: str) -> None:
+    train = project.json("metrics/train.json")
+    evaluate = project.json("metrics/evaluate.json")
+    assert train["samples_per_s"] > 0 and train["train_loss"] > 0
+    assert evaluate["test_accuracy"] >= MIN_TEST_ACCURACY, evaluate
+    assert evaluate["model_bytes_fp16"] < 0.55 * evaluate["model_bytes_fp32"]
+    assert abs(evaluate["fp16_stored_test_accuracy"] - evaluate["test_accuracy"]) < 0.005
+    assert len(evaluate["per_class_accuracy"]) == 10
+    assert ("grad_scale_final" in train) == (precision == "fp16")
+    assert len(project.json("plots/train_epochs.json")) == 1
+    assert len(project.json("plots/confusion.json")) == 10_000
+    assert (project.root / "plots/confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_repro_then_fp16_experiment(project):
+    project.run("dvc", "repro")
+    lock = yaml.safe_load((project.root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"download", "train", "evaluate"}
+    assert lock["stages"]["train"]["params"]["params.yaml"]["precision"] == "fp32"
+    assert_evaluated(project, "fp32")
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-q", "-m", "fp32 baseline")
+
+    out = project.run("dvc", "exp", "run", "-S", "precision=fp16").stdout
+    assert "Stage 'download' didn't change, skipping" in out  # precision is not a download param
+    assert_evaluated(project, "fp16")
+
+    client, experiment, runs = project.mlflow_runs()
+    assert experiment.artifact_location == (project.root / "mlartifacts").as_uri()
+    by_precision = {run.data.params["precision"]: run for run in runs}
+    assert sorted(by_precision) == ["fp16", "fp32"] and len(runs) == 2
+    for precision, run in by_precision.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.params["device_resolved"] == "cpu"
+        assert run.data.params["train.batch_size"] == "64"
+        assert run.data.metrics["test_accuracy"] >= MIN_TEST_ACCURACY
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]
+        assert run.data.tags["git_commit"]
+        models = client.search_logged_models([experiment.experiment_id],
+                                             filter_string=f"source_run_id = '{run.info.run_id}'")
+        assert [m.name for m in models] == ["model"]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"params.yaml", "metrics", "plots"} <= artifacts
+    assert by_precision["fp32"].info.run_name == "fp32-workspace"
+    exp_name = by_precision["fp16"].data.tags["dvc.exp_name"]
+    assert by_precision["fp16"].info.run_name == f"fp16-{exp_name}"
+    assert by_precision["fp16"].data.tags["dvc.baseline_rev"]
+
+    out = project.run("dvc", "repro").stdout
+    assert "Data and pipelines are up to date." in out
+
+
+def wait_for_queue(project: Project, timeout: float = 600) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = project.run("dvc", "queue", "status").stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        time.sleep(3)
+    pytest.fail(f"the DVC queue did not finish in {timeout} s:\n{status}")
+
+
+def test_queued_experiments_land_in_the_repository_store(project):
+    # seed=1: new params, so DVC's run cache cannot stand in for a real run.
+    for precision in ("fp32", "fp16"):
+        project.run("dvc", "exp", "run", "--queue", "-S", f"precision={precision}", "-S", "seed=1")
+    project.run("dvc", "queue", "start")
+    status = wait_for_queue(project)
+    assert status.count("Success") == 2, status
+
+    client, _, runs = project.mlflow_runs()
+    queued = [run for run in runs if run.data.params["seed"] == "1"]
+    assert sorted(run.data.params["precision"] for run in queued) == ["fp16", "fp32"]
+    for run in queued:
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == f"{run.data.params['precision']}-{run.data.tags['dvc.exp_name']}"
+        assert run.data.metrics["test_accuracy"] >= MIN_TEST_ACCURACY
+        # The artifacts survive DVC deleting its temporary copy of the repository.
+        assert run.info.artifact_uri.startswith((project.root / "mlartifacts").as_uri())
+        assert Path(run.info.artifact_uri.removeprefix("file://"), "params.yaml").is_file()
+    project.run("dvc", "queue", "stop")

@@ -1,0 +1,62 @@
+"""The training loop on a small learnable problem: it learns, repeats, and stops on divergence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnist_precision.data import Split
+from mnist_precision.model import build_mlp
+from mnist_precision.precision import PrecisionPolicy
+from mnist_precision.training import DivergenceError, train
+
+
+def toy_split(n: int = 512) -> Split:
+    """Ten well-separated classes in 784 dimensions."""
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 10, (n,), generator=generator)
+    centers = torch.randn(10, 784, generator=generator)
+    return Split(images=centers[labels] + 0.5 * torch.randn(n, 784, generator=generator), labels=labels)
+
+
+def run(precision: str, **overrides):
+    torch.manual_seed(0)
+    model = build_mlp([32])
+    settings = dict(epochs=3, batch_size=64, lr=0.01, seed=0) | overrides
+    result = train(model, toy_split(), policy=PrecisionPolicy(precision, "cpu"), **settings)
+    return model, result
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_every_precision_learns(precision):
+    _, result = run(precision)
+    assert len(result.epochs) == 3
+    assert result.epochs[-1].loss < result.epochs[0].loss
+    assert result.epochs[-1].accuracy > 0.9
+    assert result.samples == 3 * 512 and result.samples_per_s > 0
+    assert (result.final_scale is not None) == (precision == "fp16")
+
+
+def test_fp32_on_cpu_is_bitwise_repeatable():
+    first, a = run("fp32")
+    second, b = run("fp32")
+    assert [e.loss for e in a.epochs] == [e.loss for e in b.epochs]
+    for p, q in zip(first.parameters(), second.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_the_seed_changes_the_batch_order():
+    _, a = run("fp32", seed=0)
+    _, b = run("fp32", seed=1)
+    assert a.epochs[0].loss != b.epochs[0].loss
+
+
+def test_divergence_stops_training_with_a_clear_error():
+    with pytest.raises(DivergenceError, match=r"training diverged: the loss became (nan|inf) at step \d+ .*lower train.lr"):
+        run("fp32", lr=1e30)
+
+
+def test_fp16_overflow_is_skipped_and_counted_not_fatal():
+    _, result = run("fp16", lr=1e30)
+    assert result.skipped_steps > 0
+    assert result.skipped_steps == sum(e.skipped_steps for e in result.epochs)
