@@ -5,21 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from .device import DeviceError
-from .download import DownloadError
-from .idx import IdxError
+from .errors import UserError
 from .interrupts import Interrupted
-from .params import ParamsError
-from .training import DivergenceError
-
-# Failures whose message already names the cause and the fix: no traceback.
-USER_ERRORS = (ParamsError, DeviceError, DownloadError, DivergenceError, IdxError, FileNotFoundError)
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
     try:
         main()
-    except USER_ERRORS as error:
+    except UserError as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

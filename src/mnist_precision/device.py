@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(UserError, RuntimeError):
     """The requested device or precision is not available on this machine."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .atomic import atomic_write_bytes
+from .errors import UserError
 
 # The public mirrors torchvision's MNIST dataset uses, in its order.
 DEFAULT_MIRRORS = (
@@ -43,7 +44,7 @@ ALLOWED_SCHEMES = ("http", "https", "file")
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """No mirror delivered a verified copy of a file."""
 
 

@@ -43,14 +43,14 @@ def main() -> None:
     params = load(paths.PARAMS)
     device = resolve_device(params.device, params.precision)
     use_true_fp32()
-    run_id = json.loads(paths.MLFLOW_RUN.read_text())["run_id"]
+    run_id = json.loads(paths.require(paths.MLFLOW_RUN, "train").read_text())["run_id"]
     tracking.configure()
 
-    state = torch.load(paths.MODEL, map_location="cpu", weights_only=True)
+    state = torch.load(paths.require(paths.MODEL, "train"), map_location="cpu", weights_only=True)
     model = build_mlp(params.train.hidden)
     model.load_state_dict(state)
     model.to(device)
-    test = load_split(paths.DATA_DIR, "test", device)
+    test = load_split(paths.require(paths.DATA_DIR, "download"), "test", device)
 
     with tracking.run_scope(run_id=run_id):
         result = evaluate(model, test, PrecisionPolicy(params.precision, device.type), params.evaluate.batch_size)

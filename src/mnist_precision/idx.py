@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 UBYTE = 0x08
 
 
-class IdxError(ValueError):
+class IdxError(UserError, ValueError):
     """The bytes are not a well-formed IDX file of unsigned bytes."""
 
 

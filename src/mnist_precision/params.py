@@ -15,11 +15,13 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml is missing, unreadable or holds a value we refuse."""
 
 

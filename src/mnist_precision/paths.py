@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from .errors import UserError
+
 PARAMS = Path("params.yaml")
 DATA_DIR = Path("data/mnist")
 MODEL = Path("models/model.pt")
@@ -11,3 +13,15 @@ TRAIN_PLOT = Path("plots/train_epochs.json")
 EVAL_METRICS = Path("metrics/evaluate.json")
 CONFUSION_PLOT = Path("plots/confusion.json")
 CONFUSION_PNG = Path("plots/confusion.png")
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A stage's input is missing: the stage that makes it has not run."""
+
+
+def require(path: Path, produced_by: str) -> Path:
+    if not path.exists():
+        raise MissingInputError(
+            f"{path} is missing; the '{produced_by}' stage writes it: run `dvc repro {produced_by}` first"
+        )
+    return path

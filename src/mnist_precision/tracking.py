@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ import mlflow  # noqa: E402
 from mlflow.entities import RunStatus  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
+from .errors import UserError  # noqa: E402
 from .interrupts import Interrupted, sigterm_raises  # noqa: E402
 
 DVC_QUEUE_DIR = (".dvc", "tmp", "exps")
@@ -53,8 +56,28 @@ def store(root: Path) -> Store:
     return Store(f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri())
 
 
+class TrackingError(UserError):
+    """The MLflow store cannot be reached, or lacks the run a stage needs."""
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a tracking server that is down, instead of after MLflow's
+    minutes of retries (or, worse, after training)."""
+    if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as error:
+        raise TrackingError(
+            f"the MLflow tracking server at MLFLOW_TRACKING_URI={uri} is not reachable ({error}); "
+            "start it, or unset MLFLOW_TRACKING_URI to use the repository's own store"
+        ) from None
+
+
 def configure(root: Path | None = None) -> Store:
     chosen = store(root or repo_root())
+    check_reachable(chosen.uri)
     mlflow.set_tracking_uri(chosen.uri)  # note: this also exports MLFLOW_TRACKING_URI
     return chosen
 
@@ -104,7 +127,11 @@ def run_scope(**start_run_kwargs) -> Iterator[mlflow.ActiveRun]:
     """Start (or reopen, with run_id=...) a run and always end it:
     FINISHED on success, KILLED on SIGINT/SIGTERM, FAILED on any error."""
     with sigterm_raises():
-        run = mlflow.start_run(**start_run_kwargs)
+        try:
+            run = mlflow.start_run(**start_run_kwargs)
+        except MlflowException as error:
+            raise TrackingError(f"cannot start the MLflow run in {mlflow.get_tracking_uri()}: {error.message}; "
+                                "if the store was reset, rerun training with `dvc repro -f train`") from None
         status = RunStatus.to_string(RunStatus.FAILED)
         try:
             yield run

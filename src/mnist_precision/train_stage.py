@@ -18,7 +18,7 @@ from .device import peak_memory_metrics, resolve_device
 from .model import build_mlp
 from .params import load
 from .precision import PrecisionPolicy, use_true_fp32
-from .training import EpochRecord, train
+from .training import DivergenceError, EpochRecord, train
 
 
 def environment_params(device: torch.device) -> dict[str, str]:
@@ -40,7 +40,7 @@ def main() -> None:
 
     store = tracking.configure()
     experiment_id = tracking.experiment_id(params.mlflow_experiment, store)
-    data = load_split(paths.DATA_DIR, "train", device)
+    data = load_split(paths.require(paths.DATA_DIR, "download"), "train", device)
     model = build_mlp(params.train.hidden).to(device)
 
     with tracking.run_scope(experiment_id=experiment_id, run_name=tracking.run_name(params.precision),
@@ -55,9 +55,13 @@ def main() -> None:
             client.log_batch(run.info.run_id, metrics=[
                 Metric(key, float(value), timestamp=now_ms, step=record.epoch) for key, value in values.items()])
 
-        result = train(model, data, policy=policy, epochs=params.train.epochs,
-                       batch_size=params.train.batch_size, lr=params.train.lr,
-                       seed=params.seed, on_epoch=log_epoch)
+        try:
+            result = train(model, data, policy=policy, epochs=params.train.epochs,
+                           batch_size=params.train.batch_size, lr=params.train.lr,
+                           seed=params.seed, on_epoch=log_epoch)
+        except DivergenceError as error:
+            mlflow.set_tags({"failure": str(error), "diverged_at_epoch": error.epoch, "diverged_at_step": error.step})
+            raise
 
         metrics = {
             "train_loss": result.epochs[-1].loss,

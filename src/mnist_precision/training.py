@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import Split, shuffled_batches
+from .errors import UserError
 from .precision import PrecisionPolicy
 
 # How often (in steps) the loop waits for the device to report the loss:
@@ -20,7 +21,7 @@ from .precision import PrecisionPolicy
 SYNC_EVERY = 50
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(UserError, RuntimeError):
     def __init__(self, epoch: int, step: int, loss: float):
         super().__init__(
             f"training diverged: the loss became {loss} at step {step} (epoch {epoch}); "
