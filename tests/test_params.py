@@ -55,6 +55,7 @@ def test_every_precision_is_accepted(precision):
         ("train.hidden", [], ["train.hidden", "[256]"]),
         ("train.hidden", [256, 0], ["train.hidden[1]", ">= 1"]),
         ("seed", -3, ["seed", ">= 0"]),
+        ("train.compile", "yes", ["train.compile", "true or false", "'yes'"]),
         ("mlflow.experiment", "", ["mlflow.experiment", "non-empty"]),
     ],
 )

@@ -39,7 +39,11 @@ def load_split(data_dir: str | Path, split: str, device: torch.device | str = "c
 
 
 def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of batches in the generator's order; the last batch may be short."""
+    """One epoch of batches in the generator's order; the last batch may be short.
+
+    Each batch is gathered by index: measured here, 938 gathers of 64 rows
+    cost less than permuting the whole 188 MB set once per epoch.
+    """
     order = torch.randperm(len(split), generator=generator, device=generator.device)
     for start in range(0, len(split), batch_size):
         index = order[start:start + batch_size]

@@ -31,6 +31,7 @@ class TrainParams:
     batch_size: int
     lr: float
     hidden: tuple[int, ...]
+    compile: bool
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,12 @@ def _hidden(key: str, value: Any) -> tuple[int, ...]:
     return tuple(_int(1)(f"{key}[{i}]", width) for i, width in enumerate(value))
 
 
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ParamsError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def _name(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ParamsError(f"{key} must be a non-empty string, got {value!r}")
@@ -114,6 +121,7 @@ SCHEMA: dict[str, Any] = {
         "batch_size": _int(1),
         "lr": _positive_float,
         "hidden": _hidden,
+        "compile": _bool,
     },
     "evaluate": {
         "batch_size": _int(1),

@@ -31,6 +31,18 @@ def environment_params(device: torch.device) -> dict[str, str]:
     }
 
 
+def log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
+    """Log the model to the active run, with a signature and a 2-row input
+    example (MLflow's default pt2 format exports the model with it)."""
+    with torch.no_grad():
+        signature = infer_signature(example.numpy(), model(example).numpy())
+    mlflow.pytorch.log_model(
+        model, name="model", signature=signature, input_example=example.numpy(),
+        # Declared, so MLflow need not infer them (which takes seconds).
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+
+
 def main() -> None:
     params = load(paths.PARAMS)
     device = resolve_device(params.device, params.precision)
@@ -58,7 +70,7 @@ def main() -> None:
         try:
             result = train(model, data, policy=policy, epochs=params.train.epochs,
                            batch_size=params.train.batch_size, lr=params.train.lr,
-                           seed=params.seed, on_epoch=log_epoch)
+                           seed=params.seed, compile=params.train.compile, on_epoch=log_epoch)
         except DivergenceError as error:
             mlflow.set_tags({"failure": str(error), "diverged_at_epoch": error.epoch, "diverged_at_step": error.step})
             raise
@@ -84,12 +96,5 @@ def main() -> None:
         mlflow.log_artifact(str(paths.TRAIN_METRICS), artifact_path="metrics")
         mlflow.log_artifact(str(paths.TRAIN_PLOT), artifact_path="plots")
 
-        example = data.images[:2].cpu()
-        with torch.no_grad():
-            signature = infer_signature(example.numpy(), model(example).numpy())
-        mlflow.pytorch.log_model(
-            model, name="model", signature=signature, input_example=example.numpy(),
-            # Declared, so MLflow need not infer them (which takes seconds).
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+        log_model(model, data.images[:2].cpu())
         atomic_write_json(paths.MLFLOW_RUN, {"run_id": run.info.run_id, "experiment_id": experiment_id})

@@ -1,0 +1,70 @@
+"""Where the train stage's time goes outside the training loop, phase by phase.
+
+    python benchmarks/stage_profile.py      # needs data/mnist (dvc repro download)
+
+Runs the same calls as the train stage, in the same order, in a temporary
+directory with a fresh MLflow store, then again against that existing store,
+and prints the seconds of each phase. The training loop itself is left out:
+that is what train_speed.py measures.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+started = last = time.perf_counter()
+phases: list[tuple[str, float]] = []
+
+
+def lap(name: str) -> None:
+    global last
+    now = time.perf_counter()
+    phases.append((name, now - last))
+    last = now
+
+
+import mlflow  # noqa: E402
+import torch  # noqa: E402
+
+lap("import torch, mlflow")
+
+from mnist_precision import paths, tracking  # noqa: E402
+from mnist_precision.data import load_split  # noqa: E402
+from mnist_precision.model import build_mlp  # noqa: E402
+from mnist_precision.train_stage import log_model  # noqa: E402
+from mnist_precision.training import TrainStep  # noqa: E402
+from mnist_precision.precision import PrecisionPolicy  # noqa: E402
+
+lap("import the project (mlflow.pytorch, mlflow.models, tqdm)")
+
+
+def main() -> None:
+    data_dir = (Path(__file__).resolve().parents[1] / paths.DATA_DIR).resolve()
+    model = build_mlp([256])
+    TrainStep(model, PrecisionPolicy("fp32", "cpu"), lr=0.01)
+    lap("first torch.optim optimizer (imports torch._dynamo)")
+    with tempfile.TemporaryDirectory() as work:
+        os.chdir(work)
+        for store_state in ("fresh", "existing"):
+            store = tracking.configure(Path(work))
+            experiment_id = tracking.experiment_id("profile", store)
+            lap(f"{store_state} store: open it, get or create the experiment")
+            data = load_split(data_dir, "train")
+            lap(f"{store_state} store: load MNIST as tensors")
+            with tracking.run_scope(experiment_id=experiment_id):
+                mlflow.log_params({"precision": "fp32"})
+                lap(f"{store_state} store: start the run, log params")
+                log_model(model.eval(), data.images[:2])
+                lap(f"{store_state} store: log the model (pt2, torch.export)")
+            lap(f"{store_state} store: end the run")
+    width = max(len(name) for name, _ in phases)
+    for name, seconds in phases:
+        print(f"{name:<{width}}  {seconds:6.2f} s")
+    print(f"{'total':<{width}}  {time.perf_counter() - started:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
