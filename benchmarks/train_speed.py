@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import yaml
 
 from mnist_precision import paths
 from mnist_precision.data import MEAN, STD, Split, load_split, shuffled_batches
-from mnist_precision.device import resolve_device
+from mnist_precision.device import device_name, resolve_device
 from mnist_precision.download import download_mnist
 from mnist_precision.model import build_mlp
 from mnist_precision.precision import AUTOCAST_DTYPES, PrecisionPolicy, use_true_fp32
@@ -255,14 +254,8 @@ def time_imports() -> float:
 
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+        return f"{device_name(device)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
+    return f"{device_name(device)}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def markdown(rows: list[dict], ceilings: dict[str, float]) -> str:

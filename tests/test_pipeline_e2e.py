@@ -7,74 +7,21 @@ absent, from the public mirrors.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import Project, make_project, wait_for_queue
 
 pytestmark = pytest.mark.e2e
-
-MIN_TEST_ACCURACY = 0.90  # one epoch of the reference recipe reaches about 0.91
-
-
-@dataclass
-class Project:
-    root: Path
-    env: dict[str, str]
-
-    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        result = subprocess.run(args, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-        return result
-
-    def json(self, relative: str):
-        return json.loads((self.root / relative).read_text())
-
-    def mlflow_runs(self):
-        from mlflow import MlflowClient
-
-        client = MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name("mnist-precision")
-        return client, experiment, client.search_runs([experiment.experiment_id])
-
-
-def project_files() -> list[str]:
-    """What a clone of the project holds: tracked files, and new ones git does not ignore."""
-    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-    return [name for name in listing.split("\0") if name and (REPO_ROOT / name).is_file()]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, mnist_mirror) -> Project:
-    root = tmp_path_factory.mktemp("project")
-    for name in project_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"]["epochs"] = 1
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return make_project(tmp_path_factory.mktemp("project"), mnist_mirror)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MNIST_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env |= {"GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@localhost",
-            "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@localhost"}
-    if mnist_mirror:
-        env["MNIST_MIRROR"] = mnist_mirror
-    project = Project(root, env)
-    project.run("git", "init", "-q", "-b", "main")
-    project.run("git", "add", "-A")
-    project.run("git", "commit", "-q", "-m", "project")
-    return project
+MIN_TEST_ACCURACY = 0.90  # one epoch of the reference recipe reaches about 0.91
 
 
 def assert_evaluated(project: Project, precision: str) -> None:
@@ -127,16 +74,6 @@ def test_repro_then_fp16_experiment(project):
 
     out = project.run("dvc", "repro").stdout
     assert "Data and pipelines are up to date." in out
-
-
-def wait_for_queue(project: Project, timeout: float = 600) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = project.run("dvc", "queue", "status").stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            return status
-        time.sleep(3)
-    pytest.fail(f"the DVC queue did not finish in {timeout} s:\n{status}")
 
 
 def test_queued_experiments_land_in_the_repository_store(project):

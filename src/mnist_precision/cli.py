@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -21,3 +22,14 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     except Interrupted as stop:
         print(f"{name}: stopped: {stop}", file=sys.stderr)
         sys.exit(143)
+
+
+def main() -> None:
+    """`mnist-precision report [...]`: the commands beside the DVC stages."""
+    parser = argparse.ArgumentParser(prog="mnist-precision")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser("report", add_help=False, help="compare the precisions across seeds (--help for options)")
+    args, rest = parser.parse_known_args()
+    from .report import main as report
+
+    run_stage(args.command, lambda: report(rest))

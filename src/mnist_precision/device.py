@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from .errors import UserError
@@ -27,6 +29,17 @@ def resolve_device(requested: str, precision: str) -> torch.device:
                 f"{torch.cuda.get_device_name()} has none: use fp16 or fp32"
             )
     return torch.device(requested)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name as /proc/cpuinfo gives it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def peak_memory_metrics(device: torch.device) -> dict[str, float]:

@@ -8,6 +8,7 @@ experiment lands in the user's store rather than in a copy that DVC deletes.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import urllib.parse
@@ -46,6 +47,28 @@ def repo_root(start: str | Path | None = None) -> Path:
 class Store:
     uri: str
     artifact_location: str | None  # for new experiments; None lets a tracking server decide
+    lock: Path | None = None  # serializes creating the store and the experiment
+
+    @contextmanager
+    def creating(self) -> Iterator[None]:
+        """Hold the store's lock while it may be created: two experiments that
+        start together on a fresh SQLite file would both run MLflow's schema
+        migrations and fail."""
+        if self.lock is None:
+            yield
+            return
+        with open(self.lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# Queued experiments run side by side and write to one SQLite file: a writer
+# waits up to this long for another's lock instead of failing at once
+# ("database is locked"; sqlite3's default is 5 s).
+SQLITE_BUSY_TIMEOUT_S = 120
 
 
 def store(root: Path) -> Store:
@@ -53,7 +76,8 @@ def store(root: Path) -> Store:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return Store(uri, None)
-    return Store(f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri())
+    return Store(f"sqlite:///{root / 'mlflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}",
+                 (root / "mlartifacts").as_uri(), lock=root / "mlflow.db.lock")
 
 
 class TrackingError(UserError):
@@ -85,17 +109,11 @@ def configure(root: Path | None = None) -> Store:
 def experiment_id(name: str, chosen: Store) -> str:
     """Get or create the experiment. MLflow fixes the artifact location at
     creation, so a new experiment gets the store's absolute location."""
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return mlflow.create_experiment(name, artifact_location=chosen.artifact_location)
-    except MlflowException:
-        # Another queued experiment created it a moment ago.
+    with chosen.creating():
         experiment = mlflow.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+        if experiment is not None:
+            return experiment.experiment_id
+        return mlflow.create_experiment(name, artifact_location=chosen.artifact_location)
 
 
 def git_commit() -> str | None:
@@ -123,12 +141,19 @@ def run_name(precision: str) -> str:
 
 
 @contextmanager
-def run_scope(**start_run_kwargs) -> Iterator[mlflow.ActiveRun]:
+def run_scope(system_metrics: bool = True, **start_run_kwargs) -> Iterator[mlflow.ActiveRun]:
     """Start (or reopen, with run_id=...) a run and always end it:
-    FINISHED on success, KILLED on SIGINT/SIGTERM, FAILED on any error."""
+    FINISHED on success, KILLED on SIGINT/SIGTERM, FAILED on any error.
+
+    With `system_metrics`, MLflow samples CPU, memory (and GPU, where there is
+    one) every second, so the UI shows what each precision cost the machine.
+    """
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(1)
+        mlflow.set_system_metrics_samples_before_logging(1)
     with sigterm_raises():
         try:
-            run = mlflow.start_run(**start_run_kwargs)
+            run = mlflow.start_run(log_system_metrics=system_metrics, **start_run_kwargs)
         except MlflowException as error:
             raise TrackingError(f"cannot start the MLflow run in {mlflow.get_tracking_uri()}: {error.message}; "
                                 "if the store was reset, rerun training with `dvc repro -f train`") from None

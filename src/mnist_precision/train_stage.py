@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import time
 
 import mlflow
@@ -14,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from . import paths, tracking
 from .atomic import atomic_path, atomic_write_json
 from .data import load_split
-from .device import peak_memory_metrics, resolve_device
+from .device import device_name, peak_memory_metrics, resolve_device
 from .model import build_mlp
 from .params import load
 from .precision import PrecisionPolicy, use_true_fp32
@@ -24,7 +23,7 @@ from .training import DivergenceError, EpochRecord, train
 def environment_params(device: torch.device) -> dict[str, str]:
     return {
         "device_resolved": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": device_name(device),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda or "none",
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
