@@ -9,9 +9,9 @@ from mnist_precision.stats import difference_of_means, ratio_of_means
 
 
 def test_paired_interval_when_both_sides_ran_the_same_seeds():
-    treated, control = {0: 0.91, 1: 0.93, 2: 0.92}, {0: 0.90, 1: 0.91, 2: 0.915}
+    treated, control = {0: 0.91, 1: 0.93, 2: 0.92}, {0: 0.90, 1: 0.92, 2: 0.911}
     interval = difference_of_means(treated, control)
-    differences = [0.01, 0.02, 0.005]
+    differences = [0.01, 0.01, 0.009]
     mean = sum(differences) / 3
     sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 2)
     half = scipy_stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
