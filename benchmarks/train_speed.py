@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from mnist_precision.data import MEAN, STD, Split, load_split, shuffled_batches
 from mnist_precision.device import device_name, resolve_device
 from mnist_precision.download import download_mnist
 from mnist_precision.model import build_mlp
-from mnist_precision.precision import AUTOCAST_DTYPES, PrecisionPolicy, use_true_fp32
+from mnist_precision.precision import PrecisionPolicy, use_true_fp32
 from mnist_precision.training import TrainStep
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,3 +120,35 @@ def wait_for_queue(project: Project, timeout: float = 600) -> str:
             return status
         time.sleep(3)
     pytest.fail(f"the DVC queue did not finish in {timeout} s:\n{status}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def start_mlflow_server(cwd: Path, port: int, store_uri: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """`mlflow server` as the README starts it, bound to 127.0.0.1; SIGTERM on exit."""
+    log = cwd / f"mlflow-server-{port}.log"
+    with open(log, "a") as output:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store_uri,
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=cwd, env=env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not start:\n{log.read_text()}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            assert server.wait(timeout=30) in (0, -15), log.read_text()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import http.server
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +152,62 @@ def test_verified_files_are_not_downloaded_again(tmp_path, originals):
     download_mnist(tmp_path / "out", [str(mirror)], FAST)
     download_mnist(tmp_path / "out", [str(tmp_path / "gone")], FAST)  # would fail if it fetched
     assert_downloaded(tmp_path / "out", originals)
+
+
+class Hanging(http.server.BaseHTTPRequestHandler):
+    """Accepts the connection, then says nothing."""
+
+    def do_GET(self):
+        time.sleep(3)
+
+    def log_message(self, *args):
+        pass
+
+
+class ServesHtml(http.server.BaseHTTPRequestHandler):
+    """A captive portal or error page, with status 200, under every name."""
+
+    def do_GET(self):
+        body = b"<!DOCTYPE html><html><body>Please log in</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve(handler) -> str:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("handler, problem", [(Hanging, "timed out"), (ServesHtml, "MD5 of the decompressed content")])
+def test_hanging_or_html_mirror_falls_through_then_fails_clearly(tmp_path, originals, handler, problem):
+    policy = FetchPolicy(timeout_s=0.5, attempts=2, backoff_s=0)
+    with serve(handler) as bad:
+        download_mnist(tmp_path / "ok", [bad, str(make_mirror(tmp_path / "good", originals))], policy)
+        assert_downloaded(tmp_path / "ok", originals)
+        with pytest.raises(DownloadError) as failure:
+            download_mnist(tmp_path / "out", [bad], policy)
+    assert problem in str(failure.value) and "MNIST_MIRROR" in str(failure.value)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_http_404_is_reported_and_falls_through(tmp_path, originals):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with serve_directory(empty) as bad:
+        download_mnist(tmp_path / "ok", [bad, str(make_mirror(tmp_path / "good", originals))], FAST)
+        with pytest.raises(DownloadError, match="HTTP 404"):
+            download_mnist(tmp_path / "out", [bad], FAST)
+    assert_downloaded(tmp_path / "ok", originals)

@@ -4,19 +4,12 @@ queue on two workers, the report, and the MLflow UI in a real browser."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from conftest import Project, make_project, wait_for_queue
+from conftest import Project, free_port, make_project, start_mlflow_server, wait_for_queue
 
 pytestmark = pytest.mark.e2e
 
@@ -100,38 +93,12 @@ def test_report_says_when_there_are_too_few_seeds(swept, tmp_path):
     assert "| fp16 | 1 vs 2 |" in (tmp_path / "few.md").read_text()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(swept) -> Iterator[str]:
     """The README's command, on a free port; stopped (SIGTERM) after the test."""
     port = free_port()
-    env = swept.env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = swept.root / "mlflow-server.log"
-    with open(log, "w") as output:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-             f"sqlite:///{swept.root / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=swept.root, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start:\n{log.read_text()}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        assert server.wait(timeout=30) in (0, -15), log.read_text()
+    with start_mlflow_server(swept.root, port, f"sqlite:///{swept.root / 'mlflow.db'}", swept.env):
+        yield f"http://127.0.0.1:{port}"
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

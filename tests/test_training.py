@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
 from mnist_precision.data import Split
 from mnist_precision.model import build_mlp
 from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.training import DivergenceError, train
+from mnist_precision.training import DivergenceError, Stopped, train
 
 
 def toy_split(n: int = 512) -> Split:
@@ -60,3 +62,38 @@ def test_fp16_overflow_is_skipped_and_counted_not_fatal():
     _, result = run("fp16", lr=1e30)
     assert result.skipped_steps > 0
     assert result.skipped_steps == sum(e.skipped_steps for e in result.epochs)
+
+
+class StopAfter:
+    """A StopRequest that fires after `calls` checks, as SIGTERM would mid-training."""
+
+    def __init__(self, calls: int):
+        self.calls, self.signum, self.signal_name = calls, 15, "SIGTERM"
+
+    def __bool__(self) -> bool:
+        self.calls -= 1
+        return self.calls < 0
+
+
+@pytest.mark.parametrize("stop_at", [5, 8, 16])  # mid-epoch, at an epoch boundary, later
+def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(stop_at):
+    reference, expected = run("fp32")
+
+    torch.manual_seed(0)
+    model = build_mlp([32])
+    settings = dict(policy=PrecisionPolicy("fp32", "cpu"), epochs=3, batch_size=64, lr=0.01, seed=0)
+    with pytest.raises(Stopped) as stopped:
+        train(model, toy_split(), stop=StopAfter(stop_at), **settings)
+    assert stopped.value.checkpoint["progress"]["step"] == stop_at
+
+    buffer = io.BytesIO()  # through the file format the stage uses
+    torch.save(stopped.value.checkpoint, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+
+    resumed = build_mlp([32])  # other initial weights: all must come from the checkpoint
+    result = train(resumed, toy_split(), resume=checkpoint, **settings)
+    for p, q in zip(reference.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    assert [(e.loss, e.accuracy) for e in result.epochs] == [(e.loss, e.accuracy) for e in expected.epochs]
+    assert result.samples == expected.samples

@@ -21,7 +21,7 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
         sys.exit(130)
     except Interrupted as stop:
         print(f"{name}: stopped: {stop}", file=sys.stderr)
-        sys.exit(143)
+        sys.exit(stop.exit_code)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""SIGTERM as an exception, so that a stopped stage closes its files and its MLflow run."""
+"""Signals as orderly stops, so that a stopped stage closes its files and its MLflow run."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from contextlib import contextmanager
 
 
 class Interrupted(BaseException):
-    """The process received SIGTERM (DVC, a scheduler or the user is stopping it)."""
+    """SIGINT or SIGTERM stopped the work (the user, DVC or a scheduler)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 def _raise_interrupted(signum, frame):
-    raise Interrupted(f"received {signal.Signals(signum).name}")
+    raise Interrupted(f"received {signal.Signals(signum).name}", signum)
 
 
 @contextmanager
@@ -22,3 +26,33 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class StopRequest:
+    """Set by SIGINT or SIGTERM while active, for a loop to stop at a safe point
+    (between two steps, never inside an optimizer update). A second signal
+    stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name if self else ""
+
+    def _handle(self, signum, frame):
+        if self:
+            raise Interrupted(f"received {signal.Signals(signum).name} twice", signum)
+        self.signum = signum
+
+    @contextmanager
+    def active(self) -> Iterator[StopRequest]:
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)

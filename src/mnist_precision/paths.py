@@ -8,6 +8,8 @@ PARAMS = Path("params.yaml")
 DATA_DIR = Path("data/mnist")
 MODEL = Path("models/model.pt")
 MLFLOW_RUN = Path("models/mlflow_run.json")
+# Not a DVC output (DVC deletes those before it reruns a stage): it must outlive a stopped run.
+CHECKPOINT = Path("checkpoints/train.pt")
 TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_PLOT = Path("plots/train_epochs.json")
 EVAL_METRICS = Path("metrics/evaluate.json")

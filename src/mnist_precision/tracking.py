@@ -11,6 +11,8 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import sys
+import time
 import urllib.parse
 import urllib.request
 import warnings
@@ -24,7 +26,7 @@ warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is dep
                         category=DeprecationWarning)
 
 import mlflow  # noqa: E402
-from mlflow.entities import RunStatus  # noqa: E402
+from mlflow.entities import Metric, RunStatus  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from .errors import UserError  # noqa: E402
@@ -114,6 +116,55 @@ def experiment_id(name: str, chosen: Store) -> str:
         if experiment is not None:
             return experiment.experiment_id
         return mlflow.create_experiment(name, artifact_location=chosen.artifact_location)
+
+
+class MetricsBuffer:
+    """Per-epoch metrics that survive a tracking server's absence.
+
+    `add` tries once, without MLflow's minutes of HTTP retries, so training
+    never waits on a server that is down; what does not reach the store stays
+    queued and goes with the next call. `flush` insists (MLflow's retries).
+    """
+
+    def __init__(self, run_id: str):
+        self.run_id, self.pending = run_id, []
+        self.client = mlflow.MlflowClient()
+        self.warned = False
+
+    def add(self, values: dict[str, float], step: int) -> None:
+        now_ms = int(time.time() * 1000)
+        self.pending += [Metric(key, float(value), timestamp=now_ms, step=step) for key, value in values.items()]
+        try:
+            with _no_http_retries():
+                self._send()
+        except Exception as error:  # the server is away: keep the metrics for later
+            if not self.warned:
+                print(f"mlflow: cannot log to {mlflow.get_tracking_uri()} ({type(error).__name__}); "
+                      "keeping the epoch metrics to send later", file=sys.stderr)
+                self.warned = True
+
+    def flush(self) -> None:
+        self._send()
+
+    def _send(self) -> None:
+        while self.pending:
+            batch = self.pending[:1000]  # MLflow's limit per log_batch
+            self.client.log_batch(self.run_id, metrics=batch)
+            del self.pending[:len(batch)]
+
+
+@contextmanager
+def _no_http_retries() -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def git_commit() -> str | None:

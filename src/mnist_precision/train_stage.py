@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import time
+import sys
 
 import mlflow
 import torch
-from mlflow.entities import Metric
 from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 
-from . import paths, tracking
+from . import checkpoint, paths, tracking
 from .atomic import atomic_path, atomic_write_json
 from .data import load_split
 from .device import device_name, peak_memory_metrics, resolve_device
 from .model import build_mlp
 from .params import load
 from .precision import PrecisionPolicy, use_true_fp32
-from .training import DivergenceError, EpochRecord, train
+from .interrupts import Interrupted, StopRequest
+from .training import DivergenceError, EpochRecord, Stopped, train
 
 
 def environment_params(device: torch.device) -> dict[str, str]:
@@ -48,31 +47,48 @@ def main() -> None:
     use_true_fp32()
     torch.manual_seed(params.seed)
     policy = PrecisionPolicy(params.precision, device.type)
+    expected = checkpoint.fingerprint(params, device)
+    resume = checkpoint.load(paths.CHECKPOINT, expected, params.train.epochs)
 
     store = tracking.configure()
     experiment_id = tracking.experiment_id(params.mlflow_experiment, store)
     data = load_split(paths.require(paths.DATA_DIR, "download"), "train", device)
     model = build_mlp(params.train.hidden).to(device)
 
-    with tracking.run_scope(experiment_id=experiment_id, run_name=tracking.run_name(params.precision),
-                            tags=tracking.run_tags()) as run:
-        mlflow.log_params(params.flat() | environment_params(device))
-        client = MlflowClient()
+    # A resumed run continues the MLflow run that was stopped.
+    run_args = ({"run_id": resume["mlflow_run_id"]} if resume else
+                {"experiment_id": experiment_id, "run_name": tracking.run_name(params.precision),
+                 "tags": tracking.run_tags()})
+    stop = StopRequest()
+    with tracking.run_scope(**run_args) as run:
+        if resume:
+            mlflow.set_tag("resumed_at_step", resume["progress"]["step"])
+            print(f"train: resuming from {paths.CHECKPOINT} at step {resume['progress']['step']}", file=sys.stderr)
+        else:
+            mlflow.log_params(params.flat() | environment_params(device))
+        epoch_metrics = tracking.MetricsBuffer(run.info.run_id)
 
         def log_epoch(record: EpochRecord) -> None:
-            values = {"train_loss": record.loss, "train_accuracy": record.accuracy,
-                      "epoch_seconds": record.seconds, "epoch_skipped_steps": record.skipped_steps}
-            now_ms = int(time.time() * 1000)
-            client.log_batch(run.info.run_id, metrics=[
-                Metric(key, float(value), timestamp=now_ms, step=record.epoch) for key, value in values.items()])
+            epoch_metrics.add({"train_loss": record.loss, "train_accuracy": record.accuracy,
+                               "epoch_seconds": record.seconds, "epoch_skipped_steps": record.skipped_steps},
+                              step=record.epoch)
 
         try:
-            result = train(model, data, policy=policy, epochs=params.train.epochs,
-                           batch_size=params.train.batch_size, lr=params.train.lr,
-                           seed=params.seed, compile=params.train.compile, on_epoch=log_epoch)
+            with stop.active():  # SIGINT/SIGTERM: finish the step, then checkpoint
+                result = train(model, data, policy=policy, epochs=params.train.epochs,
+                               batch_size=params.train.batch_size, lr=params.train.lr, seed=params.seed,
+                               compile=params.train.compile, on_epoch=log_epoch, stop=stop, resume=resume)
         except DivergenceError as error:
             mlflow.set_tags({"failure": str(error), "diverged_at_epoch": error.epoch, "diverged_at_step": error.step})
             raise
+        except Stopped as stopped:
+            checkpoint.save(paths.CHECKPOINT, stopped.checkpoint, expected, run.info.run_id)
+            step = stopped.checkpoint["progress"]["step"]
+            mlflow.set_tag("stopped_at_step", step)
+            epoch_metrics.flush()
+            raise Interrupted(f"{stopped}; checkpoint written to {paths.CHECKPOINT}: "
+                              "run the stage again (dvc repro) to resume", stop.signum) from None
+        epoch_metrics.flush()
 
         metrics = {
             "train_loss": result.epochs[-1].loss,
@@ -97,3 +113,4 @@ def main() -> None:
 
         log_model(model, data.images[:2].cpu())
         atomic_write_json(paths.MLFLOW_RUN, {"run_id": run.info.run_id, "experiment_id": experiment_id})
+    paths.CHECKPOINT.unlink(missing_ok=True)

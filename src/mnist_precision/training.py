@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from .data import Split, shuffled_batches
 from .errors import UserError
+from .interrupts import StopRequest
 from .precision import PrecisionPolicy
 
 # How often (in steps) the loop waits for the device to report the loss:
@@ -80,6 +82,14 @@ class TrainStep:
         return logits, loss, self.scaler.get_scale() < scale
 
 
+class Stopped(Exception):
+    """Training stopped at a step boundary on request; `checkpoint` continues it."""
+
+    def __init__(self, checkpoint: dict, reason: str):
+        super().__init__(f"training stopped ({reason}) at step {checkpoint['progress']['step']}")
+        self.checkpoint = checkpoint
+
+
 def train(
     model: nn.Module,
     data: Split,
@@ -91,7 +101,13 @@ def train(
     seed: int,
     compile: bool = False,
     on_epoch: Callable[[EpochRecord], None] = lambda record: None,
+    stop: StopRequest | None = None,
+    resume: dict | None = None,
 ) -> TrainResult:
+    """Train for `epochs` epochs, or continue from `resume` (a checkpoint that
+    `Stopped` carried) so that the end state is the same, bit for bit, as if
+    training had never stopped. When `stop` is set, raise `Stopped` after the
+    current step."""
     device = data.images.device
     train_step = TrainStep(model, policy, lr, compile=compile)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -99,29 +115,63 @@ def train(
     # Reading the loss waits for the device: free on the CPU, a stall on a GPU.
     check_every = 1 if device.type == "cpu" else SYNC_EVERY
     result = TrainResult()
-    step = 0
+    step, first_epoch, done_in_epoch = 0, 1, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        train_step.optimizer.load_state_dict(resume["optimizer"])
+        train_step.scaler.load_state_dict(resume["scaler"])
+        progress = resume["progress"]
+        generator.set_state(progress["epoch_generator_state"])
+        step, first_epoch, done_in_epoch = progress["step"], progress["epoch"], progress["done_in_epoch"]
+        result.epochs = [EpochRecord(**record) for record in progress["records"]]
+        result.samples, result.seconds = len(result.epochs) * len(data), sum(r.seconds for r in result.epochs)
+        result.skipped_steps = sum(r.skipped_steps for r in result.epochs)
     model.train()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         started = time.perf_counter()
+        epoch_generator_state = generator.get_state()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        skipped = 0
-        bar = tqdm(shuffled_batches(data, batch_size, generator), total=steps_per_epoch,
+        skipped, earlier_seconds = 0, 0.0
+        batches = shuffled_batches(data, batch_size, generator)
+        if resume is not None and epoch == first_epoch:
+            loss_sum += progress["loss_sum"].to(device)
+            correct += progress["correct"].to(device)
+            skipped, earlier_seconds = progress["skipped"], progress["seconds"]
+            batches = itertools.islice(batches, done_in_epoch, None)
+        else:
+            done_in_epoch = 0
+        bar = tqdm(batches, total=steps_per_epoch, initial=done_in_epoch,
                    desc=f"{policy.name} epoch {epoch}/{epochs}", unit="step", leave=False)
         for images, labels in bar:
+            if stop:  # between two steps: the state is whole
+                bar.close()
+                raise Stopped({
+                    "model": model.state_dict(),
+                    "optimizer": train_step.optimizer.state_dict(),
+                    "scaler": train_step.scaler.state_dict(),
+                    "progress": {
+                        "epoch": epoch, "done_in_epoch": done_in_epoch, "step": step,
+                        "epoch_generator_state": epoch_generator_state,
+                        "loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "skipped": skipped,
+                        "seconds": earlier_seconds + time.perf_counter() - started,
+                        "records": [vars(record) for record in result.epochs],
+                    },
+                }, stop.signal_name)
             step += 1
+            done_in_epoch += 1
             logits, loss, was_skipped = train_step(images, labels)
             skipped += was_skipped
             loss_sum.add_(loss.detach(), alpha=len(labels))
             correct.add_((logits.argmax(dim=1) == labels).sum())
-            if step % check_every == 0 or bar.n + 1 == steps_per_epoch:
+            if step % check_every == 0 or done_in_epoch == steps_per_epoch:
                 value = loss.item()
                 if not math.isfinite(value) and not train_step.scaler.is_enabled():
                     raise DivergenceError(epoch, step, value)
                 if step % SYNC_EVERY == 0:
                     bar.set_postfix(loss=f"{value:.4f}", refresh=False,
                                     samples_s=f"{(bar.format_dict['rate'] or 0) * batch_size:.0f}")
-        seconds = time.perf_counter() - started
+        seconds = earlier_seconds + time.perf_counter() - started
         record = EpochRecord(epoch=epoch, loss=loss_sum.item() / len(data),
                              accuracy=correct.item() / len(data), seconds=seconds, skipped_steps=skipped)
         result.epochs.append(record)

@@ -1,0 +1,60 @@
+"""Training checkpoints, written when a run is stopped and read to resume it.
+
+A checkpoint holds the model, the optimizer and GradScaler states, the
+shuffling generator's state at the start of the interrupted epoch, and where
+in that epoch training stood. It also records the params that shape training
+(its fingerprint): a checkpoint written for other params, or one that does not
+load, is refused with a message, never used silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_path
+from .errors import UserError
+from .params import Params
+
+FORMAT = "mnist-precision-checkpoint/1"
+
+
+class CheckpointError(UserError):
+    """The checkpoint is corrupt or belongs to other params."""
+
+
+def fingerprint(params: Params, device: torch.device) -> dict[str, Any]:
+    """What must not change between a stop and its resume (epochs may grow)."""
+    return {"precision": params.precision, "seed": params.seed, "device": device.type,
+            "train.batch_size": params.train.batch_size, "train.lr": params.train.lr,
+            "train.hidden": list(params.train.hidden), "train.compile": params.train.compile}
+
+
+def save(path: Path, checkpoint: dict, expected: dict[str, Any], mlflow_run_id: str) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint | {"format": FORMAT, "fingerprint": expected, "mlflow_run_id": mlflow_run_id}, tmp)
+
+
+def load(path: Path, expected: dict[str, Any], epochs: int) -> dict | None:
+    """The checkpoint at `path` if there is one, after checking it fits `expected`."""
+    if not path.exists():
+        return None
+    fix = f"delete {path} to train from the start"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: any unpickling error
+        raise CheckpointError(f"{path} is corrupt or not a checkpoint ({type(error).__name__}: {error}); {fix}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project; {fix}")
+    written = checkpoint["fingerprint"]
+    changed = [f"{key} was {written.get(key)!r}, params say {value!r}"
+               for key, value in expected.items() if written.get(key) != value]
+    if changed:
+        raise CheckpointError(f"{path} was written for other params ({'; '.join(changed)}): "
+                              f"restore them to resume, or {fix}")
+    if checkpoint["progress"]["epoch"] > epochs:
+        raise CheckpointError(f"{path} stopped in epoch {checkpoint['progress']['epoch']}, beyond train.epochs={epochs}; "
+                              f"raise train.epochs to resume, or {fix}")
+    return checkpoint
