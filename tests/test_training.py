@@ -39,9 +39,10 @@ def test_every_precision_learns(precision):
     assert (result.final_scale is not None) == (precision == "fp16")
 
 
-def test_fp32_on_cpu_is_bitwise_repeatable():
-    first, a = run("fp32")
-    second, b = run("fp32")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_same_seed_on_cpu_is_bitwise_repeatable(precision):
+    first, a = run(precision)
+    second, b = run(precision)
     assert [e.loss for e in a.epochs] == [e.loss for e in b.epochs]
     for p, q in zip(first.parameters(), second.parameters()):
         assert torch.equal(p, q)
