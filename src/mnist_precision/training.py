@@ -18,16 +18,16 @@ from .errors import UserError
 from .interrupts import StopRequest
 from .precision import PrecisionPolicy
 
-# How often (in steps) the loop waits for the device to report the loss:
-# for the progress bar and the divergence check, never on every step.
+# On a GPU, how often (in steps) the loop waits for the device to report the
+# loss, for the progress bar and the divergence check; on the CPU, where
+# reading it costs nothing, the loss is checked after every step.
 SYNC_EVERY = 50
 
 
 class DivergenceError(UserError, RuntimeError):
     def __init__(self, epoch: int, step: int, loss: float):
         super().__init__(
-            f"training diverged: the loss became {loss} at step {step} (epoch {epoch}); "
-            "lower train.lr, or use fp32/bf16 if fp16 overflows"
+            f"training diverged: the loss became {loss} at step {step} (epoch {epoch}); lower train.lr"
         )
         self.epoch, self.step, self.loss = epoch, step, loss
 
