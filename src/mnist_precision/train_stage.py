@@ -12,10 +12,10 @@ from . import checkpoint, paths, tracking
 from .atomic import atomic_path, atomic_write_json
 from .data import load_split
 from .device import device_name, peak_memory_metrics, resolve_device
+from .interrupts import Interrupted, StopRequest
 from .model import build_mlp
 from .params import load
 from .precision import PrecisionPolicy, use_true_fp32
-from .interrupts import Interrupted, StopRequest
 from .training import DivergenceError, EpochRecord, Stopped, train
 
 
