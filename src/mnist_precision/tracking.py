@@ -123,7 +123,7 @@ class MetricsBuffer:
 
     `add` tries once, without MLflow's minutes of HTTP retries, so training
     never waits on a server that is down; what does not reach the store stays
-    queued and goes with the next call. `flush` insists (MLflow's retries).
+    queued and goes with the next call. `flush` insists, with MLflow's retries.
     """
 
     def __init__(self, run_id: str):
@@ -136,7 +136,7 @@ class MetricsBuffer:
         self.pending += [Metric(key, float(value), timestamp=now_ms, step=step) for key, value in values.items()]
         try:
             with _no_http_retries():
-                self._send()
+                self.flush()
         except Exception as error:  # the server is away: keep the metrics for later
             if not self.warned:
                 print(f"mlflow: cannot log to {mlflow.get_tracking_uri()} ({type(error).__name__}); "
@@ -144,9 +144,6 @@ class MetricsBuffer:
                 self.warned = True
 
     def flush(self) -> None:
-        self._send()
-
-    def _send(self) -> None:
         while self.pending:
             batch = self.pending[:1000]  # MLflow's limit per log_batch
             self.client.log_batch(self.run_id, metrics=batch)
