@@ -17,8 +17,8 @@ TEXT = {name: (REPO_ROOT / name).read_text(errors="replace") for name in TRACKED
 
 
 def test_models_are_loaded_with_weights_only():
-    calls = [(name, line) for name, text in TEXT.items() if name.endswith(".py") and name != "tests/test_safety.py"
-             for line in text.splitlines() if "torch.load(" in line]
+    calls = [(name, line) for name, text in TEXT.items() if name.endswith(".py")
+             for line in text.splitlines() if re.search(r"torch\.load\(", line)]
     assert calls, "expected the stages to load weights"
     assert all("weights_only=True" in line for _, line in calls), calls
 
