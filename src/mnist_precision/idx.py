@@ -7,6 +7,7 @@ only unsigned bytes (type code 0x08).
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def parse_idx(data: bytes) -> torch.Tensor:
     if len(data) < header:
         raise IdxError(f"header declares {ndim} dimensions but the file has {len(data)} bytes")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + _product(shape)
+    expected = header + math.prod(shape)
     if len(data) != expected:
         raise IdxError(f"shape {shape} needs {expected} bytes, the file has {len(data)}")
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
@@ -41,9 +42,3 @@ def parse_idx(data: bytes) -> torch.Tensor:
 def read_idx(path: str | Path) -> torch.Tensor:
     return parse_idx(Path(path).read_bytes())
 
-
-def _product(shape: tuple[int, ...]) -> int:
-    total = 1
-    for size in shape:
-        total *= size
-    return total
