@@ -159,10 +159,6 @@ def verdict_table(group: Group) -> str:
     return "\n".join(lines) + "\n\nIntervals: " + "; ".join(notes) + ".\n"
 
 
-def _mean(values) -> float:
-    return statistics.fmean(values)
-
-
 def plot_loss(group: Group, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(6.5, 4))
     for precision in group.precisions():
@@ -171,7 +167,7 @@ def plot_loss(group: Group, path: Path) -> None:
             continue
         x = sorted(set.intersection(*(set(c) for c in curves)))  # epochs every seed reached
         per_epoch = [[c[epoch] for c in curves] for epoch in x]
-        axes.plot(x, [_mean(v) for v in per_epoch], marker="o", label=f"{precision} (mean of {len(curves)} seeds)")
+        axes.plot(x, [statistics.fmean(v) for v in per_epoch], marker="o", label=f"{precision} (mean of {len(curves)} seeds)")
         axes.fill_between(x, [min(v) for v in per_epoch], [max(v) for v in per_epoch], alpha=0.2)
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set(xlabel="epoch", ylabel="training loss", title="Training loss per epoch (band: min to max across seeds)")
@@ -184,7 +180,7 @@ def plot_accuracy(group: Group, path: Path) -> None:
     for i, precision in enumerate(group.precisions()):
         values = list(group.values(precision, "test_accuracy").values())
         axes.scatter([i] * len(values), values, alpha=0.7, label="a seed" if i == 0 else None, color="tab:blue")
-        axes.hlines(_mean(values), i - 0.25, i + 0.25, color="black", label="mean" if i == 0 else None)
+        axes.hlines(statistics.fmean(values), i - 0.25, i + 0.25, color="black", label="mean" if i == 0 else None)
     axes.set_xticks(range(len(group.precisions())), group.precisions())
     axes.set(ylabel="test accuracy", title="Test accuracy per precision, every seed")
     axes.legend()
@@ -194,10 +190,10 @@ def plot_accuracy(group: Group, path: Path) -> None:
 def plot_costs(group: Group, path: Path) -> None:
     precisions = group.precisions()
     figure, (speed, memory, storage) = plt.subplots(1, 3, figsize=(12, 4))
-    speed.bar(precisions, [_mean(group.values(p, "samples_per_s").values()) for p in precisions], color="tab:green")
+    speed.bar(precisions, [statistics.fmean(group.values(p, "samples_per_s").values()) for p in precisions], color="tab:green")
     speed.set(ylabel="samples/s (mean across seeds)", title="Training throughput")
     peaks = [group.values(p, "peak_memory_mb") for p in precisions]
-    memory.bar(precisions, [_mean(v.values()) if v else 0 for v in peaks], color="tab:orange")
+    memory.bar(precisions, [statistics.fmean(v.values()) if v else 0 for v in peaks], color="tab:orange")
     kind = next((r.peak_memory_kind for runs in group.runs.values() for r in runs.values() if r.peak_memory_kind), "")
     memory.set(ylabel=f"MiB ({kind})", title="Peak memory")
     sizes = [r for runs in group.runs.values() for r in runs.values() if r.model_bytes_fp32]
@@ -229,7 +225,7 @@ def group_section(index: int, group: Group, out_dir: Path) -> tuple[str, list[Pa
     for p in group.precisions():
         values = group.values(p, "test_accuracy")
         per_seed = ", ".join(f"{s}: {v:.4f}" for s, v in sorted(values.items()))
-        lines.append(f"| {p} | {len(values)} | {_mean(values.values()):.4f} | {per_seed} |")
+        lines.append(f"| {p} | {len(values)} | {statistics.fmean(values.values()):.4f} | {per_seed} |")
     lines += ["", f"![test accuracy]({figures[1].name})", "", "### Training loss per epoch", "",
               f"![training loss]({figures[0].name})", "", "### Throughput, memory and storage", "",
               "| precision | samples/s (mean) | peak memory MiB (mean) | model bytes fp32 | model bytes fp16 |",
@@ -237,8 +233,8 @@ def group_section(index: int, group: Group, out_dir: Path) -> tuple[str, list[Pa
     for p in group.precisions():
         runs = list(group.runs[p].values())
         peak = group.values(p, "peak_memory_mb")
-        lines.append(f"| {p} | {_mean(r.samples_per_s for r in runs):,.0f} | "
-                     f"{_mean(peak.values()) if peak else float('nan'):,.0f} | "
+        lines.append(f"| {p} | {statistics.fmean(r.samples_per_s for r in runs):,.0f} | "
+                     f"{statistics.fmean(peak.values()) if peak else float('nan'):,.0f} | "
                      f"{runs[0].model_bytes_fp32 or 0:,.0f} | {runs[0].model_bytes_fp16 or 0:,.0f} |")
     lines += ["", f"![throughput, memory and storage]({figures[2].name})", ""]
     return "\n".join(lines), figures

@@ -74,12 +74,15 @@ SQLITE_BUSY_TIMEOUT_S = 120
 
 
 def store(root: Path) -> Store:
-    """MLFLOW_TRACKING_URI when set, else the repository's own SQLite store."""
+    """MLFLOW_TRACKING_URI when set, else the repository's own SQLite store.
+
+    `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI itself, so a URI
+    equal to the repository's store is that store, not a user's other one.
+    """
+    own = Store(f"sqlite:///{root / 'mlflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}",
+                (root / "mlartifacts").as_uri(), lock=root / "mlflow.db.lock")
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return Store(uri, None)
-    return Store(f"sqlite:///{root / 'mlflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}",
-                 (root / "mlartifacts").as_uri(), lock=root / "mlflow.db.lock")
+    return Store(uri, None) if uri and uri != own.uri else own
 
 
 class TrackingError(UserError):
@@ -104,7 +107,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 def configure(root: Path | None = None) -> Store:
     chosen = store(root or repo_root())
     check_reachable(chosen.uri)
-    mlflow.set_tracking_uri(chosen.uri)  # note: this also exports MLFLOW_TRACKING_URI
+    mlflow.set_tracking_uri(chosen.uri)
     return chosen
 
 

@@ -43,11 +43,21 @@ class EpochRecord:
 
 @dataclass
 class TrainResult:
+    samples_per_epoch: int
     epochs: list[EpochRecord] = field(default_factory=list)
-    samples: int = 0
-    seconds: float = 0.0
-    skipped_steps: int = 0
     final_scale: float | None = None
+
+    @property
+    def samples(self) -> int:
+        return self.samples_per_epoch * len(self.epochs)
+
+    @property
+    def seconds(self) -> float:
+        return sum(record.seconds for record in self.epochs)
+
+    @property
+    def skipped_steps(self) -> int:
+        return sum(record.skipped_steps for record in self.epochs)
 
     @property
     def samples_per_s(self) -> float:
@@ -60,7 +70,7 @@ class TrainStep:
     when the scaled gradients overflow; `__call__` says whether it did."""
 
     def __init__(self, model: nn.Module, policy: PrecisionPolicy, lr: float, compile: bool = False):
-        self.model, self.policy = model, policy
+        self.policy = policy
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
         self.scaler = policy.grad_scaler()
         # On a GPU, "reduce-overhead" replays CUDA graphs: no per-kernel launch cost.
@@ -114,7 +124,7 @@ def train(
     steps_per_epoch = math.ceil(len(data) / batch_size)
     # Reading the loss waits for the device: free on the CPU, a stall on a GPU.
     check_every = 1 if device.type == "cpu" else SYNC_EVERY
-    result = TrainResult()
+    result = TrainResult(samples_per_epoch=len(data))
     step, first_epoch, done_in_epoch = 0, 1, 0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -124,8 +134,6 @@ def train(
         generator.set_state(progress["epoch_generator_state"])
         step, first_epoch, done_in_epoch = progress["step"], progress["epoch"], progress["done_in_epoch"]
         result.epochs = [EpochRecord(**record) for record in progress["records"]]
-        result.samples, result.seconds = len(result.epochs) * len(data), sum(r.seconds for r in result.epochs)
-        result.skipped_steps = sum(r.skipped_steps for r in result.epochs)
     model.train()
     for epoch in range(first_epoch, epochs + 1):
         started = time.perf_counter()
@@ -175,9 +183,6 @@ def train(
         record = EpochRecord(epoch=epoch, loss=loss_sum.item() / len(data),
                              accuracy=correct.item() / len(data), seconds=seconds, skipped_steps=skipped)
         result.epochs.append(record)
-        result.samples += len(data)
-        result.seconds += seconds
-        result.skipped_steps += record.skipped_steps
         on_epoch(record)
     if train_step.scaler.is_enabled():
         result.final_scale = train_step.scaler.get_scale()
