@@ -36,6 +36,7 @@ import torch
 import yaml
 
 from mnist_precision import paths
+from mnist_precision.allocator import keep_freed_memory
 from mnist_precision.data import MEAN, STD, Split, load_split, shuffled_batches
 from mnist_precision.device import device_name, resolve_device
 from mnist_precision.download import download_mnist
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device, "fp32")
+    keep_freed_memory()  # as the train stage does
     use_true_fp32()
     sizes = QUICK if args.quick else GPU_FULL if device.type == "cuda" else FULL
     clock = Clock(device)

@@ -154,6 +154,13 @@ def test_corrupt_or_mismatched_checkpoint_is_refused(tmp_path, mnist_data):
     assert result.returncode == 2
     assert "was written for other params (precision was 'fp16', params say 'fp32')" in result.stderr
 
+    older = torch.load(checkpoint, weights_only=True) | {"format": "mnist-precision-checkpoint/1"}
+    torch.save(older, checkpoint)
+    result = stage.run()
+    assert result.returncode == 2
+    assert ("was written by another version of this project (format mnist-precision-checkpoint/1, "
+            f"this one reads {ckpt.FORMAT}); delete checkpoints/train.pt") in result.stderr
+
 
 def test_two_fp32_cpu_runs_give_identical_metrics_and_weights(tmp_path, mnist_data):
     stages = []

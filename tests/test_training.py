@@ -10,7 +10,7 @@ import torch
 from mnist_precision.data import Split
 from mnist_precision.model import build_mlp
 from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.training import DivergenceError, Stopped, train
+from mnist_precision.training import SGD, DivergenceError, Stopped, TrainStep, train
 
 
 def toy_split(n: int = 512) -> Split:
@@ -46,6 +46,25 @@ def test_same_seed_on_cpu_is_bitwise_repeatable(precision):
     assert [e.loss for e in a.epochs] == [e.loss for e in b.epochs]
     for p, q in zip(first.parameters(), second.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_own_sgd_updates_bitwise_as_torch_optim_sgd(precision):
+    data = toy_split(256)
+    models = []
+    for make_optimizer in (lambda params: SGD(params, lr=0.05), lambda params: torch.optim.SGD(params, lr=0.05)):
+        torch.manual_seed(0)
+        model = build_mlp([32])
+        step = TrainStep(model, PrecisionPolicy(precision, "cpu"), lr=0.05)
+        step.optimizer = make_optimizer(model.parameters())
+        for start in range(0, len(data), 64):
+            step(data.images[start:start + 64], data.labels[start:start + 64])
+        models.append(model)
+    ours, theirs = models
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(p, q)
+    torch.manual_seed(0)
+    assert not torch.equal(ours[0].weight, build_mlp([32])[0].weight)  # it did train
 
 
 def test_the_seed_changes_the_batch_order():

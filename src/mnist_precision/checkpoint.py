@@ -18,7 +18,9 @@ from .atomic import atomic_path
 from .errors import UserError
 from .params import Params
 
-FORMAT = "mnist-precision-checkpoint/1"
+FORMAT_NAME = "mnist-precision-checkpoint"
+# 2: the optimizer state is the project's own SGD's ({"lr": ...}), not torch.optim's.
+FORMAT = f"{FORMAT_NAME}/2"
 
 
 class CheckpointError(UserError):
@@ -46,7 +48,11 @@ def load(path: Path, expected: dict[str, Any], epochs: int) -> dict | None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: any unpickling error
         raise CheckpointError(f"{path} is corrupt or not a checkpoint ({type(error).__name__}: {error}); {fix}") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+    written_format = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if str(written_format).startswith(f"{FORMAT_NAME}/") and written_format != FORMAT:
+        raise CheckpointError(f"{path} was written by another version of this project "
+                              f"(format {written_format}, this one reads {FORMAT}); {fix}")
+    if written_format != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project; {fix}")
     written = checkpoint["fingerprint"]
     changed = [f"{key} was {written.get(key)!r}, params say {value!r}"

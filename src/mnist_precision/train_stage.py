@@ -9,6 +9,7 @@ import torch
 from mlflow.models import infer_signature
 
 from . import checkpoint, paths, tracking
+from .allocator import keep_freed_memory
 from .atomic import atomic_path, atomic_write_json
 from .data import load_split
 from .device import device_name, peak_memory_metrics, resolve_device
@@ -44,6 +45,7 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
 def main() -> None:
     params = load(paths.PARAMS)
     device = resolve_device(params.device, params.precision)
+    keep_freed_memory()
     use_true_fp32()
     torch.manual_seed(params.seed)
     policy = PrecisionPolicy(params.precision, device.type)

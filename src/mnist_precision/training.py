@@ -64,6 +64,39 @@ class TrainResult:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
+class SGD:
+    """Plain SGD, `p -= lr * grad`: the reference recipe's optimizer, as one
+    multi-tensor update.
+
+    `torch.optim.SGD` computes the same update, bit for bit, but its `step`
+    spends about 100 µs in Python (hooks, profiling, capturability checks):
+    measured side by side, 12-17% of a batch-64 step on 2 CPU cores. And
+    constructing the first one imports torch._dynamo, 1.2 s of the stage's
+    start. GradScaler drives this one as it drives torch's: through
+    `param_groups` and `step()`.
+    """
+
+    def __init__(self, params, lr: float):
+        self.param_groups = [{"params": list(params), "lr": lr}]
+
+    def zero_grad(self) -> None:
+        for param in self.param_groups[0]["params"]:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        params = [param for param in group["params"] if param.grad is not None]
+        # One fused kernel per dtype on a GPU; a loop of add_ in C++ on the CPU.
+        torch._foreach_add_(params, [param.grad for param in params], alpha=-group["lr"])
+
+    def state_dict(self) -> dict:
+        return {"lr": self.param_groups[0]["lr"]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.param_groups[0]["lr"] = state["lr"]
+
+
 class TrainStep:
     """One SGD step under a precision policy: the unit the training loop runs
     and the benchmark times. With fp16, the GradScaler may skip the update
@@ -71,7 +104,7 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, policy: PrecisionPolicy, lr: float, compile: bool = False):
         self.policy = policy
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        self.optimizer = SGD(model.parameters(), lr=lr)
         self.scaler = policy.grad_scaler()
         # On a GPU, "reduce-overhead" replays CUDA graphs: no per-kernel launch cost.
         mode = "reduce-overhead" if policy.device_type == "cuda" else None
@@ -81,7 +114,7 @@ class TrainStep:
         with self.policy.autocast():
             logits = self.forward(images)
             loss = F.cross_entropy(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         self.scaler.scale(loss).backward()
         if not self.scaler.is_enabled():
             self.optimizer.step()
