@@ -4,11 +4,11 @@ instead of being mapped afresh, and page-faulted in, on every step.
 glibc serves each allocation above its mmap threshold (32 MiB at most) with a
 fresh `mmap` and unmaps it on free. A training step allocates and frees the
 same big buffers every time: for the `wide` network, 64 MiB fp32 gradients
-and their bf16 copies. Each step then page-faults them in again, which
-measured here was a fifth of a bf16 step on 2 CPU cores. With mmap and
-trimming off, freed blocks stay in the heap and the next step reuses them;
-the process keeps its peak memory until it exits, which a training process
-would reach again at the next step anyway.
+and their bf16 copies. Each step then page-faults them in again: measured
+here on 2 CPU cores, a wide bf16 step took ~110 ms that way and ~70 ms
+without. With mmap and trimming off, freed blocks stay in the heap and the
+next step reuses them; the process keeps its peak memory until it exits,
+which a training process would reach again at the next step anyway.
 """
 
 from __future__ import annotations
