@@ -67,6 +67,20 @@ def test_own_sgd_updates_bitwise_as_torch_optim_sgd(precision):
     assert not torch.equal(ours[0].weight, build_mlp([32])[0].weight)  # it did train
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_step_trains_as_the_eager_one(precision):
+    """train.compile on the CPU: torch.compile of the model, same losses as eager."""
+    data = toy_split(256)
+    losses = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        step = TrainStep(build_mlp([32]), PrecisionPolicy(precision, "cpu"), lr=0.05, compile=compile)
+        losses.append([step(data.images[i:i + 64], data.labels[i:i + 64])[1].item() for i in range(0, 256, 64)])
+    eager, compiled = losses
+    assert compiled == pytest.approx(eager, rel=1e-3)
+    assert compiled[-1] < compiled[0]
+
+
 def test_the_seed_changes_the_batch_order():
     _, a = run("fp32", seed=0)
     _, b = run("fp32", seed=1)
