@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from mnist_precision.data import Split
+from mnist_precision.data import Split, batches
 from mnist_precision.model import build_mlp
 from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.training import SGD, DivergenceError, Stopped, TrainStep, train
@@ -57,8 +57,8 @@ def test_own_sgd_updates_bitwise_as_torch_optim_sgd(precision):
         model = build_mlp([32])
         step = TrainStep(model, PrecisionPolicy(precision, "cpu"), lr=0.05)
         step.optimizer = make_optimizer(model.parameters())
-        for start in range(0, len(data), 64):
-            step(data.images[start:start + 64], data.labels[start:start + 64])
+        for images, labels in batches(data, 64):
+            step(images, labels)
         models.append(model)
     ours, theirs = models
     for p, q in zip(ours.parameters(), theirs.parameters()):
@@ -75,7 +75,7 @@ def test_compiled_step_trains_as_the_eager_one(precision):
     for compile in (False, True):
         torch.manual_seed(0)
         step = TrainStep(build_mlp([32]), PrecisionPolicy(precision, "cpu"), lr=0.05, compile=compile)
-        losses.append([step(data.images[i:i + 64], data.labels[i:i + 64])[1].item() for i in range(0, 256, 64)])
+        losses.append([step(images, labels)[1].item() for images, labels in batches(data, 64)])
     eager, compiled = losses
     assert compiled == pytest.approx(eager, rel=1e-3)
     assert compiled[-1] < compiled[0]

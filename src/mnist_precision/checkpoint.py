@@ -1,8 +1,8 @@
 """Training checkpoints, written when a run is stopped and read to resume it.
 
-A checkpoint holds the model, the optimizer and GradScaler states, the
-shuffling generator's state at the start of the interrupted epoch, and where
-in that epoch training stood. It also records the params that shape training
+A checkpoint holds the model and GradScaler states, the shuffling generator's
+state at the start of the interrupted epoch, and where in that epoch training
+stood. It also records the params that shape training
 (its fingerprint): a checkpoint written for other params, or one that does not
 load, is refused with a message, never used silently.
 """
@@ -19,7 +19,7 @@ from .errors import UserError
 from .params import Params
 
 FORMAT_NAME = "mnist-precision-checkpoint"
-# 2: the optimizer state is the project's own SGD's ({"lr": ...}), not torch.optim's.
+# 2: no optimizer state: the project's own SGD keeps none (1 held torch.optim's).
 FORMAT = f"{FORMAT_NAME}/2"
 
 

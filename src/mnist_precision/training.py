@@ -74,7 +74,8 @@ class SGD:
     without it on 2 CPU cores. And
     constructing the first one imports torch._dynamo, 1.2 s of the stage's
     start. GradScaler drives this one as it drives torch's: through
-    `param_groups` and `step()`.
+    `param_groups` and `step()`. It keeps no state beyond the learning rate,
+    which params.yaml gives: a checkpoint needs nothing of it.
     """
 
     def __init__(self, params, lr: float):
@@ -90,12 +91,6 @@ class SGD:
         params = [param for param in group["params"] if param.grad is not None]
         # One fused kernel per dtype on a GPU; a loop of add_ in C++ on the CPU.
         torch._foreach_add_(params, [param.grad for param in params], alpha=-group["lr"])
-
-    def state_dict(self) -> dict:
-        return {"lr": self.param_groups[0]["lr"]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.param_groups[0]["lr"] = state["lr"]
 
 
 class TrainStep:
@@ -162,7 +157,6 @@ def train(
     step, first_epoch, done_in_epoch = 0, 1, 0
     if resume is not None:
         model.load_state_dict(resume["model"])
-        train_step.optimizer.load_state_dict(resume["optimizer"])
         train_step.scaler.load_state_dict(resume["scaler"])
         progress = resume["progress"]
         generator.set_state(progress["epoch_generator_state"])
@@ -190,7 +184,6 @@ def train(
                 bar.close()
                 raise Stopped({
                     "model": model.state_dict(),
-                    "optimizer": train_step.optimizer.state_dict(),
                     "scaler": train_step.scaler.state_dict(),
                     "progress": {
                         "epoch": epoch, "done_in_epoch": done_in_epoch, "step": step,
