@@ -35,7 +35,7 @@ from mnist_precision import paths, tracking  # noqa: E402
 from mnist_precision.data import load_split  # noqa: E402
 from mnist_precision.model import build_mlp  # noqa: E402
 from mnist_precision.train_stage import log_model  # noqa: E402
-from mnist_precision.training import TrainStep  # noqa: E402
+from mnist_precision.training import TrainStep, make_optimizer  # noqa: E402
 from mnist_precision.precision import PrecisionPolicy  # noqa: E402
 
 lap("import the project (mlflow.pytorch, mlflow.models, tqdm)")
@@ -44,7 +44,7 @@ lap("import the project (mlflow.pytorch, mlflow.models, tqdm)")
 def main() -> None:
     data_dir = (Path(__file__).resolve().parents[1] / paths.DATA_DIR).resolve()
     model = build_mlp([256])
-    TrainStep(model, PrecisionPolicy("fp32", "cpu"), lr=0.01)
+    TrainStep(model, PrecisionPolicy("fp32", "cpu"), make_optimizer(model, lr=0.01))
     lap("build the model and the training step")
     with tempfile.TemporaryDirectory() as work:
         os.chdir(work)

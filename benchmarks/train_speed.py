@@ -2,16 +2,22 @@
 
     python benchmarks/train_speed.py            # the full run (a few minutes on 2 CPU cores)
     python benchmarks/train_speed.py --quick    # tiny sizes, under 2 minutes
+    python benchmarks/train_speed.py --keep-freed-memory   # glibc keeps freed memory (see README)
     python benchmarks/train_speed.py --device cuda --compile   # on a GPU (see gpu_check.sh)
 
-For fp32, fp16 and bf16 it times the project's own training step (`TrainStep`
+For every precision it times the project's own training step (`TrainStep`
 over `shuffled_batches`, as the train stage runs it) after warm-up, on:
 
 - reference:   the params.yaml recipe, one hidden layer of 256, batch 64;
+- reference-bare-update: the same in fp32, with torch.optim.SGD replaced by a
+               bare `torch._foreach_add_` update: what the stock optimizer costs;
 - wide:        two hidden layers of 4096, batch 512, where arithmetic dominates;
 - seed-loader: the seed tutorial's input pipeline (torchvision MNIST with
                ToTensor + Normalize through a DataLoader), same model, fp32;
 - ceiling:     a large matrix multiply in each dtype: what the machine achieves.
+
+Each row has a time budget: the number of timed steps shrinks for a step too
+slow to fit it (fp16 on a CPU without native fp16, say), so the run stays bounded.
 
 It prints a Markdown table and, as its last line, one JSON object with the
 ratios documented in benchmarks/README.md.
@@ -36,17 +42,19 @@ import torch
 import yaml
 
 from mnist_precision import paths
-from mnist_precision.allocator import keep_freed_memory
 from mnist_precision.data import MEAN, STD, Split, load_split, shuffled_batches
 from mnist_precision.device import device_name, resolve_device
 from mnist_precision.download import download_mnist
 from mnist_precision.model import build_mlp
-from mnist_precision.precision import PrecisionPolicy, use_true_fp32
-from mnist_precision.training import TrainStep
+from mnist_precision.precision import BASELINE, NAMES as PRECISIONS, PRECISIONS as TABLE, PrecisionPolicy
+from mnist_precision.training import TrainStep, make_optimizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PRECISIONS = ("fp32", "fp16", "bf16")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The dtype of each precision's matrix products, for its ceiling.
+DTYPES = {name: TABLE[name].autocast_dtype or torch.float32 for name in PRECISIONS}
+# glibc's malloc, told through its own environment variables (mallopt(3)) to
+# keep freed memory in the heap: no mmap for big blocks, no trimming.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)}
 
 
 @dataclass(frozen=True)
@@ -66,22 +74,23 @@ class Sizes:
     ceiling_n: int
     repeats: int
     train_samples: int | None  # None: the whole training set
+    row_budget_s: float  # timed seconds a row may take, all repeats together
 
 
 FULL = Sizes(
     reference=Config("reference", (256,), 64, warmup=50, steps=600),
     wide=Config("wide", (4096, 4096), 512, warmup=3, steps=10),
-    seed_loader_steps=200, ceiling_n=2048, repeats=5, train_samples=None,
+    seed_loader_steps=200, ceiling_n=2048, repeats=5, train_samples=None, row_budget_s=20,
 )
 QUICK = Sizes(
     reference=Config("reference", (256,), 64, warmup=5, steps=40),
     wide=Config("wide", (1024, 1024), 256, warmup=2, steps=5),
-    seed_loader_steps=20, ceiling_n=512, repeats=1, train_samples=8192,
+    seed_loader_steps=20, ceiling_n=512, repeats=1, train_samples=8192, row_budget_s=3,
 )
 GPU_FULL = Sizes(
     reference=Config("reference", (256,), 64, warmup=100, steps=2000),
     wide=Config("wide", (4096, 4096), 4096, warmup=20, steps=200),
-    seed_loader_steps=300, ceiling_n=8192, repeats=5, train_samples=None,
+    seed_loader_steps=300, ceiling_n=8192, repeats=5, train_samples=None, row_budget_s=20,
 )
 
 
@@ -153,12 +162,29 @@ def endless_batches(data: Split, batch_size: int, seed: int):
                 yield images, labels
 
 
-def time_training(config: Config, precision: str, data: Split, clock: Clock, repeats: int,
-                  compile: bool = False) -> dict:
+class BareUpdate:
+    """`p -= lr * grad` as one `torch._foreach_add_`: no optimizer around it.
+    Only a yardstick for what torch.optim.SGD's Python costs per step."""
+
+    def __init__(self, params, lr: float):
+        self.params, self.lr = list(params), lr
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        torch._foreach_add_(self.params, [param.grad for param in self.params], alpha=-self.lr)
+
+
+def time_training(config: Config, precision: str, data: Split, clock: Clock, sizes: Sizes,
+                  compile: bool = False, bare_update: bool = False) -> dict:
     device = data.images.device
     torch.manual_seed(0)
     model = build_mlp(config.hidden).to(device)
-    step = TrainStep(model, PrecisionPolicy(precision, device.type), lr=0.01, compile=compile)
+    optimizer = BareUpdate(model.parameters(), lr=0.01) if bare_update else make_optimizer(model, lr=0.01)
+    step = TrainStep(model, PrecisionPolicy(precision, device.type), optimizer, compile=compile)
     batches = endless_batches(data, config.batch_size, seed=0)
 
     def run(n: int):
@@ -167,13 +193,17 @@ def time_training(config: Config, precision: str, data: Split, clock: Clock, rep
 
     with PeakMemory(device) as memory:
         clock.time(lambda: run(config.warmup))
+        # Fit the row into its time budget: fewer timed steps for a slow step.
+        per_step = clock.time(lambda: run(1))
+        steps = max(2, min(config.steps, int(sizes.row_budget_s / sizes.repeats / per_step)))
         # The best of the repeats: noise on a shared machine only ever adds time.
-        seconds = min(clock.time(lambda: run(config.steps)) for _ in range(repeats))
-    samples_per_s = config.steps * config.batch_size / seconds
+        seconds = min(clock.time(lambda: run(steps)) for _ in range(sizes.repeats))
+    samples_per_s = steps * config.batch_size / seconds
     flops = training_flops_per_sample(config.hidden) * samples_per_s
-    return {"config": config.name + ("-compiled" if compile else ""), "precision": precision,
-            "hidden": list(config.hidden), "batch_size": config.batch_size,
-            "samples_per_s": samples_per_s, "ms_per_step": 1000 * seconds / config.steps,
+    name = config.name + ("-compiled" if compile else "") + ("-bare-update" if bare_update else "")
+    return {"config": name, "precision": precision,
+            "hidden": list(config.hidden), "batch_size": config.batch_size, "timed_steps": steps,
+            "samples_per_s": samples_per_s, "ms_per_step": 1000 * seconds / steps,
             "model_tflops": flops / 1e12, "peak_memory_mb": memory.peak_mb}
 
 
@@ -193,7 +223,7 @@ def time_seed_loader(data_dir: Path, device: torch.device, steps: int, clock: Cl
         loader = DataLoader(dataset, batch_size=64, shuffle=True)
         torch.manual_seed(0)
         model = build_mlp((256,)).to(device)
-        step = TrainStep(model, PrecisionPolicy("fp32", device.type), lr=0.01)
+        step = TrainStep(model, PrecisionPolicy(BASELINE, device.type), make_optimizer(model, lr=0.01))
 
         def run(n: int):
             done = 0
@@ -208,7 +238,7 @@ def time_seed_loader(data_dir: Path, device: torch.device, steps: int, clock: Cl
             run(5)
             seconds = min(clock.time(lambda: run(steps)) for _ in range(repeats))
     samples_per_s = steps * 64 / seconds
-    return {"config": "seed-loader", "precision": "fp32", "hidden": [256], "batch_size": 64,
+    return {"config": "seed-loader", "precision": "fp32", "hidden": [256], "batch_size": 64, "timed_steps": steps,
             "samples_per_s": samples_per_s, "ms_per_step": 1000 * seconds / steps,
             "model_tflops": training_flops_per_sample((256,)) * samples_per_s / 1e12,
             "peak_memory_mb": memory.peak_mb}
@@ -255,15 +285,17 @@ def time_imports() -> float:
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device_name(device)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
-    return f"{device_name(device)}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+    return (f"{device_name(device)}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads "
+            f"(torch {torch.__version__})")
 
 
 def markdown(rows: list[dict], ceilings: dict[str, float]) -> str:
-    lines = ["| config | precision | hidden | batch | samples/s | ms/step | model TFLOP/s | of ceiling | peak MB |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| config | precision | hidden | batch | timed steps | samples/s | ms/step | model TFLOP/s | of ceiling "
+             "| peak MB |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         fraction = r["model_tflops"] * 1e12 / ceilings[r["precision"]]
-        lines.append(f"| {r['config']} | {r['precision']} | {r['hidden']} | {r['batch_size']} | "
+        lines.append(f"| {r['config']} | {r['precision']} | {r['hidden']} | {r['batch_size']} | {r['timed_steps']} | "
                      f"{r['samples_per_s']:,.0f} | {r['ms_per_step']:.3f} | {r['model_tflops']:.4f} | "
                      f"{fraction:.1%} | {r['peak_memory_mb']:,.0f} |")
     lines += ["", "| ceiling | TFLOP/s |", "| --- | ---: |"]
@@ -281,28 +313,34 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also time the reference network with train.compile (CUDA graphs on a GPU)")
     parser.add_argument("--skip-stage", action="store_true",
                         help="do not time the train stage (where MLflow is not installed)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help=f"run with glibc keeping freed memory ({' '.join(f'{k}={v}' for k, v in KEEP_FREED_MEMORY.items())})")
     args = parser.parse_args(argv)
+    if args.keep_freed_memory and any(os.environ.get(k) != v for k, v in KEEP_FREED_MEMORY.items()):
+        # glibc reads them once, when the process starts: start again with them.
+        os.execve(sys.executable, [sys.executable, *sys.argv], os.environ | KEEP_FREED_MEMORY)
 
-    device = resolve_device(args.device, "fp32")
-    keep_freed_memory()  # as the train stage does
-    use_true_fp32()
+    device = resolve_device(args.device, BASELINE)
     sizes = QUICK if args.quick else GPU_FULL if device.type == "cuda" else FULL
     clock = Clock(device)
     download_mnist(args.data)
     data = load_split(args.data, "train", device)
     if sizes.train_samples:
         data = Split(data.images[:sizes.train_samples], data.labels[:sizes.train_samples])
-    print(f"# Training speed on {device_description(device)}", flush=True)
+    malloc = " ".join(f"{k}={os.environ[k]}" for k in KEEP_FREED_MEMORY if k in os.environ) or "glibc's defaults"
+    print(f"# Training speed on {device_description(device)}; malloc: {malloc}", flush=True)
 
     ceilings = {name: matmul_ceiling(DTYPES[name], sizes.ceiling_n, device, clock) for name in PRECISIONS}
     rows = [time_seed_loader(args.data, device, sizes.seed_loader_steps, clock, sizes.repeats)]
     for config in (sizes.reference, sizes.wide):
         for precision in PRECISIONS:
-            rows.append(time_training(config, precision, data, clock, sizes.repeats))
+            rows.append(time_training(config, precision, data, clock, sizes))
             print(f"  {config.name} {precision}: {rows[-1]['samples_per_s']:,.0f} samples/s", file=sys.stderr)
+        if config is sizes.reference:
+            rows.append(time_training(config, BASELINE, data, clock, sizes, bare_update=True))
     if args.compile:
         for precision in PRECISIONS:
-            rows.append(time_training(sizes.reference, precision, data, clock, sizes.repeats, compile=True))
+            rows.append(time_training(sizes.reference, precision, data, clock, sizes, compile=True))
     if not args.skip_stage:
         import_s = time_imports()
         (stage_wall, stage_loop), (again_wall, again_loop) = time_stage(args.data, device.type)
@@ -312,14 +350,13 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {
         "device": device_description(device),
         "quick": args.quick,
-        "reference_fp32_vs_seed_loader": speed["reference", "fp32"] / speed["seed-loader", "fp32"],
-        **{f"reference_{p}_vs_seed_loader": speed["reference", p] / speed["seed-loader", "fp32"] for p in PRECISIONS[1:]},
+        "malloc": malloc,
+        **{f"reference_{p}_vs_seed_loader": speed["reference", p] / speed["seed-loader", BASELINE] for p in PRECISIONS},
         **{f"reference_{p}_ceiling_fraction": flops["reference", p] / ceilings[p] for p in PRECISIONS},
         **{f"wide_{p}_ceiling_fraction": flops["wide", p] / ceilings[p] for p in PRECISIONS},
-        "reference_fp16_vs_fp32": speed["reference", "fp16"] / speed["reference", "fp32"],
-        "reference_bf16_vs_fp32": speed["reference", "bf16"] / speed["reference", "fp32"],
-        "wide_fp16_vs_fp32": speed["wide", "fp16"] / speed["wide", "fp32"],
-        "wide_bf16_vs_fp32": speed["wide", "bf16"] / speed["wide", "fp32"],
+        **{f"{c}_{p}_vs_{BASELINE}": speed[c, p] / speed[c, BASELINE]
+           for c in ("reference", "wide") for p in PRECISIONS if p != BASELINE},
+        "reference_fp32_torch_optim_vs_bare_update": speed["reference", BASELINE] / speed["reference-bare-update", BASELINE],
         **{f"ceiling_{p}_tflops": ceilings[p] / 1e12 for p in PRECISIONS},
     }
     if not args.skip_stage:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mnist_precision.data import Split
 from mnist_precision.device import peak_memory_metrics, resolve_device
 from mnist_precision.model import build_mlp
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.training import TrainStep
+from mnist_precision.precision import NAMES, PrecisionPolicy
+from mnist_precision.training import SYNC_EVERY, TrainState, TrainStep, make_optimizer, run_epoch
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,16 +28,54 @@ def test_auto_picks_cuda():
 @pytest.mark.parametrize("compile", [False, True])
 def test_training_steps_on_cuda(name, dtype, compile):
     model = build_mlp([256]).cuda()
-    step = TrainStep(model, PrecisionPolicy(name, "cuda"), lr=0.01, compile=compile)
+    step = TrainStep(model, PrecisionPolicy(name, "cuda"), make_optimizer(model, 0.01), compile=compile)
     images, labels = torch.randn(64, 784, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
     losses = [step(images, labels)[1].item() for _ in range(20)]
     logits, _, _ = step(images, labels)
     assert logits.dtype == dtype
     assert losses[-1] < losses[0]
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert step.scaler.is_enabled() == (name == "fp16")
+    assert step.policy.scaler.is_enabled() == (name == "fp16")
 
 
 def test_peak_memory_comes_from_the_cuda_allocator():
     torch.ones(1 << 20, device="cuda")
     assert peak_memory_metrics(torch.device("cuda"))["peak_gpu_memory_mb"] >= 4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_epoch_waits_for_the_gpu_only_at_the_documented_points(name, monkeypatch):
+    """Under sync debug mode "error", any wait for the GPU raises; the loop's
+    documented reads (the loss every SYNC_EVERY steps and at the epoch's end,
+    the epoch's sums) are let through by counting them."""
+    generator = torch.Generator().manual_seed(0)
+    data = Split(images=torch.randn(64 * 3 * SYNC_EVERY + 17, 784, generator=generator).cuda(),
+                 labels=torch.randint(0, 10, (64 * 3 * SYNC_EVERY + 17,), generator=generator).cuda())
+    torch.manual_seed(0)
+    model = build_mlp([256]).cuda()
+    policy = PrecisionPolicy(name, "cuda")
+    state = TrainState(model, policy, lr=0.01, seed=0)
+    step = TrainStep(model, policy, state.optimizer)
+    reads = []
+    item = torch.Tensor.item
+
+    def documented_read(tensor):
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            reads.append(1)
+            return item(tensor)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    monkeypatch.setattr(torch.Tensor, "item", documented_read)
+    step(data.images[:64], data.labels[:64])  # warm-up: first-call set-up may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        record = run_epoch(state, step, data, batch_size=64, epochs=1)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert record.loss > 0
+    steps = -(-len(data) // 64)
+    # The loss every SYNC_EVERY steps and at the end, then loss sum, correct and skipped.
+    assert len(reads) == steps // SYNC_EVERY + 1 + 3

@@ -1,12 +1,13 @@
-"""The precision policy: what autocast computes in, and when a GradScaler runs."""
+"""The precision policy: what autocast computes in, when a GradScaler runs, and what it skips."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from mnist_precision import params, precision, report
 from mnist_precision.model import build_mlp
-from mnist_precision.precision import PrecisionPolicy, use_true_fp32
+from mnist_precision.precision import PRECISIONS, PrecisionPolicy
 
 
 @pytest.mark.parametrize("name, dtype", [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)])
@@ -22,20 +23,57 @@ def test_activations_are_computed_in_the_policy_dtype(name, dtype):
 
 @pytest.mark.parametrize("name, enabled", [("fp32", False), ("fp16", True), ("bf16", False)])
 def test_grad_scaler_only_for_fp16(name, enabled):
-    scaler = PrecisionPolicy(name, "cpu").grad_scaler()
-    assert scaler.is_enabled() == enabled
+    policy = PrecisionPolicy(name, "cpu")
+    assert policy.scaler.is_enabled() == enabled
+    assert (policy.scale() == 65536.0) if enabled else policy.scale() is None
 
 
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="fp32, fp16, bf16"):
-        PrecisionPolicy("fp8", "cpu")
+        PrecisionPolicy("fp64", "cpu")
 
 
-def test_true_fp32_turns_tf32_off():
-    use_true_fp32()
+def test_the_precisions_are_listed_once():
+    assert params.PRECISIONS is precision.NAMES == tuple(PRECISIONS)
+    assert report.NAMES is precision.NAMES and report.BASELINE == precision.BASELINE
+
+
+def test_the_policy_turns_tf32_off():
+    torch.set_float32_matmul_precision("high")
+    PrecisionPolicy("fp32", "cpu")
     assert torch.get_float32_matmul_precision() == "highest"
     assert not torch.backends.cuda.matmul.allow_tf32
     assert not torch.backends.cudnn.allow_tf32
+
+
+def fp16_step(policy: PrecisionPolicy, lr: float) -> tuple[torch.Tensor | None, torch.Tensor]:
+    torch.manual_seed(0)
+    model = build_mlp([32])
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, fused=True)
+    with policy.autocast():
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 784)), torch.randint(0, 10, (8,)))
+    policy.backward(loss * lr)  # a huge lr makes the gradients overflow fp16
+    before = model[0].weight.detach().clone()
+    return policy.optimizer_step(optimizer), before - model[0].weight.detach()
+
+
+def test_an_overflowing_fp16_step_is_skipped_and_reported_as_a_tensor():
+    policy = PrecisionPolicy("fp16", "cpu")
+    skipped, update = fp16_step(policy, lr=1e30)
+    assert isinstance(skipped, torch.Tensor) and bool(skipped)
+    assert torch.count_nonzero(update) == 0  # the weights did not move
+    assert policy.scale() == 32768.0  # the scaler backed off
+    skipped, update = fp16_step(PrecisionPolicy("fp16", "cpu"), lr=0.01)
+    assert not bool(skipped) and torch.count_nonzero(update) > 0
+    assert fp16_step(PrecisionPolicy("bf16", "cpu"), lr=0.01)[0] is None
+
+
+def test_the_policy_state_round_trips():
+    policy = PrecisionPolicy("fp16", "cpu")
+    fp16_step(policy, lr=1e30)
+    again = PrecisionPolicy("fp16", "cpu")
+    again.load_state_dict(policy.state_dict())
+    assert again.scale() == policy.scale() == 32768.0
 
 
 def test_reference_network_shape():

@@ -9,8 +9,9 @@ import torch
 
 from mnist_precision.data import Split, batches
 from mnist_precision.model import build_mlp
+from mnist_precision.params import TrainParams
 from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.training import SGD, DivergenceError, Stopped, TrainStep, train
+from mnist_precision.training import DivergenceError, Stopped, TrainStep, make_optimizer, train
 
 
 def toy_split(n: int = 512) -> Split:
@@ -21,12 +22,19 @@ def toy_split(n: int = 512) -> Split:
     return Split(images=centers[labels] + 0.5 * torch.randn(n, 784, generator=generator), labels=labels)
 
 
-def run(precision: str, **overrides):
+def recipe(**overrides) -> TrainParams:
+    return TrainParams(**dict(epochs=3, batch_size=64, lr=0.01, hidden=(32,), compile=False) | overrides)
+
+
+def run(precision: str, seed: int = 0, **overrides):
     torch.manual_seed(0)
     model = build_mlp([32])
-    settings = dict(epochs=3, batch_size=64, lr=0.01, seed=0) | overrides
-    result = train(model, toy_split(), policy=PrecisionPolicy(precision, "cpu"), **settings)
+    result = train(model, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(**overrides), seed)
     return model, result
+
+
+def step_for(model, precision: str, lr: float = 0.05, compile: bool = False) -> TrainStep:
+    return TrainStep(model, PrecisionPolicy(precision, "cpu"), make_optimizer(model, lr), compile=compile)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
@@ -49,20 +57,27 @@ def test_same_seed_on_cpu_is_bitwise_repeatable(precision):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_own_sgd_updates_bitwise_as_torch_optim_sgd(precision):
+def test_the_step_updates_as_plain_torch_sgd(precision):
+    """The fused SGD under the policy (and its GradScaler) gives the update of
+    the textbook loop with torch.optim.SGD."""
     data = toy_split(256)
-    models = []
-    for make_optimizer in (lambda params: SGD(params, lr=0.05), lambda params: torch.optim.SGD(params, lr=0.05)):
-        torch.manual_seed(0)
-        model = build_mlp([32])
-        step = TrainStep(model, PrecisionPolicy(precision, "cpu"), lr=0.05)
-        step.optimizer = make_optimizer(model.parameters())
-        for images, labels in batches(data, 64):
-            step(images, labels)
-        models.append(model)
-    ours, theirs = models
-    for p, q in zip(ours.parameters(), theirs.parameters()):
-        assert torch.equal(p, q)
+    torch.manual_seed(0)
+    ours = build_mlp([32])
+    step = step_for(ours, precision)
+    torch.manual_seed(0)
+    textbook = build_mlp([32])
+    optimizer = torch.optim.SGD(textbook.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", enabled=precision == "fp16")
+    for images, labels in batches(data, 64):
+        step(images, labels)
+        optimizer.zero_grad()
+        with torch.amp.autocast("cpu", dtype=torch.float16, enabled=precision == "fp16"):
+            loss = torch.nn.functional.cross_entropy(textbook(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    for p, q in zip(ours.parameters(), textbook.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
     torch.manual_seed(0)
     assert not torch.equal(ours[0].weight, build_mlp([32])[0].weight)  # it did train
 
@@ -74,7 +89,7 @@ def test_compiled_step_trains_as_the_eager_one(precision):
     losses = []
     for compile in (False, True):
         torch.manual_seed(0)
-        step = TrainStep(build_mlp([32]), PrecisionPolicy(precision, "cpu"), lr=0.05, compile=compile)
+        step = step_for(build_mlp([32]), precision, compile=compile)
         losses.append([step(images, labels)[1].item() for images, labels in batches(data, 64)])
     eager, compiled = losses
     assert compiled == pytest.approx(eager, rel=1e-3)
@@ -109,25 +124,29 @@ class StopAfter:
         return self.calls < 0
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("stop_at", [5, 8, 16])  # mid-epoch, at an epoch boundary, later
-def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(stop_at):
-    reference, expected = run("fp32")
+def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(precision, stop_at):
+    reference, expected = run(precision)
 
     torch.manual_seed(0)
     model = build_mlp([32])
-    settings = dict(policy=PrecisionPolicy("fp32", "cpu"), epochs=3, batch_size=64, lr=0.01, seed=0)
     with pytest.raises(Stopped) as stopped:
-        train(model, toy_split(), stop=StopAfter(stop_at), **settings)
-    assert stopped.value.checkpoint["progress"]["step"] == stop_at
+        train(model, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, stop=StopAfter(stop_at))
+    state = stopped.value.checkpoint
+    assert state["progress"]["step"] == stop_at
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.01  # torch.optim's own state_dict
+    assert ("scale" in state["precision"]["scaler"]) == (precision == "fp16")
 
     buffer = io.BytesIO()  # through the file format the stage uses
-    torch.save(stopped.value.checkpoint, buffer)
+    torch.save(state, buffer)
     buffer.seek(0)
     checkpoint = torch.load(buffer, weights_only=True)
 
     resumed = build_mlp([32])  # other initial weights: all must come from the checkpoint
-    result = train(resumed, toy_split(), resume=checkpoint, **settings)
+    result = train(resumed, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, resume=checkpoint)
     for p, q in zip(reference.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
-    assert [(e.loss, e.accuracy) for e in result.epochs] == [(e.loss, e.accuracy) for e in expected.epochs]
-    assert result.samples == expected.samples
+    assert [(e.loss, e.accuracy, e.skipped_steps) for e in result.epochs] == \
+        [(e.loss, e.accuracy, e.skipped_steps) for e in expected.epochs]
+    assert result.samples == expected.samples and result.final_scale == expected.final_scale

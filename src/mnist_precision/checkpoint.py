@@ -1,14 +1,21 @@
 """Training checkpoints, written when a run is stopped and read to resume it.
 
-A checkpoint holds the model and GradScaler states, the shuffling generator's
-state at the start of the interrupted epoch, and where in that epoch training
-stood. It also records the params that shape training
-(its fingerprint): a checkpoint written for other params, or one that does not
-load, is refused with a message, never used silently.
+The schema, in one place:
+
+    format         "mnist-precision-checkpoint/<version>"
+    fingerprint    the params that shape training (see `fingerprint`)
+    mlflow_run_id  the run that a resume continues
+    state          `TrainState.state_dict()`: model, optimizer, precision
+                   policy (the GradScaler), and progress (epoch, step, the
+                   shuffling generator at the start of the epoch, its sums)
+
+A checkpoint written for other params, by another version, or one that does
+not load, is refused with a message, never used silently.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +26,8 @@ from .errors import UserError
 from .params import Params
 
 FORMAT_NAME = "mnist-precision-checkpoint"
-# 2: no optimizer state: the project's own SGD keeps none (1 held torch.optim's).
-FORMAT = f"{FORMAT_NAME}/2"
+# 3: the state of TrainState, with torch.optim's optimizer state (2 had none).
+FORMAT = f"{FORMAT_NAME}/3"
 
 
 class CheckpointError(UserError):
@@ -34,12 +41,22 @@ def fingerprint(params: Params, device: torch.device) -> dict[str, Any]:
             "train.hidden": list(params.train.hidden), "train.compile": params.train.compile}
 
 
-def save(path: Path, checkpoint: dict, expected: dict[str, Any], mlflow_run_id: str) -> None:
+@dataclass(frozen=True)
+class Checkpoint:
+    state: dict  # TrainState.state_dict()
+    mlflow_run_id: str
+
+    @property
+    def step(self) -> int:
+        return self.state["progress"]["step"]
+
+
+def save(path: Path, state: dict, expected: dict[str, Any], mlflow_run_id: str) -> None:
     with atomic_path(path) as tmp:
-        torch.save(checkpoint | {"format": FORMAT, "fingerprint": expected, "mlflow_run_id": mlflow_run_id}, tmp)
+        torch.save({"format": FORMAT, "fingerprint": expected, "mlflow_run_id": mlflow_run_id, "state": state}, tmp)
 
 
-def load(path: Path, expected: dict[str, Any], epochs: int) -> dict | None:
+def load(path: Path, expected: dict[str, Any], epochs: int) -> Checkpoint | None:
     """The checkpoint at `path` if there is one, after checking it fits `expected`."""
     if not path.exists():
         return None
@@ -60,7 +77,8 @@ def load(path: Path, expected: dict[str, Any], epochs: int) -> dict | None:
     if changed:
         raise CheckpointError(f"{path} was written for other params ({'; '.join(changed)}): "
                               f"restore them to resume, or {fix}")
-    if checkpoint["progress"]["epoch"] > epochs:
-        raise CheckpointError(f"{path} stopped in epoch {checkpoint['progress']['epoch']}, beyond train.epochs={epochs}; "
+    epoch = checkpoint["state"]["progress"]["epoch"]
+    if epoch > epochs:
+        raise CheckpointError(f"{path} stopped in epoch {epoch}, beyond train.epochs={epochs}; "
                               f"raise train.epochs to resume, or {fix}")
-    return checkpoint
+    return Checkpoint(checkpoint["state"], checkpoint["mlflow_run_id"])

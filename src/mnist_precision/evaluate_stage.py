@@ -19,7 +19,7 @@ from .device import resolve_device  # noqa: E402
 from .evaluation import evaluate, fp16_stored_copy, stored_bytes  # noqa: E402
 from .model import CLASSES, build_mlp  # noqa: E402
 from .params import load  # noqa: E402
-from .precision import PrecisionPolicy, use_true_fp32  # noqa: E402
+from .precision import BASELINE, PrecisionPolicy  # noqa: E402
 
 
 def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, path: Path) -> None:
@@ -42,7 +42,7 @@ def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, pa
 def main() -> None:
     params = load(paths.PARAMS)
     device = resolve_device(params.device, params.precision)
-    use_true_fp32()
+    policy = PrecisionPolicy(params.precision, device.type)
     run_id = json.loads(paths.require(paths.MLFLOW_RUN, "train").read_text())["run_id"]
     tracking.configure()
 
@@ -53,10 +53,10 @@ def main() -> None:
     test = load_split(paths.require(paths.DATA_DIR, "download"), "test", device)
 
     with tracking.run_scope(run_id=run_id):
-        result = evaluate(model, test, PrecisionPolicy(params.precision, device.type), params.evaluate.batch_size)
+        result = evaluate(model, test, policy, params.evaluate.batch_size)
         half, widened = fp16_stored_copy(state)
         model.load_state_dict(widened)
-        fp16_stored = evaluate(model, test, PrecisionPolicy("fp32", device.type), params.evaluate.batch_size)
+        fp16_stored = evaluate(model, test, PrecisionPolicy(BASELINE, device.type), params.evaluate.batch_size)
 
         metrics = {
             "test_accuracy": result.accuracy,

@@ -1,13 +1,11 @@
-"""The precision policy, in one place.
+"""The precisions, and the policy that owns everything a precision does to a step.
 
-- fp32: true single precision. TF32 is off for matmul and cuDNN (float32
-  matmul precision "highest"); no autocast.
-- fp16: autocast to float16 with a GradScaler, so that small gradients do not
-  flush to zero; on the CPU too.
-- bf16: autocast to bfloat16. Its exponent range equals fp32's, so no scaler.
-
-Weights and optimizer state stay fp32 in every case: this is mixed precision,
-not pure half precision.
+Each precision is one entry of `PRECISIONS`: params validation, the report's
+order and the benchmark read this table, so adding a precision is one entry
+here. `PrecisionPolicy` plays the part of Lightning's `MixedPrecision` plugin:
+the training loop asks it for the autocast context, the backward pass and the
+optimizer step, and checkpoints its state; it never looks at the precision's
+name itself.
 """
 
 from __future__ import annotations
@@ -17,31 +15,25 @@ from dataclasses import dataclass
 
 import torch
 
-AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 @dataclass(frozen=True)
-class PrecisionPolicy:
+class Precision:
     name: str
-    device_type: str  # "cpu" or "cuda"
+    autocast_dtype: torch.dtype | None  # None: no autocast, everything in fp32
+    loss_scaling: bool  # a GradScaler keeps small gradients from flushing to zero
+    summary: str
 
-    def __post_init__(self) -> None:
-        if self.name not in AUTOCAST_DTYPES:
-            raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.name!r}")
 
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return AUTOCAST_DTYPES[self.name]
-
-    def autocast(self) -> AbstractContextManager:
-        """The context to run forward passes (and the loss) in."""
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.amp.autocast(self.device_type, dtype=self.autocast_dtype)
-
-    def grad_scaler(self) -> torch.amp.GradScaler:
-        """A GradScaler, enabled only for fp16 (a disabled one passes through)."""
-        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
+PRECISIONS: dict[str, Precision] = {p.name: p for p in (
+    Precision("fp32", None, False,
+              "true single precision: no autocast, TF32 off for matmul and cuDNN"),
+    Precision("fp16", torch.float16, True,
+              "torch.amp.autocast to float16 with a torch.amp.GradScaler; weights stay fp32"),
+    Precision("bf16", torch.bfloat16, False,
+              "autocast to bfloat16, no scaler (its exponent range is fp32's); weights stay fp32"),
+)}
+NAMES = tuple(PRECISIONS)
+BASELINE = "fp32"
 
 
 def use_true_fp32() -> None:
@@ -52,3 +44,65 @@ def use_true_fp32() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
+
+
+class PrecisionPolicy:
+    """What one precision does to a training step on one device type.
+
+    Constructing it sets the process's float32 matmul precision (TF32 off), so
+    every stage that builds a policy computes fp32 the same way.
+
+    Nothing here waits for the device: whether the GradScaler skipped a step
+    stays a tensor on the device (the fused optimizer takes the scale and the
+    overflow flag as tensors), for the caller to read when it chooses.
+    """
+
+    def __init__(self, name: str, device_type: str):
+        if name not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(NAMES)}, got {name!r}")
+        self.precision = PRECISIONS[name]
+        self.device_type = device_type  # "cpu" or "cuda"
+        self.scaler = torch.amp.GradScaler(device_type, enabled=self.precision.loss_scaling)
+        use_true_fp32()
+
+    @property
+    def name(self) -> str:
+        return self.precision.name
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return self.precision.autocast_dtype
+
+    def autocast(self) -> AbstractContextManager:
+        """The context to run forward passes (and the loss) in."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.amp.autocast(self.device_type, dtype=self.autocast_dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """Step the optimizer, through the GradScaler where there is one.
+
+        Returns whether the scaler skipped the step for overflowing gradients,
+        as a 0-dim tensor on the device (no wait), or None without a scaler.
+        """
+        if not self.scaler.is_enabled():
+            optimizer.step()
+            return None
+        self.scaler.step(optimizer)
+        # The overflow flags the scaler computed for this step, before update() clears them.
+        skipped = sum(self.scaler._found_inf_per_device(optimizer).values()) > 0
+        self.scaler.update()
+        return skipped
+
+    def scale(self) -> float | None:
+        """The GradScaler's current loss scale (waits for the device), or None."""
+        return self.scaler.get_scale() if self.scaler.is_enabled() else None
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scaler.load_state_dict(state["scaler"])

@@ -9,14 +9,13 @@ import torch
 from mlflow.models import infer_signature
 
 from . import checkpoint, paths, tracking
-from .allocator import keep_freed_memory
 from .atomic import atomic_path, atomic_write_json
 from .data import load_split
 from .device import device_name, peak_memory_metrics, resolve_device
 from .interrupts import Interrupted, StopRequest
 from .model import build_mlp
 from .params import load
-from .precision import PrecisionPolicy, use_true_fp32
+from .precision import PrecisionPolicy
 from .training import DivergenceError, EpochRecord, Stopped, train
 
 
@@ -45,10 +44,8 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
 def main() -> None:
     params = load(paths.PARAMS)
     device = resolve_device(params.device, params.precision)
-    keep_freed_memory()
-    use_true_fp32()
-    torch.manual_seed(params.seed)
     policy = PrecisionPolicy(params.precision, device.type)
+    torch.manual_seed(params.seed)
     expected = checkpoint.fingerprint(params, device)
     resume = checkpoint.load(paths.CHECKPOINT, expected, params.train.epochs)
 
@@ -58,14 +55,14 @@ def main() -> None:
     model = build_mlp(params.train.hidden).to(device)
 
     # A resumed run continues the MLflow run that was stopped.
-    run_args = ({"run_id": resume["mlflow_run_id"]} if resume else
+    run_args = ({"run_id": resume.mlflow_run_id} if resume else
                 {"experiment_id": experiment_id, "run_name": tracking.run_name(params.precision),
                  "tags": tracking.run_tags()})
     stop = StopRequest()
     with tracking.run_scope(**run_args) as run:
         if resume:
-            mlflow.set_tag("resumed_at_step", resume["progress"]["step"])
-            print(f"train: resuming from {paths.CHECKPOINT} at step {resume['progress']['step']}", file=sys.stderr)
+            mlflow.set_tag("resumed_at_step", resume.step)
+            print(f"train: resuming from {paths.CHECKPOINT} at step {resume.step}", file=sys.stderr)
         else:
             mlflow.log_params(params.flat() | environment_params(device))
         epoch_metrics = tracking.MetricsBuffer(run.info.run_id)
@@ -77,20 +74,18 @@ def main() -> None:
 
         try:
             with stop.active():  # SIGINT/SIGTERM: finish the step, then checkpoint
-                result = train(model, data, policy=policy, epochs=params.train.epochs,
-                               batch_size=params.train.batch_size, lr=params.train.lr, seed=params.seed,
-                               compile=params.train.compile, on_epoch=log_epoch, stop=stop, resume=resume)
+                result = train(model, data, policy, params.train, params.seed, on_epoch=log_epoch, stop=stop,
+                               resume=resume.state if resume else None)
         except DivergenceError as error:
             mlflow.set_tags({"failure": str(error), "diverged_at_epoch": error.epoch, "diverged_at_step": error.step})
             raise
         except Stopped as stopped:
             checkpoint.save(paths.CHECKPOINT, stopped.checkpoint, expected, run.info.run_id)
-            step = stopped.checkpoint["progress"]["step"]
-            mlflow.set_tag("stopped_at_step", step)
-            epoch_metrics.flush()
+            mlflow.set_tag("stopped_at_step", stopped.checkpoint["progress"]["step"])
             raise Interrupted(f"{stopped}; checkpoint written to {paths.CHECKPOINT}: "
                               "run the stage again (dvc repro) to resume", stop.signum) from None
-        epoch_metrics.flush()
+        finally:  # whatever happened, the epochs that ended reach the store
+            epoch_metrics.flush()
 
         metrics = {
             "train_loss": result.epochs[-1].loss,

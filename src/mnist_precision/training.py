@@ -1,4 +1,10 @@
-"""The training loop: SGD on the reference recipe, under a precision policy."""
+"""The training loop: SGD on the reference recipe, under a precision policy.
+
+`TrainState` holds everything that a resumed run needs (PyTorch's
+`state_dict` convention), `run_epoch` runs one epoch of steps, and `train`
+runs the epochs. What precision does to a step belongs to the policy
+(`precision.PrecisionPolicy`), never to the loop.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +22,14 @@ from tqdm import tqdm
 from .data import Split, shuffled_batches
 from .errors import UserError
 from .interrupts import StopRequest
+from .params import TrainParams
 from .precision import PrecisionPolicy
 
-# On a GPU, how often (in steps) the loop waits for the device to report the
-# loss, for the progress bar and the divergence check; on the CPU, where
-# reading it costs nothing, the loss is checked after every step.
+# The documented points where the loop waits for the device: reading the loss
+# for the divergence check and the progress bar, every SYNC_EVERY steps on a
+# GPU (every step on the CPU, where reading it costs nothing) and at the end
+# of each epoch; and the epoch's loss, accuracy and skipped-step count, once
+# per epoch. Nothing else in a step reads a tensor back.
 SYNC_EVERY = 50
 
 
@@ -64,61 +73,75 @@ class TrainResult:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
-class SGD:
-    """Plain SGD, `p -= lr * grad`: the reference recipe's optimizer, as one
-    multi-tensor update.
-
-    `torch.optim.SGD` computes the same update, bit for bit, but its `step`
-    spends about 100 µs in Python (hooks, profiling, capturability checks):
-    measured side by side, the batch-64 step runs 12-17% more samples/s
-    without it on 2 CPU cores. And
-    constructing the first one imports torch._dynamo, 1.2 s of the stage's
-    start. GradScaler drives this one as it drives torch's: through
-    `param_groups` and `step()`. It keeps no state beyond the learning rate,
-    which params.yaml gives: a checkpoint needs nothing of it.
-    """
-
-    def __init__(self, params, lr: float):
-        self.param_groups = [{"params": list(params), "lr": lr}]
-
-    def zero_grad(self) -> None:
-        for param in self.param_groups[0]["params"]:
-            param.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        group = self.param_groups[0]
-        params = [param for param in group["params"] if param.grad is not None]
-        # One fused kernel per dtype on a GPU; a loop of add_ in C++ on the CPU.
-        torch._foreach_add_(params, [param.grad for param in params], alpha=-group["lr"])
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The recipe's plain SGD. `fused=True` (CPU and CUDA) lets the GradScaler
+    hand it the scale and the overflow flag as tensors, so an fp16 step never
+    waits for the GPU to say whether it overflowed."""
+    return torch.optim.SGD(model.parameters(), lr=lr, fused=True)
 
 
 class TrainStep:
     """One SGD step under a precision policy: the unit the training loop runs
-    and the benchmark times. With fp16, the GradScaler may skip the update
-    when the scaled gradients overflow; `__call__` says whether it did."""
+    and the benchmark times. Returns the logits, the loss and whether the
+    GradScaler skipped the update (a device tensor, or None without a scaler)."""
 
-    def __init__(self, model: nn.Module, policy: PrecisionPolicy, lr: float, compile: bool = False):
-        self.policy = policy
-        self.optimizer = SGD(model.parameters(), lr=lr)
-        self.scaler = policy.grad_scaler()
+    def __init__(self, model: nn.Module, policy: PrecisionPolicy, optimizer: torch.optim.Optimizer,
+                 compile: bool = False):
+        self.policy, self.optimizer = policy, optimizer
         # On a GPU, "reduce-overhead" replays CUDA graphs: no per-kernel launch cost.
         mode = "reduce-overhead" if policy.device_type == "cuda" else None
         self.forward = torch.compile(model, mode=mode) if compile else model
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         with self.policy.autocast():
             logits = self.forward(images)
             loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad()
-        self.scaler.scale(loss).backward()
-        if not self.scaler.is_enabled():
-            self.optimizer.step()
-            return logits, loss, False
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return logits, loss, self.scaler.get_scale() < scale
+        self.policy.backward(loss)
+        return logits, loss, self.policy.optimizer_step(self.optimizer)
+
+
+@dataclass
+class Progress:
+    """Where training stands: finished epochs, and the sums of the epoch in progress."""
+
+    epoch: int = 1  # the epoch in progress (or the next one to start)
+    done_in_epoch: int = 0  # its steps already taken
+    step: int = 0  # steps taken in all epochs
+    epoch_generator_state: torch.Tensor | None = None  # the shuffling generator when the epoch began
+    loss_sum: float = 0.0
+    correct: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    records: list[EpochRecord] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Progress:
+        return cls(**state | {"records": [EpochRecord(**record) for record in state["records"]]})
+
+
+class TrainState:
+    """Everything a resumed run needs to end bitwise where an uninterrupted one would."""
+
+    def __init__(self, model: nn.Module, policy: PrecisionPolicy, lr: float, seed: int):
+        self.model, self.policy = model, policy
+        self.optimizer = make_optimizer(model, lr)
+        self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        self.progress = Progress()
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "precision": self.policy.state_dict(), "progress": self.progress.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.policy.load_state_dict(state["precision"])
+        self.progress = Progress.from_state_dict(state["progress"])
+        self.generator.set_state(self.progress.epoch_generator_state)
 
 
 class Stopped(Exception):
@@ -129,88 +152,68 @@ class Stopped(Exception):
         self.checkpoint = checkpoint
 
 
-def train(
-    model: nn.Module,
-    data: Split,
-    *,
-    policy: PrecisionPolicy,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    compile: bool = False,
-    on_epoch: Callable[[EpochRecord], None] = lambda record: None,
-    stop: StopRequest | None = None,
-    resume: dict | None = None,
-) -> TrainResult:
-    """Train for `epochs` epochs, or continue from `resume` (a checkpoint that
-    `Stopped` carried) so that the end state is the same, bit for bit, as if
-    training had never stopped. When `stop` is set, raise `Stopped` after the
-    current step."""
-    device = data.images.device
-    train_step = TrainStep(model, policy, lr, compile=compile)
-    generator = torch.Generator(device=device).manual_seed(seed)
+def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, epochs: int,
+              stop: StopRequest | None = None) -> EpochRecord:
+    """Run the rest of the epoch `state.progress.epoch`; raise `Stopped` (after
+    a whole step) when `stop` is set."""
+    progress, device = state.progress, data.images.device
+    if progress.done_in_epoch == 0:
+        progress.epoch_generator_state = state.generator.get_state()
+    started = time.perf_counter()
+    # The sums stay on the device during the epoch: adding to them does not wait
+    # for it. A resumed epoch starts from the sums it stopped at, in the same
+    # dtype, so that it adds up bit for bit as an uninterrupted one.
+    loss_sum = torch.tensor(progress.loss_sum, dtype=torch.float32, device=device)
+    correct = torch.tensor(progress.correct, dtype=torch.int64, device=device)
+    skipped = torch.tensor(progress.skipped, dtype=torch.int64, device=device)
+
+    def progress_now() -> Progress:
+        return Progress(**vars(progress) | {
+            "loss_sum": loss_sum.item(), "correct": int(correct.item()), "skipped": int(skipped.item()),
+            "seconds": progress.seconds + time.perf_counter() - started})
+
     steps_per_epoch = math.ceil(len(data) / batch_size)
     # Reading the loss waits for the device: free on the CPU, a stall on a GPU.
     check_every = 1 if device.type == "cpu" else SYNC_EVERY
-    result = TrainResult(samples_per_epoch=len(data))
-    step, first_epoch, done_in_epoch = 0, 1, 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        train_step.scaler.load_state_dict(resume["scaler"])
-        progress = resume["progress"]
-        generator.set_state(progress["epoch_generator_state"])
-        step, first_epoch, done_in_epoch = progress["step"], progress["epoch"], progress["done_in_epoch"]
-        result.epochs = [EpochRecord(**record) for record in progress["records"]]
-    model.train()
-    for epoch in range(first_epoch, epochs + 1):
-        started = time.perf_counter()
-        epoch_generator_state = generator.get_state()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        skipped, earlier_seconds = 0, 0.0
-        batches = shuffled_batches(data, batch_size, generator)
-        if resume is not None and epoch == first_epoch:
-            loss_sum += progress["loss_sum"].to(device)
-            correct += progress["correct"].to(device)
-            skipped, earlier_seconds = progress["skipped"], progress["seconds"]
-            batches = itertools.islice(batches, done_in_epoch, None)
-        else:
-            done_in_epoch = 0
-        bar = tqdm(batches, total=steps_per_epoch, initial=done_in_epoch,
-                   desc=f"{policy.name} epoch {epoch}/{epochs}", unit="step", leave=False)
+    batches = itertools.islice(shuffled_batches(data, batch_size, state.generator), progress.done_in_epoch, None)
+    with tqdm(batches, total=steps_per_epoch, initial=progress.done_in_epoch, leave=False, unit="step",
+              desc=f"{state.policy.name} epoch {progress.epoch}/{epochs}") as bar:
         for images, labels in bar:
             if stop:  # between two steps: the state is whole
-                bar.close()
-                raise Stopped({
-                    "model": model.state_dict(),
-                    "scaler": train_step.scaler.state_dict(),
-                    "progress": {
-                        "epoch": epoch, "done_in_epoch": done_in_epoch, "step": step,
-                        "epoch_generator_state": epoch_generator_state,
-                        "loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "skipped": skipped,
-                        "seconds": earlier_seconds + time.perf_counter() - started,
-                        "records": [vars(record) for record in result.epochs],
-                    },
-                }, stop.signal_name)
-            step += 1
-            done_in_epoch += 1
-            logits, loss, was_skipped = train_step(images, labels)
-            skipped += was_skipped
+                state.progress = progress_now()
+                raise Stopped(state.state_dict(), stop.signal_name)
+            progress.step += 1
+            progress.done_in_epoch += 1
+            logits, loss, was_skipped = step(images, labels)
             loss_sum.add_(loss.detach(), alpha=len(labels))
             correct.add_((logits.argmax(dim=1) == labels).sum())
-            if step % check_every == 0 or done_in_epoch == steps_per_epoch:
+            if was_skipped is not None:
+                skipped.add_(was_skipped)
+            if progress.step % check_every == 0 or progress.done_in_epoch == steps_per_epoch:
                 value = loss.item()
-                if not math.isfinite(value) and not train_step.scaler.is_enabled():
-                    raise DivergenceError(epoch, step, value)
-                if step % SYNC_EVERY == 0:
+                if not math.isfinite(value) and was_skipped is None:
+                    raise DivergenceError(progress.epoch, progress.step, value)
+                if progress.step % SYNC_EVERY == 0:
                     bar.set_postfix(loss=f"{value:.4f}", refresh=False,
                                     samples_s=f"{(bar.format_dict['rate'] or 0) * batch_size:.0f}")
-        seconds = earlier_seconds + time.perf_counter() - started
-        record = EpochRecord(epoch=epoch, loss=loss_sum.item() / len(data),
-                             accuracy=correct.item() / len(data), seconds=seconds, skipped_steps=skipped)
-        result.epochs.append(record)
-        on_epoch(record)
-    if train_step.scaler.is_enabled():
-        result.final_scale = train_step.scaler.get_scale()
-    return result
+    done = progress_now()
+    record = EpochRecord(epoch=done.epoch, loss=done.loss_sum / len(data), accuracy=done.correct / len(data),
+                         seconds=done.seconds, skipped_steps=done.skipped)
+    state.progress = Progress(epoch=done.epoch + 1, step=done.step, records=[*done.records, record])
+    return record
+
+
+def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainParams, seed: int, *,
+          on_epoch: Callable[[EpochRecord], None] = lambda record: None,
+          stop: StopRequest | None = None, resume: dict | None = None) -> TrainResult:
+    """Train for `params.epochs` epochs, or continue from `resume` (the state
+    that `Stopped` carried) so that the end state is the same, bit for bit, as
+    if training had never stopped."""
+    state = TrainState(model, policy, params.lr, seed)
+    if resume is not None:
+        state.load_state_dict(resume)
+    step = TrainStep(model, policy, state.optimizer, compile=params.compile)
+    model.train()
+    while state.progress.epoch <= params.epochs:
+        on_epoch(run_epoch(state, step, data, params.batch_size, params.epochs, stop))
+    return TrainResult(samples_per_epoch=len(data), epochs=state.progress.records, final_scale=policy.scale())
