@@ -21,13 +21,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-# MLflow's own SQLAlchemy mappings trigger this deprecation warning; it is not ours to fix.
+# MLflow's own SQLAlchemy mappings trigger this deprecation warning; it is not
+# ours to fix. The filter is process-wide on purpose: the warning also fires in
+# MLflow's own threads (system metrics, asynchronous logging), which a
+# `warnings.catch_warnings()` block around our calls would not cover (and that
+# block is not thread-safe). It matches this one message and nothing else.
 warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is deprecated",
                         category=DeprecationWarning)
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, RunStatus  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.utils.async_logging.run_operations import RunOperations  # noqa: E402
 
 from .errors import UserError  # noqa: E402
 from .interrupts import Interrupted, sigterm_raises  # noqa: E402
@@ -122,49 +127,35 @@ def experiment_id(name: str, chosen: Store) -> str:
 
 
 class MetricsBuffer:
-    """Per-epoch metrics that survive a tracking server's absence.
+    """Per-epoch metrics that never hold up training and are never lost.
 
-    `add` tries once, without MLflow's minutes of HTTP retries, so training
-    never waits on a server that is down; what does not reach the store stays
-    queued and goes with the next call. `flush` insists, with MLflow's retries.
+    `add` hands each epoch's metrics to MLflow's asynchronous logging: its
+    background thread sends them, with MLflow's own HTTP retries, while
+    training goes on, so a tracking server that restarts costs no training
+    time. `flush` waits for every send; one that failed (a server away for
+    longer than MLflow's retries) is sent again, with the retries again.
     """
 
     def __init__(self, run_id: str):
-        self.run_id, self.pending = run_id, []
+        self.run_id = run_id
         self.client = mlflow.MlflowClient()
-        self.warned = False
+        self.sending: list[tuple[list[Metric], RunOperations]] = []
 
     def add(self, values: dict[str, float], step: int) -> None:
         now_ms = int(time.time() * 1000)
-        self.pending += [Metric(key, float(value), timestamp=now_ms, step=step) for key, value in values.items()]
-        try:
-            with _no_http_retries():
-                self.flush()
-        except Exception as error:  # the server is away: keep the metrics for later
-            if not self.warned:
-                print(f"mlflow: cannot log to {mlflow.get_tracking_uri()} ({type(error).__name__}); "
-                      "keeping the epoch metrics to send later", file=sys.stderr)
-                self.warned = True
+        metrics = [Metric(key, float(value), timestamp=now_ms, step=step) for key, value in values.items()]
+        self.sending.append((metrics, self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)))
 
     def flush(self) -> None:
-        while self.pending:
-            batch = self.pending[:1000]  # MLflow's limit per log_batch
-            self.client.log_batch(self.run_id, metrics=batch)
-            del self.pending[:len(batch)]
-
-
-@contextmanager
-def _no_http_retries() -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        while self.sending:
+            metrics, operation = self.sending[0]
+            try:
+                operation.wait()
+            except MlflowException as error:
+                print(f"mlflow: the metrics of epoch {metrics[0].step} did not reach {mlflow.get_tracking_uri()} "
+                      f"({error.message.splitlines()[0][:200]}); sending them again", file=sys.stderr)
+                self.client.log_batch(self.run_id, metrics=metrics)
+            del self.sending[0]
 
 
 def git_commit() -> str | None:
