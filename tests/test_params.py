@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from mnist_precision.params import ParamsError, load, parse
 
 DEFAULTS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -98,3 +98,27 @@ def test_train_stage_refuses_bad_params_before_any_work(tmp_path):
     assert "train: error: precision must be one of fp32, fp16, bf16; got 'fp8'" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no store, no outputs
+
+
+def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path):
+    """`lr: 1e-3` typed by hand is a number, as DVC (YAML 1.2) reads it, not YAML 1.1's string."""
+    path = tmp_path / "params.yaml"
+    text = (REPO_ROOT / "params.yaml").read_text()
+    path.write_text(text.replace("lr: 0.01", "lr: 1e-3"))
+    assert load(path).train.lr == 0.001
+    path.write_text(text.replace("lr: 0.01", "lr: 2E-2").replace("batch_size: 64", "batch_size: 1e2"))
+    with pytest.raises(ParamsError, match=r"train.batch_size must be an integer, got 100.0"):
+        load(path)
+
+
+def test_every_bad_value_is_reported_at_once():
+    tree = with_value("precision", "fp64")
+    tree["train"] |= {"lr": -1, "epochs": 0, "batchsize": 3}
+    del tree["seed"]
+    with pytest.raises(ParamsError) as error:
+        parse(tree)
+    message = str(error.value)
+    assert message.startswith("params.yaml has 5 problems:\n")
+    for fragment in ("precision must be one of", "missing the key 'seed'", "train.epochs must be an integer >= 1",
+                     "train.lr must be a positive number, got -1", "unknown key 'train.batchsize'"):
+        assert fragment in message

@@ -3,12 +3,16 @@
 Every key is checked for type, range and allowed values; an unknown key is an
 error that suggests the nearest known one. Errors name the key, the bad value
 and what is allowed, so the user can fix params.yaml (or the `-S` override)
-without reading code.
+without reading code, and every bad value is reported at once.
+
+The file is read as YAML 1.2 reads numbers, as DVC (which writes params.yaml
+on `-S`) does: `lr: 1e-3` is a number, not the string that YAML 1.1 makes it.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,8 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .precision import NAMES as PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -132,31 +136,41 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def _validate(tree: Any, schema: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _validate(tree: Any, schema: dict[str, Any], errors: list[str], prefix: str = "") -> dict[str, Any]:
+    """The cleaned values of `tree`; each bad one adds its message to `errors`."""
     where = prefix.rstrip(".") or "params.yaml"
     if not isinstance(tree, dict):
-        raise ParamsError(f"{where} must be a mapping of keys to values, got {tree!r}")
+        errors.append(f"{where} must be a mapping of keys to values, got {tree!r}")
+        return {}
     for key in tree:
         if key not in schema:
             near = difflib.get_close_matches(str(key), list(schema), n=1)
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""
             known = ", ".join(f"{prefix}{k}" for k in schema)
-            raise ParamsError(f"unknown key '{prefix}{key}' in params.yaml{hint} (known keys: {known})")
+            errors.append(f"unknown key '{prefix}{key}' in params.yaml{hint} (known keys: {known})")
     clean: dict[str, Any] = {}
     for key, check in schema.items():
         name = f"{prefix}{key}"
         if key not in tree:
-            raise ParamsError(f"params.yaml is missing the key '{name}'")
-        if isinstance(check, dict):
-            clean[key] = _validate(tree[key], check, prefix=f"{name}.")
+            errors.append(f"params.yaml is missing the key '{name}'")
+        elif isinstance(check, dict):
+            clean[key] = _validate(tree[key], check, errors, prefix=f"{name}.")
         else:
-            clean[key] = check(name, tree[key])
+            try:
+                clean[key] = check(name, tree[key])
+            except ParamsError as error:
+                errors.append(str(error))
     return clean
 
 
 def parse(tree: Any) -> Params:
     """Validate a params mapping (as read from YAML) and return typed params."""
-    clean = _validate(tree, SCHEMA)
+    errors: list[str] = []
+    clean = _validate(tree, SCHEMA, errors)
+    if len(errors) == 1:
+        raise ParamsError(errors[0])
+    if errors:
+        raise ParamsError(f"params.yaml has {len(errors)} problems:\n" + "\n".join(f"  - {e}" for e in errors))
     return Params(
         precision=clean["precision"],
         seed=clean["seed"],
@@ -166,6 +180,17 @@ def parse(tree: Any) -> Params:
         mlflow_experiment=clean["mlflow"]["experiment"],
         raw=tree,
     )
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: `1e-3` and `2E5` are numbers."""
+
+
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 def load(path: str | Path = "params.yaml") -> Params:
@@ -178,7 +203,7 @@ def load(path: str | Path = "params.yaml") -> Params:
             f"{path} not found in {Path.cwd()}: run from the project root, where params.yaml lives"
         ) from None
     try:
-        tree = yaml.safe_load(text)
+        tree = yaml.load(text, Loader=Yaml12Loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
