@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import Project, make_project, wait_for_queue
+from helpers import Project, make_project, wait_for_queue
 
 pytestmark = pytest.mark.e2e
 
@@ -74,6 +74,17 @@ def test_repro_then_fp16_experiment(project):
 
     out = project.run("dvc", "repro").stdout
     assert "Data and pipelines are up to date." in out
+
+    # A maintainer edits a module that train and evaluate import (but download does not).
+    device_py = project.root / "src" / "mnist_precision" / "device.py"
+    original = device_py.read_text()
+    device_py.write_text(original + "\n# edited\n")
+    try:
+        status = project.run("dvc", "status", "--json").stdout
+        changed = yaml.safe_load(status)
+        assert set(changed) == {"train", "evaluate"}, status
+    finally:
+        device_py.write_text(original)
 
 
 def test_queued_experiments_land_in_the_repository_store(project):
