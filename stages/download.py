@@ -1,6 +1,6 @@
 """DVC stage `download` (see dvc.yaml); the work is in mnist_precision.download_stage."""
 
-from mnist_precision.cli import run_stage
+from mnist_precision.entry import run_stage
 from mnist_precision.download_stage import main
 
 if __name__ == "__main__":

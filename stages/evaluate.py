@@ -1,6 +1,6 @@
 """DVC stage `evaluate` (see dvc.yaml); the work is in mnist_precision.evaluate_stage."""
 
-from mnist_precision.cli import run_stage
+from mnist_precision.entry import run_stage
 from mnist_precision.evaluate_stage import main
 
 if __name__ == "__main__":

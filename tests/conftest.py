@@ -2,47 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import socket
-import threading
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# The real data set, laid beside the checkout on these machines (and in CI).
-SHARED_MNIST = REPO_ROOT.parent / "shared" / "mnist"
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
-        pass
-
-
-@contextlib.contextmanager
-def serve_directory(directory: Path, handler=QuietHandler) -> Iterator[str]:
-    """Serve `directory` over HTTP on 127.0.0.1 (a free port); yield its base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+from helpers import SHARED_MNIST, serve_directory
 
 
 @pytest.fixture(scope="session")
@@ -54,101 +18,3 @@ def mnist_mirror() -> Iterator[str | None]:
         return
     with serve_directory(SHARED_MNIST) as url:
         yield url
-
-
-@dataclass
-class Project:
-    root: Path
-    env: dict[str, str]
-
-    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        # Output goes to files, not pipes: `dvc queue start` leaves workers
-        # behind that inherit its output, and a pipe would stay open with them.
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            code = subprocess.run(args, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL,
-                                  stdout=out, stderr=err, timeout=timeout).returncode
-            out.seek(0), err.seek(0)
-            result = subprocess.CompletedProcess(args, code, out.read(), err.read())
-        assert code == 0, f"{' '.join(args)} exited {code}\n{result.stdout}\n{result.stderr}"
-        return result
-
-    def json(self, relative: str):
-        return json.loads((self.root / relative).read_text())
-
-    def mlflow_runs(self):
-        from mlflow import MlflowClient
-
-        client = MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name("mnist-precision")
-        return client, experiment, client.search_runs([experiment.experiment_id])
-
-
-def project_files() -> list[str]:
-    """What a clone of the project holds: tracked files, and new ones git does not ignore."""
-    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-    return [name for name in listing.split("\0") if name and (REPO_ROOT / name).is_file()]
-
-
-def make_project(root: Path, mnist_mirror: str | None, epochs: int = 1) -> Project:
-    """The project as a user's clone, in a fresh git repository, training for `epochs` epochs."""
-    for name in project_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"]["epochs"] = epochs
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MNIST_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env |= {"GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@localhost",
-            "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@localhost"}
-    if mnist_mirror:
-        env["MNIST_MIRROR"] = mnist_mirror
-    project = Project(root, env)
-    project.run("git", "init", "-q", "-b", "main")
-    project.run("git", "add", "-A")
-    project.run("git", "commit", "-q", "-m", "project")
-    return project
-
-
-def wait_for_queue(project: Project, timeout: float = 600) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = project.run("dvc", "queue", "status").stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            return status
-        time.sleep(3)
-    pytest.fail(f"the DVC queue did not finish in {timeout} s:\n{status}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def start_mlflow_server(cwd: Path, port: int, store_uri: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """`mlflow server` as the README starts it, bound to 127.0.0.1; SIGTERM on exit."""
-    log = cwd / f"mlflow-server-{port}.log"
-    with open(log, "a") as output:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store_uri,
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=cwd, env=env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start:\n{log.read_text()}")
-                time.sleep(0.5)
-        yield server
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            assert server.wait(timeout=30) in (0, -15), log.read_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import serve_directory
+from helpers import serve_directory
 from mnist_precision import download
 from mnist_precision.download import DownloadError, FetchPolicy, download_mnist
 

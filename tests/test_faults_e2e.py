@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, free_port, start_mlflow_server
+from helpers import REPO_ROOT, free_port, start_mlflow_server
 from mnist_precision.download import download_mnist
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from mnist_precision.device import DeviceError, resolve_device
 
 TRACKED = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Project, free_port, make_project, start_mlflow_server, wait_for_queue
+from helpers import Project, free_port, make_project, start_mlflow_server, wait_for_queue
 
 pytestmark = pytest.mark.e2e
 

@@ -30,10 +30,9 @@ from . import paths, tracking  # noqa: E402
 from .atomic import atomic_path, atomic_write_bytes  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .params import load  # noqa: E402
+from .precision import BASELINE, NAMES  # noqa: E402
 from .stats import Interval, difference_of_means, ratio_of_means  # noqa: E402
 
-BASELINE = "fp32"
-PRECISION_ORDER = ("fp32", "fp16", "bf16")
 SUMMARY_TAG = "mnist_precision.run_type"
 # What makes two runs comparable, besides precision and seed.
 CONFIG_PARAMS = ("train.hidden", "train.batch_size", "train.epochs", "train.lr", "train.compile")
@@ -70,7 +69,7 @@ class Group:
         return f"{self.device}; " + ", ".join(f"{k.removeprefix('train.')} {v}" for k, v in self.config)
 
     def precisions(self) -> list[str]:
-        return sorted(self.runs, key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 99)
+        return sorted(self.runs, key=lambda p: NAMES.index(p) if p in NAMES else len(NAMES))
 
     def values(self, precision: str, metric: str) -> dict[int, float]:
         return {seed: getattr(run, metric) for seed, run in self.runs[precision].items()
@@ -293,6 +292,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from .cli import run_stage
+    from .entry import run_stage
 
     run_stage("report", main)
