@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on a lent GPU machine (under 8 minutes on one H200):
 # versions, the GPU-marked tests, then the speed harness on CUDA for every
-# precision and configuration, eager and with train.compile (CUDA graphs).
+# precision and configuration, eager and with train.compile (CUDA graphs),
+# then the data-parallel path (torchrun, DDP over NCCL) at world size 1: one
+# GPU cannot host two NCCL ranks.
 #
 #   MNIST_MIRROR=<dir or URL> bash benchmarks/gpu_check.sh [results dir]
 #
@@ -26,3 +28,5 @@ stage=()
 "$python" -c 'import mlflow' 2>/dev/null || stage=(--skip-stage)
 "$python" benchmarks/train_speed.py --device cuda --compile "${stage[@]}" 2>&1 | tee "$results/gpu.md"
 tail -n 1 "$results/gpu.md" > "$results/gpu.json"
+"$python" -m torch.distributed.run --standalone --nproc-per-node=1 benchmarks/ddp_steps.py --data data/mnist \
+  --device cuda 2>&1 | tee "$results/gpu_ddp.txt"

@@ -14,7 +14,9 @@ over `shuffled_batches`, as the train stage runs it) after warm-up, on:
 - wide:        two hidden layers of 4096, batch 512, where arithmetic dominates;
 - seed-loader: the seed tutorial's input pipeline (torchvision MNIST with
                ToTensor + Normalize through a DataLoader), same model, fp32;
-- ceiling:     a large matrix multiply in each dtype: what the machine achieves.
+- ceiling:     a large matrix multiply in each dtype: what the machine achieves;
+- data-parallel: on the CPU, the reference step in one plain process and in
+               2 processes under torchrun (DDP over gloo), by ddp_steps.py.
 
 Each row has a time budget: the number of timed steps shrinks for a step too
 slow to fit it (fp16 on a CPU without native fp16, say), so the run stays bounded.
@@ -244,12 +246,16 @@ def time_seed_loader(data_dir: Path, device: torch.device, steps: int, clock: Cl
             "peak_memory_mb": memory.peak_mb}
 
 
-def matmul_ceiling(dtype: torch.dtype, n: int, device: torch.device, clock: Clock) -> float:
-    """FLOP/s of an n x n x n matrix multiply: what this device achieves in `dtype`."""
+def matmul_ceiling(dtype: torch.dtype, n: int, device: torch.device, clock: Clock, budget_s: float) -> float:
+    """FLOP/s of an n x n x n matrix multiply: what this device achieves in
+    `dtype`, timed within `budget_s` (on a CPU without native fp16, one fp16
+    product of n = 2048 alone can take 20 s: then that one is the figure)."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    reps = max(3, int(2e11 / (2 * n**3)) if device.type == "cuda" else 3)
-    a @ b
+    first = clock.time(lambda: a @ b)
+    if first * 3 > budget_s:
+        return 2 * n**3 / first
+    reps = max(1, min(int(2e11 / (2 * n**3)) if device.type == "cuda" else 3, int(budget_s / 3 / first)))
     seconds = min(clock.time(lambda: [a @ b for _ in range(reps)]) for _ in range(3))
     return 2 * n**3 * reps / seconds
 
@@ -274,6 +280,17 @@ def time_stage(data_dir: Path, device_param: str) -> list[tuple[float, float]]:
             wall = time.perf_counter() - started
             timings.append((wall, json.loads(Path(work, paths.TRAIN_METRICS).read_text())["train_seconds"]))
     return timings
+
+
+def time_data_parallel(data_dir: Path, steps: int) -> dict[int, float]:
+    """Samples/s of the reference fp32 step in one plain process and in 2
+    processes under torchrun (each process a fresh interpreter)."""
+    script = [str(REPO_ROOT / "benchmarks" / "ddp_steps.py"), "--data", str(data_dir), "--device", "cpu",
+              "--steps", str(steps)]
+    commands = {1: [sys.executable, *script],
+                2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *script]}
+    return {n: json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            ["samples_per_s"] for n, command in commands.items()}
 
 
 def time_imports() -> float:
@@ -330,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
     malloc = " ".join(f"{k}={os.environ[k]}" for k in KEEP_FREED_MEMORY if k in os.environ) or "glibc's defaults"
     print(f"# Training speed on {device_description(device)}; malloc: {malloc}", flush=True)
 
-    ceilings = {name: matmul_ceiling(DTYPES[name], sizes.ceiling_n, device, clock) for name in PRECISIONS}
+    ceilings = {name: matmul_ceiling(DTYPES[name], sizes.ceiling_n, device, clock, sizes.row_budget_s)
+                for name in PRECISIONS}
     rows = [time_seed_loader(args.data, device, sizes.seed_loader_steps, clock, sizes.repeats)]
     for config in (sizes.reference, sizes.wide):
         for precision in PRECISIONS:
@@ -341,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         for precision in PRECISIONS:
             rows.append(time_training(sizes.reference, precision, data, clock, sizes, compile=True))
+    if device.type == "cpu":
+        data_parallel = time_data_parallel(args.data, sizes.reference.steps // 2)
     if not args.skip_stage:
         import_s = time_imports()
         (stage_wall, stage_loop), (again_wall, again_loop) = time_stage(args.data, device.type)
@@ -367,6 +387,10 @@ def main(argv: list[str] | None = None) -> dict:
             "stage_training_loop_s": stage_loop,
             "import_torch_mlflow_s": import_s,
         }
+    if device.type == "cpu":
+        figures |= {"data_parallel_1_process_samples_per_s": data_parallel[1],
+                    "data_parallel_2_processes_samples_per_s": data_parallel[2],
+                    "data_parallel_2_vs_1_processes": data_parallel[2] / data_parallel[1]}
     if args.compile:
         figures |= {f"reference_{p}_compiled_vs_eager": speed["reference-compiled", p] / speed["reference", p]
                     for p in PRECISIONS}
@@ -377,6 +401,10 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(markdown(rows, ceilings))
     print()
+    if device.type == "cpu":
+        print(f"data-parallel, reference fp32 step: {data_parallel[1]:,.0f} samples/s in 1 process "
+              f"({torch.get_num_threads()} threads), {data_parallel[2]:,.0f} in 2 processes under torchrun "
+              f"(1 thread each, DDP over gloo): {data_parallel[2] / data_parallel[1]:.2f}x")
     if not args.skip_stage:
         print(f"train stage, 1 epoch: {stage_wall:.2f} s wall with a fresh MLflow store, {again_wall:.2f} s with an "
               f"existing one, of which {stage_loop:.2f} s and {again_loop:.2f} s in the training loop; "

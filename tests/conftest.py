@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from mnist_precision.download import download_mnist
 
 from helpers import SHARED_MNIST, serve_directory
 
@@ -18,3 +21,11 @@ def mnist_mirror() -> Iterator[str | None]:
         return
     with serve_directory(SHARED_MNIST) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def mnist_data(tmp_path_factory, mnist_mirror) -> Path:
+    """The four MNIST files, downloaded once (through the real downloader) for the stage tests."""
+    data = tmp_path_factory.mktemp("mnist")
+    download_mnist(data, [mnist_mirror] if mnist_mirror else None)
+    return data

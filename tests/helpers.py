@@ -141,3 +141,47 @@ def start_mlflow_server(cwd: Path, port: int, store_uri: str, env: dict[str, str
         if server.poll() is None:
             server.terminate()
             assert server.wait(timeout=30) in (0, -15), log.read_text()
+
+
+class Stage:
+    """A directory laid out like the project, where the real train stage runs."""
+
+    def __init__(self, root: Path, data: Path, **overrides):
+        self.root = root
+        params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+        params["train"] |= {"epochs": 1} | overrides.pop("train", {})
+        params |= overrides
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        (root / "data").mkdir()
+        (root / "data" / "mnist").symlink_to(data)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+
+    def start(self, **env) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=self.root,
+                                env=self.env | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def run(self, **env) -> subprocess.CompletedProcess:
+        process = self.start(**env)
+        out, err = process.communicate(timeout=300)
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    def runs(self, uri: str | None = None):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri or f"sqlite:///{self.root / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("mnist-precision")
+        return client, client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def wait_for_epoch(stage: Stage, epoch: int, process: subprocess.Popen, uri: str | None = None) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            client, runs = stage.runs(uri)
+            if runs and any(m.step >= epoch for m in client.get_metric_history(runs[0].info.run_id, "train_loss")):
+                return
+        except Exception:  # the store is still being created
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"epoch {epoch} was never logged")

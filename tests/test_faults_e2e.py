@@ -3,72 +3,16 @@ the right exit code, no half-written output, and no MLflow run left RUNNING."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from helpers import REPO_ROOT, free_port, start_mlflow_server
-from mnist_precision.download import download_mnist
+from helpers import Stage, free_port, start_mlflow_server, wait_for_epoch
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def mnist_data(tmp_path_factory, mnist_mirror) -> Path:
-    data = tmp_path_factory.mktemp("mnist")
-    download_mnist(data, [mnist_mirror] if mnist_mirror else None)
-    return data
-
-
-class Stage:
-    """A directory laid out like the project, where the real train stage runs."""
-
-    def __init__(self, root: Path, data: Path, **overrides):
-        self.root = root
-        params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-        params["train"] |= {"epochs": 1} | overrides.pop("train", {})
-        params |= overrides
-        (root / "params.yaml").write_text(yaml.safe_dump(params))
-        (root / "data").mkdir()
-        (root / "data" / "mnist").symlink_to(data)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-
-    def start(self, **env) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=self.root,
-                                env=self.env | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def run(self, **env) -> subprocess.CompletedProcess:
-        process = self.start(**env)
-        out, err = process.communicate(timeout=300)
-        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
-
-    def runs(self, uri: str | None = None):
-        from mlflow import MlflowClient
-
-        client = MlflowClient(uri or f"sqlite:///{self.root / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name("mnist-precision")
-        return client, client.search_runs([experiment.experiment_id]) if experiment else []
-
-
-def wait_for_epoch(stage: Stage, epoch: int, process: subprocess.Popen, uri: str | None = None) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        try:
-            client, runs = stage.runs(uri)
-            if runs and any(m.step >= epoch for m in client.get_metric_history(runs[0].info.run_id, "train_loss")):
-                return
-        except Exception:  # the store is still being created
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"epoch {epoch} was never logged")
 
 
 def test_divergence_fails_the_run_and_records_the_step(tmp_path, mnist_data):

@@ -56,6 +56,10 @@ def test_every_precision_is_accepted(precision):
         ("seed", -3, ["seed", ">= 0"]),
         ("train.compile", "yes", ["train.compile", "true or false", "'yes'"]),
         ("mlflow.experiment", "", ["mlflow.experiment", "non-empty"]),
+        ("train.processes", 0, ["train.processes", ">= 1 or 'auto'", "0"]),
+        ("train.processes", "all", ["train.processes", "'auto'", "'all'"]),
+        ("train.grad_comm", "fp8", ["train.grad_comm", "fp32, fp16, bf16", "'fp8'"]),
+        ("train.grad_comm", "fp16", ["train.grad_comm must be fp32 or the run's precision (fp32)", "'fp16'"]),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, expected):
@@ -122,3 +126,10 @@ def test_every_bad_value_is_reported_at_once():
     for fragment in ("precision must be one of", "missing the key 'seed'", "train.epochs must be an integer >= 1",
                      "train.lr must be a positive number, got -1", "unknown key 'train.batchsize'"):
         assert fragment in message
+
+
+def test_gradients_travel_in_the_runs_own_precision():
+    tree = with_value("precision", "bf16")
+    tree["train"] |= {"grad_comm": "bf16", "processes": "auto"}
+    params = parse(tree)
+    assert (params.train.grad_comm, params.train.processes) == ("bf16", "auto")

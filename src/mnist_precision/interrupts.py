@@ -28,6 +28,23 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while a block that must finish runs (ending an
+    MLflow run: a run cut off there stays RUNNING). A signal that came is
+    raised after the block, unless an error is already on its way out."""
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise Interrupted(f"received {signal.Signals(received[0]).name}", received[0])
+
+
 class StopRequest:
     """Set by SIGINT or SIGTERM while active, for a loop to stop at a safe point
     (between two steps, never inside an optimizer update). A second signal

@@ -23,6 +23,7 @@ from .errors import UserError
 from .precision import NAMES as PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
+GRAD_COMM = ("fp32", "fp16", "bf16")
 
 
 class ParamsError(UserError, ValueError):
@@ -32,10 +33,12 @@ class ParamsError(UserError, ValueError):
 @dataclass(frozen=True)
 class TrainParams:
     epochs: int
-    batch_size: int
+    batch_size: int  # the global batch, whatever the number of processes
     lr: float
     hidden: tuple[int, ...]
     compile: bool
+    processes: int | str = 1  # a count, or "auto": one per visible GPU
+    grad_comm: str = "fp32"  # the precision gradients travel in between processes
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,14 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
+def _processes(key: str, value: Any) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParamsError(f"{key} must be a number of processes >= 1 or 'auto' (one per visible GPU), got {value!r}")
+    return value
+
+
 def _name(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ParamsError(f"{key} must be a non-empty string, got {value!r}")
@@ -126,6 +137,8 @@ SCHEMA: dict[str, Any] = {
         "lr": _positive_float,
         "hidden": _hidden,
         "compile": _bool,
+        "processes": _processes,
+        "grad_comm": _choice(GRAD_COMM),
     },
     "evaluate": {
         "batch_size": _int(1),
@@ -167,6 +180,10 @@ def parse(tree: Any) -> Params:
     """Validate a params mapping (as read from YAML) and return typed params."""
     errors: list[str] = []
     clean = _validate(tree, SCHEMA, errors)
+    grad_comm, precision = clean.get("train", {}).get("grad_comm"), clean.get("precision")
+    if grad_comm not in (None, "fp32", precision) and precision is not None:
+        errors.append(f"train.grad_comm must be fp32 or the run's precision ({precision}), got {grad_comm!r}: "
+                      "gradients are sent in fp16 or bf16 only by runs that compute in it")
     if len(errors) == 1:
         raise ParamsError(errors[0])
     if errors:

@@ -35,7 +35,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.utils.async_logging.run_operations import RunOperations  # noqa: E402
 
 from .errors import UserError  # noqa: E402
-from .interrupts import Interrupted, sigterm_raises  # noqa: E402
+from .interrupts import Interrupted, deferred, sigterm_raises  # noqa: E402
 
 DVC_QUEUE_DIR = (".dvc", "tmp", "exps")
 
@@ -182,6 +182,23 @@ def run_name(precision: str) -> str:
     return f"{precision}-{os.environ.get('DVC_EXP_NAME') or 'workspace'}"
 
 
+SYSTEM_METRICS_INTERVAL_S = 1
+
+
+@contextmanager
+def node_system_metrics(run_id: str, node_id: str) -> Iterator[None]:
+    """Sample this machine's CPU, memory and GPUs into `run_id` as
+    `system/<node_id>/...`: each node of a distributed job logs its own."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, node_id=node_id)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 @contextmanager
 def run_scope(system_metrics: bool = True, **start_run_kwargs) -> Iterator[mlflow.ActiveRun]:
     """Start (or reopen, with run_id=...) a run and always end it:
@@ -191,7 +208,7 @@ def run_scope(system_metrics: bool = True, **start_run_kwargs) -> Iterator[mlflo
     one) every second, so the UI shows what each precision cost the machine.
     """
     if system_metrics:
-        mlflow.set_system_metrics_sampling_interval(1)
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         mlflow.set_system_metrics_samples_before_logging(1)
     with sigterm_raises():
         try:
@@ -207,4 +224,5 @@ def run_scope(system_metrics: bool = True, **start_run_kwargs) -> Iterator[mlflo
             status = RunStatus.to_string(RunStatus.KILLED)
             raise
         finally:
-            mlflow.end_run(status=status)
+            with deferred():  # a SIGTERM now (torchrun stopping a job's ranks) must not leave it RUNNING
+                mlflow.end_run(status=status)

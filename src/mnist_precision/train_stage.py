@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 
 import mlflow
 import torch
@@ -12,6 +13,7 @@ from . import checkpoint, paths, tracking
 from .atomic import atomic_path, atomic_write_json
 from .data import load_split
 from .device import device_name, peak_memory_metrics, resolve_device
+from .distributed import World, device_of, joined, launch, processes_wanted, under_torchrun
 from .interrupts import Interrupted, StopRequest
 from .model import build_mlp
 from .params import load
@@ -19,8 +21,11 @@ from .precision import PrecisionPolicy
 from .training import DivergenceError, EpochRecord, Stopped, train
 
 
-def environment_params(device: torch.device) -> dict[str, str]:
+def environment_params(device: torch.device, world: World) -> dict[str, str]:
     return {
+        "world_size": world.size,
+        "nodes": world.nodes,
+        "distributed_backend": world.backend or "none",
         "device_resolved": str(device),
         "device_name": device_name(device),
         "torch_version": torch.__version__,
@@ -44,48 +49,75 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
 def main() -> None:
     params = load(paths.PARAMS)
     device = resolve_device(params.device, params.precision)
+    processes = processes_wanted(params.train.processes, device.type)
+    if processes > 1 and not under_torchrun():
+        launch(processes, sys.argv[0])  # this stage again, on every rank
+        return
+    with joined(device.type) as world:
+        train_stage(params, device_of(world, device), world)
+
+
+def train_stage(params, device: torch.device, world: World) -> None:
+    """Every rank runs this; only rank 0 reads the checkpoint, talks to MLflow
+    and writes the outputs."""
     policy = PrecisionPolicy(params.precision, device.type)
     torch.manual_seed(params.seed)
     expected = checkpoint.fingerprint(params, device)
-    resume = checkpoint.load(paths.CHECKPOINT, expected, params.train.epochs)
-
-    store = tracking.configure()
-    experiment_id = tracking.experiment_id(params.mlflow_experiment, store)
+    resume = world.broadcast(checkpoint.load(paths.CHECKPOINT, expected, params.train.epochs) if world.is_main else None)
+    if world.is_main:
+        store = tracking.configure()
+        experiment_id = tracking.experiment_id(params.mlflow_experiment, store)
     data = load_split(paths.require(paths.DATA_DIR, "download"), "train", device)
     model = build_mlp(params.train.hidden).to(device)
 
-    # A resumed run continues the MLflow run that was stopped.
-    run_args = ({"run_id": resume.mlflow_run_id} if resume else
-                {"experiment_id": experiment_id, "run_name": tracking.run_name(params.precision),
-                 "tags": tracking.run_tags()})
     stop = StopRequest()
-    with tracking.run_scope(**run_args) as run:
-        if resume:
-            mlflow.set_tag("resumed_at_step", resume.step)
-            print(f"train: resuming from {paths.CHECKPOINT} at step {resume.step}", file=sys.stderr)
-        else:
-            mlflow.log_params(params.flat() | environment_params(device))
-        epoch_metrics = tracking.MetricsBuffer(run.info.run_id)
+    with ExitStack() as scope:
+        if world.is_main:
+            # A resumed run continues the MLflow run that was stopped.
+            run_args = ({"run_id": resume.mlflow_run_id} if resume else
+                        {"experiment_id": experiment_id, "run_name": tracking.run_name(params.precision),
+                         "tags": tracking.run_tags()})
+            run_id = scope.enter_context(tracking.run_scope(system_metrics=world.node_id is None, **run_args)).info.run_id
+            if resume:
+                mlflow.set_tag("resumed_at_step", resume.step)
+                print(f"train: resuming from {paths.CHECKPOINT} at step {resume.step}", file=sys.stderr)
+            else:
+                mlflow.log_params(params.flat() | environment_params(device, world))
+        # SIGINT/SIGTERM from here on: finish the step, then checkpoint (during
+        # training), or finish writing (after it); a second signal stops at once.
+        scope.enter_context(stop.active())
+        if world.is_main:
+            epoch_metrics = tracking.MetricsBuffer(run_id)
+            scope.callback(epoch_metrics.flush)  # whatever happens, the epochs that ended reach the store
+        run_id = world.broadcast(run_id if world.is_main else None)
+        if world.node_id is not None and world.local_rank == 0:
+            if not world.is_main:
+                tracking.configure()
+            scope.enter_context(tracking.node_system_metrics(run_id, world.node_id))
 
         def log_epoch(record: EpochRecord) -> None:
-            epoch_metrics.add({"train_loss": record.loss, "train_accuracy": record.accuracy,
-                               "epoch_seconds": record.seconds, "epoch_skipped_steps": record.skipped_steps},
-                              step=record.epoch)
+            if world.is_main:
+                epoch_metrics.add({"train_loss": record.loss, "train_accuracy": record.accuracy,
+                                   "epoch_seconds": record.seconds, "epoch_skipped_steps": record.skipped_steps},
+                                  step=record.epoch)
 
         try:
-            with stop.active():  # SIGINT/SIGTERM: finish the step, then checkpoint
-                result = train(model, data, policy, params.train, params.seed, on_epoch=log_epoch, stop=stop,
-                               resume=resume.state if resume else None)
+            result = train(model, data, policy, params.train, params.seed, world=world, on_epoch=log_epoch,
+                           stop=stop, resume=resume.state if resume else None)
         except DivergenceError as error:
-            mlflow.set_tags({"failure": str(error), "diverged_at_epoch": error.epoch, "diverged_at_step": error.step})
+            if world.is_main:
+                mlflow.set_tags({"failure": str(error), "diverged_at_epoch": error.epoch,
+                                 "diverged_at_step": error.step})
             raise
         except Stopped as stopped:
-            checkpoint.save(paths.CHECKPOINT, stopped.checkpoint, expected, run.info.run_id)
-            mlflow.set_tag("stopped_at_step", stopped.checkpoint["progress"]["step"])
-            raise Interrupted(f"{stopped}; checkpoint written to {paths.CHECKPOINT}: "
-                              "run the stage again (dvc repro) to resume", stop.signum) from None
-        finally:  # whatever happened, the epochs that ended reach the store
-            epoch_metrics.flush()
+            message = f"{stopped}; run the stage again (dvc repro) to resume"
+            if world.is_main:
+                checkpoint.save(paths.CHECKPOINT, stopped.checkpoint, expected, run_id)
+                mlflow.set_tag("stopped_at_step", stopped.checkpoint["progress"]["step"])
+                message = f"{stopped}; checkpoint written to {paths.CHECKPOINT}: run the stage again (dvc repro) to resume"
+            raise Interrupted(message, stop.signum or 15) from None
+        if not world.is_main:
+            return  # the last collective is behind: rank 0 writes alone, no rank waits on it
 
         metrics = {
             "train_loss": result.epochs[-1].loss,
@@ -109,5 +141,5 @@ def main() -> None:
         mlflow.log_artifact(str(paths.TRAIN_PLOT), artifact_path="plots")
 
         log_model(model, data.images[:2].cpu())
-        atomic_write_json(paths.MLFLOW_RUN, {"run_id": run.info.run_id, "experiment_id": experiment_id})
+        atomic_write_json(paths.MLFLOW_RUN, {"run_id": run_id, "experiment_id": experiment_id})
     paths.CHECKPOINT.unlink(missing_ok=True)

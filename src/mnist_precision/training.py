@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from .data import Split, shuffled_batches
+from .distributed import World
 from .errors import UserError
 from .interrupts import StopRequest
 from .params import TrainParams
@@ -83,19 +83,25 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 class TrainStep:
     """One SGD step under a precision policy: the unit the training loop runs
     and the benchmark times. Returns the logits, the loss and whether the
-    GradScaler skipped the update (a device tensor, or None without a scaler)."""
+    GradScaler skipped the update (a device tensor, or None without a scaler).
+
+    In a distributed job the images are this rank's share of a global batch
+    of `global_count` samples, and DDP (with the `grad_comm` hook) averages
+    the gradients."""
 
     def __init__(self, model: nn.Module, policy: PrecisionPolicy, optimizer: torch.optim.Optimizer,
-                 compile: bool = False):
-        self.policy, self.optimizer = policy, optimizer
+                 compile: bool = False, world: World = World(), grad_comm: str = "fp32"):
+        self.policy, self.optimizer, self.world = policy, optimizer, world
+        model = world.wrap(model, grad_comm)
         # On a GPU, "reduce-overhead" replays CUDA graphs: no per-kernel launch cost.
         mode = "reduce-overhead" if policy.device_type == "cuda" else None
         self.forward = torch.compile(model, mode=mode) if compile else model
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
+                 global_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         with self.policy.autocast():
             logits = self.forward(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = self.world.loss(logits, labels, global_count or len(labels))
         self.optimizer.zero_grad()
         self.policy.backward(loss)
         return logits, loss, self.policy.optimizer_step(self.optimizer)
@@ -155,19 +161,24 @@ class Stopped(Exception):
 def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, epochs: int,
               stop: StopRequest | None = None) -> EpochRecord:
     """Run the rest of the epoch `state.progress.epoch`; raise `Stopped` (after
-    a whole step) when `stop` is set."""
-    progress, device = state.progress, data.images.device
+    a whole step, at the same step on every rank) when `stop` is set."""
+    progress, device, world = state.progress, data.images.device, step.world
     if progress.done_in_epoch == 0:
         progress.epoch_generator_state = state.generator.get_state()
     started = time.perf_counter()
     # The sums stay on the device during the epoch: adding to them does not wait
     # for it. A resumed epoch starts from the sums it stopped at, in the same
-    # dtype, so that it adds up bit for bit as an uninterrupted one.
-    loss_sum = torch.tensor(progress.loss_sum, dtype=torch.float32, device=device)
-    correct = torch.tensor(progress.correct, dtype=torch.int64, device=device)
-    skipped = torch.tensor(progress.skipped, dtype=torch.int64, device=device)
+    # dtype, so that it adds up bit for bit as an uninterrupted one. In a
+    # distributed job each rank sums its shares, and rank 0 carries what was
+    # summed before a stop (the checkpoint holds the sums of all ranks).
+    carried = world.is_main
+    loss_sum = torch.tensor(progress.loss_sum if carried else 0.0, dtype=torch.float32, device=device)
+    correct = torch.tensor(progress.correct if carried else 0, dtype=torch.int64, device=device)
+    skipped = torch.tensor(progress.skipped, dtype=torch.int64, device=device)  # the same on every rank
 
     def progress_now() -> Progress:
+        world.sum_(loss_sum)
+        world.sum_(correct)
         return Progress(**vars(progress) | {
             "loss_sum": loss_sum.item(), "correct": int(correct.item()), "skipped": int(skipped.item()),
             "seconds": progress.seconds + time.perf_counter() - started})
@@ -177,15 +188,17 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
     check_every = 1 if device.type == "cpu" else SYNC_EVERY
     batches = itertools.islice(shuffled_batches(data, batch_size, state.generator), progress.done_in_epoch, None)
     with tqdm(batches, total=steps_per_epoch, initial=progress.done_in_epoch, leave=False, unit="step",
-              desc=f"{state.policy.name} epoch {progress.epoch}/{epochs}") as bar:
+              desc=f"{state.policy.name} epoch {progress.epoch}/{epochs}", disable=not world.is_main) as bar:
         for images, labels in bar:
-            if stop:  # between two steps: the state is whole
+            if world.any(bool(stop)):  # between two steps: the state is whole
                 state.progress = progress_now()
-                raise Stopped(state.state_dict(), stop.signal_name)
+                raise Stopped(state.state_dict(), stop.signal_name if stop else "another rank was stopped")
             progress.step += 1
             progress.done_in_epoch += 1
-            logits, loss, was_skipped = step(images, labels)
-            loss_sum.add_(loss.detach(), alpha=len(labels))
+            global_count = len(labels)
+            images, labels = world.share(images, labels)
+            logits, loss, was_skipped = step(images, labels, global_count)
+            loss_sum.add_(loss.detach(), alpha=global_count / world.size)  # the loss summed over the share
             correct.add_((logits.argmax(dim=1) == labels).sum())
             if was_skipped is not None:
                 skipped.add_(was_skipped)
@@ -204,15 +217,16 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
 
 
 def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainParams, seed: int, *,
-          on_epoch: Callable[[EpochRecord], None] = lambda record: None,
+          world: World = World(), on_epoch: Callable[[EpochRecord], None] = lambda record: None,
           stop: StopRequest | None = None, resume: dict | None = None) -> TrainResult:
     """Train for `params.epochs` epochs, or continue from `resume` (the state
     that `Stopped` carried) so that the end state is the same, bit for bit, as
-    if training had never stopped."""
+    if training had never stopped. In a distributed job every rank calls it,
+    and every rank gets the records of the whole job."""
     state = TrainState(model, policy, params.lr, seed)
     if resume is not None:
         state.load_state_dict(resume)
-    step = TrainStep(model, policy, state.optimizer, compile=params.compile)
+    step = TrainStep(model, policy, state.optimizer, compile=params.compile, world=world, grad_comm=params.grad_comm)
     model.train()
     while state.progress.epoch <= params.epochs:
         on_epoch(run_epoch(state, step, data, params.batch_size, params.epochs, stop))
