@@ -1,16 +1,25 @@
-"""`mnist-precision report [...]`: the commands beside the DVC stages."""
+"""`mnist-precision report|server [...]`: the commands beside the DVC stages."""
 
 from __future__ import annotations
 
 import argparse
 
-from . import report
 from .entry import run_stage
+
+COMMANDS = {
+    "report": "compare the precisions across seeds, from the MLflow runs (--help for options)",
+    "server": "start a team's MLflow tracking server on PostgreSQL, with authentication (--help for options)",
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="mnist-precision")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    commands.add_parser("report", add_help=False, help="compare the precisions across seeds (--help for options)")
+    for name, summary in COMMANDS.items():
+        commands.add_parser(name, add_help=False, help=summary)
     args, rest = parser.parse_known_args()
-    run_stage(args.command, lambda: report.main(rest))
+    if args.command == "report":
+        from . import report as command
+    else:
+        from . import server as command
+    run_stage(args.command, lambda: command.main(rest))

@@ -8,11 +8,14 @@ experiment lands in the user's store rather than in a copy that DVC deletes.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
@@ -95,18 +98,37 @@ class TrackingError(UserError):
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a tracking server that is down, instead of after MLflow's
-    minutes of retries (or, worse, after training)."""
+    """Fail fast on a tracking server that is down or refuses our credentials,
+    instead of after MLflow's minutes of retries (or, worse, after training)."""
     if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
         return
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+        with urllib.request.urlopen(base + "/health", timeout=timeout_s):
             pass
     except (OSError, ValueError) as error:
         raise TrackingError(
             f"the MLflow tracking server at MLFLOW_TRACKING_URI={uri} is not reachable ({error}); "
             "start it, or unset MLFLOW_TRACKING_URI to use the repository's own store"
         ) from None
+    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1")
+    username, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if username or password:
+        token = base64.b64encode(f"{username or ''}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            given = "none were set" if not (username or password) else f"user {username!r}"
+            raise TrackingError(
+                f"the MLflow tracking server at {uri} refused the credentials (HTTP {error.code}; {given}): "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server"
+            ) from None
+        raise TrackingError(f"the MLflow tracking server at {uri} answered HTTP {error.code} ({error.reason})") from None
+    except (OSError, ValueError) as error:
+        raise TrackingError(f"the MLflow tracking server at {uri} did not answer ({error})") from None
 
 
 def configure(root: Path | None = None) -> Store:
@@ -167,7 +189,7 @@ def git_commit() -> str | None:
 
 
 def run_tags() -> dict[str, str]:
-    tags = {}
+    tags = {"host": socket.gethostname()}
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit

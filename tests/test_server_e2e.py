@@ -1,0 +1,170 @@
+"""`mnist-precision server`: real PostgreSQL, real MLflow server with basic auth, on 127.0.0.1;
+and the pipeline as its client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers import Stage, free_port
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = {"MLFLOW_TRACKING_USERNAME": "team-admin", "MLFLOW_TRACKING_PASSWORD": "a-long-test-password-0451"}
+CLI = str(Path(sys.executable).parent / "mnist-precision")
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+
+
+class Server:
+    """`mnist-precision server` in a subprocess, until its URI line appears."""
+
+    def __init__(self, data: Path, port: int, *extra: str, env: dict[str, str] | None = None):
+        self.log = data.parent / f"server-{port}.log"
+        self.output = open(self.log, "a")
+        self.process = subprocess.Popen([CLI, "server", "--data", str(data), "--port", str(port), *extra],
+                                        env=env if env is not None else clean_env() | ADMIN,
+                                        stdout=self.output, stderr=subprocess.STDOUT, text=True)
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, timeout: float = 180) -> Server:
+        deadline = time.monotonic() + timeout
+        while "MLflow tracking server ready" not in self.log.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"the server did not start:\n{self.log.read_text()}")
+            time.sleep(0.5)
+        return self
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        children = self.descendants()
+        if self.output.closed:
+            return self.process.wait()
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout=120)
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        for process in alive:
+            process.kill()
+        self.output.close()
+        assert not alive, f"left behind: {alive}"
+        return code
+
+
+@pytest.fixture
+def reachable_tmp():
+    """A folder that the `postgres` user can reach (pytest's own are closed to others)."""
+    folder = Path(tempfile.mkdtemp(prefix="mnist-precision-team-"))
+    folder.chmod(0o711)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server():
+    folder = Path(tempfile.mkdtemp(prefix="mnist-precision-team-"))
+    folder.chmod(0o711)
+    running = Server(folder / "data", free_port())
+    try:
+        yield running.wait_ready()
+        assert running.stop() == 0, running.log.read_text()
+    finally:
+        running.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def no_postgres_of(data: Path) -> bool:
+    return not [p for p in psutil.process_iter(["cmdline"]) if str(data / "postgres") in " ".join(p.info["cmdline"] or [])]
+
+
+def test_without_credentials_the_server_refuses_to_start(tmp_path):
+    result = subprocess.run([CLI, "server", "--data", str(tmp_path / "data")], env=clean_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the server's environment" in result.stderr
+    assert not (tmp_path / "data" / "postgres").exists()
+
+
+def test_a_second_server_on_the_same_data_is_refused(server):
+    data = Path(server.log.parent) / "data"
+    result = subprocess.run([CLI, "server", "--data", str(data), "--port", str(free_port())],
+                            env=clean_env() | ADMIN, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"a server is already running on the data folder {data}" in result.stderr
+
+
+def test_the_server_requires_the_admin_credentials(server):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    env = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MLFLOW_TRACKING_")}
+    try:
+        with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
+            MlflowClient(server.uri).search_experiments()
+        os.environ.update(ADMIN)
+        assert [e.name for e in MlflowClient(server.uri).search_experiments()] == ["Default"]
+    finally:
+        for name in ADMIN:
+            os.environ.pop(name, None)
+        os.environ.update(env)
+
+
+def test_the_train_stage_logs_through_the_server(server, tmp_path, mnist_data):
+    stage = Stage(tmp_path, mnist_data)
+    result = stage.run(MLFLOW_TRACKING_URI=server.uri, **ADMIN)
+    assert result.returncode == 0, result.stderr
+    os.environ.update(ADMIN)
+    try:
+        client, runs = stage.runs(server.uri)
+        [run] = runs
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["host"]
+        assert run.data.params["precision"] == "fp32"
+        assert "system/cpu_utilization_percentage" in run.data.metrics
+        assert {"params.yaml", "metrics", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # served by the server, not a client path
+        assert [m.name for m in client.search_logged_models([run.info.experiment_id])] == ["model"]
+    finally:
+        for name in ADMIN:
+            os.environ.pop(name, None)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+
+
+@pytest.mark.parametrize("credentials", [{}, {"MLFLOW_TRACKING_USERNAME": "team-admin",
+                                               "MLFLOW_TRACKING_PASSWORD": "not-the-password-at-all"}])
+def test_wrong_or_missing_credentials_fail_before_training(server, tmp_path, mnist_data, credentials):
+    result = Stage(tmp_path, mnist_data).run(MLFLOW_TRACKING_URI=server.uri, **credentials)
+    assert result.returncode == 2
+    assert f"the MLflow tracking server at {server.uri} refused the credentials" in result.stderr
+    assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in result.stderr
+    assert "epoch" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_stops_every_component_and_a_restart_reuses_the_data(reachable_tmp):
+    data = reachable_tmp / "data"
+    first = Server(data, free_port()).wait_ready()
+    assert len(first.descendants()) >= 2  # postgres (and its workers), the MLflow server
+    assert first.stop(signal.SIGTERM) == 0
+    assert no_postgres_of(data)
+    assert "MLflow tracking server and PostgreSQL stopped" in first.log.read_text()
+
+    again = Server(data, free_port()).wait_ready()  # the same cluster, database and admin user
+    assert again.stop(signal.SIGINT) == 0
+    assert no_postgres_of(data)
