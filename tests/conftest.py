@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +14,7 @@ import pytest
 
 from mnist_precision.download import download_mnist
 
-from helpers import SHARED_MNIST, serve_directory
+from helpers import S3_KEYS, SHARED_MNIST, free_port, serve_directory
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +34,40 @@ def mnist_data(tmp_path_factory, mnist_mirror) -> Path:
     data = tmp_path_factory.mktemp("mnist")
     download_mnist(data, [mnist_mirror] if mnist_mirror else None)
     return data
+
+
+@pytest.fixture
+def reachable_tmp():
+    """A folder that the `postgres` user can reach (pytest's own are closed to others)."""
+    folder = Path(tempfile.mkdtemp(prefix="mnist-precision-team-"))
+    folder.chmod(0o711)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path):
+    """moto's S3-compatible server on 127.0.0.1, with a bucket `mlflow-e2e`."""
+    import boto3
+
+    port = free_port()
+    log = open(tmp_path / "moto.log", "w")
+    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                s3 = boto3.client("s3", endpoint_url=url, **{k.lower(): v for k, v in S3_KEYS.items()
+                                                            if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+                s3.create_bucket(Bucket="mlflow-e2e")
+                break
+            except Exception:
+                assert moto.poll() is None and time.monotonic() < deadline, (tmp_path / "moto.log").read_text()
+                time.sleep(0.5)
+        yield url, s3
+    finally:
+        moto.terminate()
+        moto.wait(timeout=30)
+        log.close()

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -185,3 +187,55 @@ def wait_for_epoch(stage: Stage, epoch: int, process: subprocess.Popen, uri: str
             pass
         time.sleep(0.2)
     pytest.fail(f"epoch {epoch} was never logged")
+
+
+ADMIN = {"MLFLOW_TRACKING_USERNAME": "team-admin", "MLFLOW_TRACKING_PASSWORD": "a-long-test-password-0451"}
+CLI = str(Path(sys.executable).parent / "mnist-precision")
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+
+
+class Server:
+    """`mnist-precision server` in a subprocess, until its URI line appears."""
+
+    def __init__(self, data: Path, port: int, *extra: str, env: dict[str, str] | None = None):
+        self.log = data.parent / f"server-{port}.log"
+        self.output = open(self.log, "a")
+        self.process = subprocess.Popen([CLI, "server", "--data", str(data), "--port", str(port), *extra],
+                                        env=env if env is not None else clean_env() | ADMIN,
+                                        stdout=self.output, stderr=subprocess.STDOUT, text=True)
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, timeout: float = 180) -> Server:
+        deadline = time.monotonic() + timeout
+        while "MLflow tracking server ready" not in self.log.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"the server did not start:\n{self.log.read_text()}")
+            time.sleep(0.5)
+        return self
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        children = self.descendants()
+        if self.output.closed:
+            return self.process.wait()
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout=120)
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        for process in alive:
+            process.kill()
+        self.output.close()
+        assert not alive, f"left behind: {alive}"
+        return code
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "e2e-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -40,7 +40,7 @@ def test_cuda_on_a_machine_without_gpu_is_refused_before_any_work(tmp_path, mnis
 
 def test_unreachable_tracking_server_fails_before_training_naming_the_uri(tmp_path, mnist_data):
     uri = f"http://127.0.0.1:{free_port()}"
-    result = Stage(tmp_path, mnist_data).run(MLFLOW_TRACKING_URI=uri)
+    result = Stage(tmp_path, mnist_data).run(MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     assert result.returncode == 2
     assert f"MLFLOW_TRACKING_URI={uri} is not reachable" in result.stderr
     assert "epoch" not in result.stderr  # no training started

@@ -7,75 +7,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from helpers import Stage, free_port
+from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port
 
 pytestmark = pytest.mark.e2e
-
-ADMIN = {"MLFLOW_TRACKING_USERNAME": "team-admin", "MLFLOW_TRACKING_PASSWORD": "a-long-test-password-0451"}
-CLI = str(Path(sys.executable).parent / "mnist-precision")
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-
-
-class Server:
-    """`mnist-precision server` in a subprocess, until its URI line appears."""
-
-    def __init__(self, data: Path, port: int, *extra: str, env: dict[str, str] | None = None):
-        self.log = data.parent / f"server-{port}.log"
-        self.output = open(self.log, "a")
-        self.process = subprocess.Popen([CLI, "server", "--data", str(data), "--port", str(port), *extra],
-                                        env=env if env is not None else clean_env() | ADMIN,
-                                        stdout=self.output, stderr=subprocess.STDOUT, text=True)
-        self.uri = f"http://127.0.0.1:{port}"
-
-    def wait_ready(self, timeout: float = 180) -> Server:
-        deadline = time.monotonic() + timeout
-        while "MLflow tracking server ready" not in self.log.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"the server did not start:\n{self.log.read_text()}")
-            time.sleep(0.5)
-        return self
-
-    def descendants(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        children = self.descendants()
-        if self.output.closed:
-            return self.process.wait()
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        code = self.process.wait(timeout=120)
-        gone, alive = psutil.wait_procs(children, timeout=30)
-        for process in alive:
-            process.kill()
-        self.output.close()
-        assert not alive, f"left behind: {alive}"
-        return code
-
-
-@pytest.fixture
-def reachable_tmp():
-    """A folder that the `postgres` user can reach (pytest's own are closed to others)."""
-    folder = Path(tempfile.mkdtemp(prefix="mnist-precision-team-"))
-    folder.chmod(0o711)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
 
 @pytest.fixture(scope="module")
 def server():
@@ -168,3 +108,43 @@ def test_sigterm_stops_every_component_and_a_restart_reuses_the_data(reachable_t
     again = Server(data, free_port()).wait_ready()  # the same cluster, database and admin user
     assert again.stop(signal.SIGINT) == 0
     assert no_postgres_of(data)
+
+
+def test_artifacts_on_s3_land_in_the_bucket_and_load_back(reachable_tmp, tmp_path, mnist_data, s3_endpoint,
+                                                          monkeypatch):
+    import mlflow
+    import torch
+
+    from mnist_precision.data import load_split
+
+    url, s3 = s3_endpoint
+    server = Server(reachable_tmp / "data", free_port(), "--artifacts-destination", "s3://mlflow-e2e/team",
+                    env=clean_env() | ADMIN | S3_KEYS | {"MLFLOW_S3_ENDPOINT_URL": url}).wait_ready()
+    try:
+        stage = Stage(tmp_path, mnist_data)
+        result = stage.run(MLFLOW_TRACKING_URI=server.uri, **ADMIN)  # the client has no S3 keys
+        assert result.returncode == 0, result.stderr
+        keys = [item["Key"] for item in s3.list_objects_v2(Bucket="mlflow-e2e", Prefix="team/")["Contents"]]
+        assert any(key.endswith("/params.yaml") for key in keys), keys
+        assert any("/model" in key for key in keys), keys
+
+        for name, value in ADMIN.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        client, [run] = stage.runs(server.uri)
+        [logged] = client.search_logged_models([run.info.experiment_id])
+        mlflow.set_tracking_uri(server.uri)
+        model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")  # through the server, not S3 keys
+        test = load_split(mnist_data, "test")
+        with torch.no_grad():
+            predicted = torch.cat([model(images).argmax(dim=1) for images in test.images.split(1000)])
+        accuracy = (predicted == test.labels).float().mean().item()
+        from mnist_precision.model import build_mlp
+
+        local = build_mlp([256])
+        local.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
+        with torch.no_grad():
+            expected = (local(test.images).argmax(dim=1) == test.labels).float().mean().item()
+        assert accuracy == expected
+    finally:
+        assert server.stop() == 0, server.log.read_text()

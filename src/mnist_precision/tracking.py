@@ -34,6 +34,10 @@ warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is dep
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, RunStatus  # noqa: E402
+from mlflow.environment_variables import (  # noqa: E402
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+)
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.utils.async_logging.run_operations import RunOperations  # noqa: E402
 
@@ -98,19 +102,27 @@ class TrackingError(UserError):
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a tracking server that is down or refuses our credentials,
-    instead of after MLflow's minutes of retries (or, worse, after training)."""
+    """Before any work, check that the tracking server answers and takes our
+    credentials. A server that is down (restarting, say) is waited for as
+    MLflow's own retries would wait (MLFLOW_HTTP_REQUEST_MAX_RETRIES, 7 by
+    default: about 2 minutes; 0 fails at once), then refused by name."""
     if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
         return
     base = uri.rstrip("/")
-    try:
-        with urllib.request.urlopen(base + "/health", timeout=timeout_s):
-            pass
-    except (OSError, ValueError) as error:
-        raise TrackingError(
-            f"the MLflow tracking server at MLFLOW_TRACKING_URI={uri} is not reachable ({error}); "
-            "start it, or unset MLFLOW_TRACKING_URI to use the repository's own store"
-        ) from None
+    retries = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()
+    for attempt in range(retries + 1):
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=timeout_s):
+                break
+        except (OSError, ValueError) as error:
+            if attempt == retries:
+                raise TrackingError(
+                    f"the MLflow tracking server at MLFLOW_TRACKING_URI={uri} is not reachable ({error}); "
+                    "start it, or unset MLFLOW_TRACKING_URI to use the repository's own store"
+                ) from None
+            if attempt == 0:
+                print(f"mlflow: waiting for the tracking server at {uri} ({error})", file=sys.stderr)
+            time.sleep(min(MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() * 2**attempt, 60))
     request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1")
     username, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     if username or password:
@@ -140,12 +152,20 @@ def configure(root: Path | None = None) -> Store:
 
 def experiment_id(name: str, chosen: Store) -> str:
     """Get or create the experiment. MLflow fixes the artifact location at
-    creation, so a new experiment gets the store's absolute location."""
+    creation, so a new experiment gets the store's absolute location. Stages
+    of several machines may create it at once on a shared server: the one
+    that loses the race takes the winner's."""
     with chosen.creating():
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return mlflow.create_experiment(name, artifact_location=chosen.artifact_location)
+        try:
+            return mlflow.create_experiment(name, artifact_location=chosen.artifact_location)
+        except MlflowException as error:
+            # Another machine's stage created it in between (a shared server has no lock of ours).
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return mlflow.get_experiment_by_name(name).experiment_id
 
 
 class MetricsBuffer:
