@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port
+from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port, wait_for_epoch
 
 pytestmark = pytest.mark.e2e
 
@@ -148,3 +148,38 @@ def test_artifacts_on_s3_land_in_the_bucket_and_load_back(reachable_tmp, tmp_pat
         assert accuracy == expected
     finally:
         assert server.stop() == 0, server.log.read_text()
+
+
+def test_postgresql_stopped_mid_run_fails_the_stage_naming_the_server(reachable_tmp, tmp_path, mnist_data,
+                                                                     monkeypatch):
+    """The database goes away under a running stage: the stage fails with a
+    message that names the tracking server, and no run claims FINISHED."""
+    port = free_port()
+    server = Server(reachable_tmp / "data", port).wait_ready()
+    for name, value in ADMIN.items():
+        monkeypatch.setenv(name, value)
+    stage = Stage(tmp_path, mnist_data, train={"epochs": 20})
+    # One retry instead of seven: the same path, minutes sooner.
+    process = stage.start(MLFLOW_TRACKING_URI=server.uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", **ADMIN)
+    try:
+        wait_for_epoch(stage, 1, process, server.uri)
+        [postmaster] = [p for p in psutil.process_iter(["cmdline"])
+                        if (p.info["cmdline"] or [])[:1] and p.info["cmdline"][0].endswith("postgres")
+                        and str(reachable_tmp / "data" / "postgres") in p.info["cmdline"]]
+        postmaster.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+        out, err = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 2, err
+    assert f"train: error: the MLflow tracking server at {server.uri} failed" in err
+    assert "Traceback" not in err
+    assert server.stop() == 2  # it stopped itself when its database went away
+    assert "a component stopped unexpectedly" in server.log.read_text()
+
+    again = Server(reachable_tmp / "data", port).wait_ready()
+    try:
+        _, runs = stage.runs(again.uri)
+        assert [run.info.status for run in runs] != ["FINISHED"]
+    finally:
+        assert again.stop() == 0

@@ -265,6 +265,20 @@ def run_scope(system_metrics: bool = True, **start_run_kwargs) -> Iterator[mlflo
         except (KeyboardInterrupt, Interrupted):
             status = RunStatus.to_string(RunStatus.KILLED)
             raise
+        except MlflowException as error:  # the store failed under us (a server or its database went away)
+            raise store_failed(error) from None
         finally:
             with deferred():  # a SIGTERM now (torchrun stopping a job's ranks) must not leave it RUNNING
-                mlflow.end_run(status=status)
+                try:
+                    mlflow.end_run(status=status)
+                except MlflowException as error:
+                    raise store_failed(error) from None
+
+
+def store_failed(error: MlflowException) -> TrackingError:
+    """The store's failure as one line that names it, for a stage to report and exit."""
+    uri = mlflow.get_tracking_uri()
+    kind = "server" if urllib.parse.urlsplit(uri).scheme in ("http", "https") else "store"
+    cause = (error.message.strip().splitlines() or [type(error).__name__])[0][:300]
+    return TrackingError(f"the MLflow tracking {kind} at {uri.split('?')[0]} failed ({cause}); "
+                         "the run is not recorded as finished: check it, then run the stage again")
