@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from helpers import Project, make_project, wait_for_queue
+from mnist_precision.device import cpu_features
 
 pytestmark = pytest.mark.e2e
 
@@ -47,8 +48,11 @@ def test_repro_then_fp16_experiment(project):
     project.run("git", "add", "-A")
     project.run("git", "commit", "-q", "-m", "fp32 baseline")
 
-    out = project.run("dvc", "exp", "run", "-S", "precision=fp16").stdout
-    assert "Stage 'download' didn't change, skipping" in out  # precision is not a download param
+    result = project.run("dvc", "exp", "run", "-S", "precision=fp16")
+    assert "Stage 'download' didn't change, skipping" in result.stdout  # precision is not a download param
+    native = {"avx512_fp16", "amx_fp16"} & set(cpu_features())
+    warned = "train: warning: fp16 is not native here" in result.stdout + result.stderr
+    assert warned != bool(native), result.stderr  # one warning, where this CPU lacks native fp16
     assert_evaluated(project, "fp16")
 
     client, experiment, runs = project.mlflow_runs()
@@ -58,6 +62,7 @@ def test_repro_then_fp16_experiment(project):
     for precision, run in by_precision.items():
         assert run.info.status == "FINISHED"
         assert run.data.params["device_resolved"] == "cpu"
+        assert run.data.params["cpu_capability"] and run.data.params["cpu_features"]
         assert run.data.params["train.batch_size"] == "64"
         assert run.data.metrics["test_accuracy"] >= MIN_TEST_ACCURACY
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]

@@ -79,3 +79,17 @@ def test_the_policy_state_round_trips():
 def test_reference_network_shape():
     model = build_mlp([256])
     assert [tuple(p.shape) for p in model.parameters()] == [(256, 784), (256,), (10, 256), (10,)]
+
+
+def test_a_precision_without_native_support_on_this_cpu_is_named(monkeypatch):
+    from mnist_precision import device
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_features", lambda: ("avx512f", "avx512_bf16"))  # an AMD EPYC of this project
+    assert device.missing_native_support(PRECISIONS["fp16"].native_on_cpu, cpu) == \
+        "this CPU has none of avx512_fp16, amx_fp16"
+    assert device.missing_native_support(PRECISIONS["bf16"].native_on_cpu, cpu) is None
+    assert device.missing_native_support(PRECISIONS["fp32"].native_on_cpu, cpu) is None
+    monkeypatch.setattr(device, "cpu_features", lambda: ("avx512f", "amx_tile", "amx_bf16", "avx512_fp16"))
+    assert device.missing_native_support(PRECISIONS["fp16"].native_on_cpu, cpu) is None
+    assert device.capability_params(cpu)["cpu_features"] == "avx512f,amx_tile,amx_bf16,avx512_fp16"

@@ -9,6 +9,10 @@ import torch
 from .errors import UserError
 
 
+# The CPU features that decide how fast each precision runs (/proc/cpuinfo's names).
+CPU_FEATURES = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
+
+
 class DeviceError(UserError, RuntimeError):
     """The requested device or precision is not available on this machine."""
 
@@ -50,3 +54,30 @@ def peak_memory_metrics(device: torch.device) -> dict[str, float]:
     import resource
 
     return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def cpu_features() -> tuple[str, ...]:
+    """Which of CPU_FEATURES this CPU has (none where /proc/cpuinfo is not there)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = set(next(line for line in info if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return ()
+    return tuple(feature for feature in CPU_FEATURES if feature in flags)
+
+
+def capability_params(device: torch.device) -> dict[str, str]:
+    """What the device offers for each precision, logged with every run."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return {"cuda_compute_capability": f"{major}.{minor}",
+                "cuda_native_bf16": str(torch.cuda.is_bf16_supported(including_emulation=False))}
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_features": ",".join(cpu_features()) or "none"}
+
+
+def missing_native_support(native_on_cpu: tuple[str, ...], device: torch.device) -> str | None:
+    """Why a precision will not run natively here, or None where it does."""
+    if device.type != "cpu" or not native_on_cpu or set(native_on_cpu) & set(cpu_features()):
+        return None
+    return f"this CPU has none of {', '.join(native_on_cpu)}"

@@ -22,15 +22,20 @@ class Precision:
     autocast_dtype: torch.dtype | None  # None: no autocast, everything in fp32
     loss_scaling: bool  # a GradScaler keeps small gradients from flushing to zero
     summary: str
+    # CPU instruction sets (as /proc/cpuinfo names them), any of which runs its
+    # matrix products natively; empty: every CPU does.
+    native_on_cpu: tuple[str, ...] = ()
 
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("fp32", None, False,
               "true single precision: no autocast, TF32 off for matmul and cuDNN"),
     Precision("fp16", torch.float16, True,
-              "torch.amp.autocast to float16 with a torch.amp.GradScaler; weights stay fp32"),
+              "torch.amp.autocast to float16 with a torch.amp.GradScaler; weights stay fp32",
+              native_on_cpu=("avx512_fp16", "amx_fp16")),
     Precision("bf16", torch.bfloat16, False,
-              "autocast to bfloat16, no scaler (its exponent range is fp32's); weights stay fp32"),
+              "autocast to bfloat16, no scaler (its exponent range is fp32's); weights stay fp32",
+              native_on_cpu=("avx512_bf16", "amx_bf16")),
 )}
 NAMES = tuple(PRECISIONS)
 BASELINE = "fp32"

@@ -12,7 +12,7 @@ from mlflow.models import infer_signature
 from . import checkpoint, paths, tracking
 from .atomic import atomic_path, atomic_write_json
 from .data import load_split
-from .device import device_name, peak_memory_metrics, resolve_device
+from .device import capability_params, device_name, missing_native_support, peak_memory_metrics, resolve_device
 from .distributed import World, device_of, joined, launch, processes_wanted, under_torchrun
 from .interrupts import Interrupted, StopRequest
 from .model import build_mlp
@@ -31,6 +31,7 @@ def environment_params(device: torch.device, world: World) -> dict[str, str]:
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda or "none",
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        **capability_params(device),
     }
 
 
@@ -61,6 +62,10 @@ def train_stage(params, device: torch.device, world: World) -> None:
     """Every rank runs this; only rank 0 reads the checkpoint, talks to MLflow
     and writes the outputs."""
     policy = PrecisionPolicy(params.precision, device.type)
+    missing = missing_native_support(policy.precision.native_on_cpu, device)
+    if missing and world.is_main:
+        print(f"train: warning: {params.precision} is not native here ({missing}): its matrix products take "
+              "a slow path, and it will likely run slower than fp32", file=sys.stderr)
     torch.manual_seed(params.seed)
     expected = checkpoint.fingerprint(params, device)
     resume = world.broadcast(checkpoint.load(paths.CHECKPOINT, expected, params.train.epochs) if world.is_main else None)
