@@ -171,10 +171,11 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
     # dtype, so that it adds up bit for bit as an uninterrupted one. In a
     # distributed job each rank sums its shares, and rank 0 carries what was
     # summed before a stop (the checkpoint holds the sums of all ranks).
+    # (torch.full fills on the device; torch.tensor would copy from the host and wait.)
     carried = world.is_main
-    loss_sum = torch.tensor(progress.loss_sum if carried else 0.0, dtype=torch.float32, device=device)
-    correct = torch.tensor(progress.correct if carried else 0, dtype=torch.int64, device=device)
-    skipped = torch.tensor(progress.skipped, dtype=torch.int64, device=device)  # the same on every rank
+    loss_sum = torch.full((), progress.loss_sum if carried else 0.0, dtype=torch.float32, device=device)
+    correct = torch.full((), progress.correct if carried else 0, dtype=torch.int64, device=device)
+    skipped = torch.full((), progress.skipped, dtype=torch.int64, device=device)  # the same on every rank
 
     def progress_now() -> Progress:
         world.sum_(loss_sum)
