@@ -8,8 +8,10 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from helpers import Project, free_port, make_project, start_mlflow_server, wait_for_queue
+from mnist_precision.device import cpu_features
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +61,8 @@ def test_dvc_exp_show_lists_precision_seed_accuracy_and_throughput(swept):
 def test_report_compares_each_reduced_precision_with_fp32(swept):
     result = swept.run("mnist-precision", "report")
     assert "| fp16 | 2 vs 2 |" in result.stdout  # the verdict table, in the terminal
+    # What the device offers for each precision, beside the group.
+    assert f"{torch.backends.cpu.get_cpu_capability()}, features {','.join(cpu_features()) or 'none'})" in result.stdout
     report = (swept.root / "reports" / "precision.md").read_text()
     verdict = report.split("### Verdict", 1)[1].split("###", 1)[0]
     rows = [line for line in verdict.splitlines() if line.startswith("| fp16") or line.startswith("| bf16")]

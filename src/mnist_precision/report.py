@@ -102,7 +102,7 @@ def collect(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
             run_id=run.info.run_id,
             precision=params["precision"],
             seed=int(params["seed"]),
-            device=f"{params.get('device_resolved', '?')} ({params.get('device_name', 'unknown device')})",
+            device=device_label(params),
             config=tuple((key, params.get(key, "?")) for key in CONFIG_PARAMS),
             test_accuracy=metrics["test_accuracy"],
             samples_per_s=metrics["samples_per_s"],
@@ -113,6 +113,15 @@ def collect(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
             loss_by_epoch={m.step: m.value for m in history if m.step >= 1},
         ))
     return records
+
+
+def device_label(params: dict[str, str]) -> str:
+    """The device and what it offers for each precision: runs on CPUs of other
+    features are other groups, since the features decide the speed."""
+    offers = (f"compute capability {params['cuda_compute_capability']}" if "cuda_compute_capability" in params
+              else f"{params['cpu_capability']}, features {params.get('cpu_features', 'none')}"
+              if "cpu_capability" in params else "features not recorded")
+    return f"{params.get('device_resolved', '?')} ({params.get('device_name', 'unknown device')}; {offers})"
 
 
 def group_runs(records: list[RunRecord]) -> list[Group]:
