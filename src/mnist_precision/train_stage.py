@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from contextlib import ExitStack
 
@@ -115,12 +116,12 @@ def train_stage(params, device: torch.device, world: World) -> None:
                                  "diverged_at_step": error.step})
             raise
         except Stopped as stopped:
-            message = f"{stopped}; run the stage again (dvc repro) to resume"
             if world.is_main:
                 checkpoint.save(paths.CHECKPOINT, stopped.checkpoint, expected, run_id)
                 mlflow.set_tag("stopped_at_step", stopped.checkpoint["progress"]["step"])
-                message = f"{stopped}; checkpoint written to {paths.CHECKPOINT}: run the stage again (dvc repro) to resume"
-            raise Interrupted(message, stop.signum or 15) from None
+            written = f"checkpoint written to {paths.CHECKPOINT}: " if world.is_main else ""
+            raise Interrupted(f"{stopped}; {written}run the stage again (dvc repro) to resume",
+                              stop.signum or signal.SIGTERM) from None
         if not world.is_main:
             return  # the last collective is behind: rank 0 writes alone, no rank waits on it
 
