@@ -11,6 +11,7 @@ import yaml
 
 from helpers import REPO_ROOT
 from mnist_precision.params import ParamsError, load, parse
+from mnist_precision.precision import NAMES
 
 DEFAULTS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
 
@@ -35,7 +36,7 @@ def test_project_params_are_valid_and_typed():
     assert flat["precision"] == "fp32" and flat["train.batch_size"] == 64 and flat["train.hidden"] == [256]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("precision", NAMES)
 def test_every_precision_is_accepted(precision):
     assert parse(with_value("precision", precision)).precision == precision
 
@@ -43,7 +44,11 @@ def test_every_precision_is_accepted(precision):
 @pytest.mark.parametrize(
     "key, value, expected",
     [
-        ("precision", "fp64", ["precision", "'fp64'", "fp32, fp16, bf16"]),
+        ("precision", "fp64", ["precision", "'fp64'", "fp32, fp16, bf16, fp16-true, bf16-true, tf32, fp8"]),
+        ("loss_scale", "static", ["loss_scale", "dynamic (the GradScaler), none (no scaling) or a fixed", "'static'"]),
+        ("loss_scale", 0, ["loss_scale", "positive number", "0"]),
+        ("loss_scale", True, ["loss_scale", "True"]),
+        ("diagnostics.every_steps", -1, ["diagnostics.every_steps", ">= 0", "-1"]),
         ("device", "tpu", ["device", "'tpu'", "auto, cpu, cuda"]),
         ("train.batch_size", 0, ["train.batch_size", ">= 1", "0"]),
         ("train.batch_size", 64.5, ["train.batch_size", "integer", "64.5"]),
@@ -94,14 +99,52 @@ def test_missing_file_says_where_to_run(tmp_path):
         load(tmp_path / "params.yaml")
 
 
+@pytest.mark.parametrize("loss_scale", ["none", 1024, 2.5])
+def test_fp16_takes_any_loss_scale(loss_scale):
+    tree = with_value("precision", "fp16") | {"loss_scale": loss_scale}
+    assert parse(tree).loss_scale == (loss_scale if loss_scale == "none" else float(loss_scale))
+
+
+@pytest.mark.parametrize("precision, why", [
+    ("bf16", "bf16's exponent range is fp32's"), ("bf16-true", "bf16's exponent range is fp32's"),
+    ("fp16-true", "no fp32 master weights"), ("fp32", "not half precision"), ("fp8", "scales each float8 tensor")])
+def test_a_loss_scale_is_refused_where_it_does_not_apply(precision, why):
+    with pytest.raises(ParamsError, match=f"loss_scale applies to fp16 only, got 'none' with precision {precision}"
+                                          f": .*{why}"):
+        parse(with_value("precision", precision) | {"loss_scale": "none"})
+    assert parse(with_value("precision", precision)).loss_scale == "dynamic"  # the default passes
+
+
+@pytest.mark.parametrize("precision", ["fp16-true", "bf16-true", "fp8"])
+def test_data_parallel_runs_of_unverified_precisions_are_refused(precision):
+    tree = with_value("precision", precision)
+    tree["train"]["processes"] = 2
+    with pytest.raises(ParamsError, match=f"train.processes must be 1 with precision {precision}, got 2"):
+        parse(tree)
+
+
 def test_train_stage_refuses_bad_params_before_any_work(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("precision", "fp8")))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("precision", "fp64")))
     result = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "train: error: precision must be one of fp32, fp16, bf16; got 'fp8'" in result.stderr
+    assert "train: error: precision must be one of fp32, fp16, bf16, fp16-true, bf16-true, tf32, fp8; got 'fp64'" \
+        in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no store, no outputs
+
+
+@pytest.mark.parametrize("precision, needs", [("tf32", "8.0 or newer (Ampere and later"),
+                                              ("fp8", "8.9 or newer (Ada Lovelace and Hopper")])
+def test_gpu_only_precisions_are_refused_on_the_cpu_before_any_work(tmp_path, precision, needs):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("precision", precision) | {"device": "cpu"}))
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"train: error: precision {precision} runs only on NVIDIA GPUs of compute capability {needs}" \
+        in result.stderr
+    assert "this run's device is cpu: choose another precision (fp32, fp16, bf16)" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path):

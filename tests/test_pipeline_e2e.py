@@ -111,3 +111,39 @@ def test_queued_experiments_land_in_the_repository_store(project):
         assert run.info.artifact_uri.startswith((project.root / "mlartifacts").as_uri())
         assert Path(run.info.artifact_uri.removeprefix("file://"), "params.yaml").is_file()
     project.run("dvc", "queue", "stop")
+
+
+CPU_VARIANTS = (("bf16", "dynamic"), ("fp16-true", "dynamic"), ("bf16-true", "dynamic"), ("fp16", "none"))
+
+
+def test_every_variant_that_runs_on_the_cpu_runs_as_an_experiment(project):
+    project.run("dvc", "queue", "remove", "--success")  # the queue's status lists this test's tasks only
+    for precision, loss_scale in CPU_VARIANTS:
+        project.run("dvc", "exp", "run", "--queue", "-S", f"precision={precision}", "-S", f"loss_scale={loss_scale}",
+                    "-S", "seed=2")
+    project.run("dvc", "queue", "start", "--jobs", "2")
+    status = wait_for_queue(project, timeout=900)
+    assert status.count("Success") == len(CPU_VARIANTS), status
+    project.run("dvc", "queue", "stop")
+
+    client, experiment, runs = project.mlflow_runs()
+    variants = {(run.data.params["precision"], run.data.params["loss_scale"]): run
+                for run in runs if run.data.params["seed"] == "2"}
+    assert sorted(variants) == sorted(CPU_VARIANTS)
+    for (precision, loss_scale), run in variants.items():
+        assert run.info.status == "FINISHED", precision
+        assert run.data.metrics["test_accuracy"] >= 0.85, (precision, run.data.metrics["test_accuracy"])
+        assert ("grad_scale_final" in run.data.metrics) is False  # no GradScaler in any of them
+        assert 0 <= run.data.metrics["lost_updates"] <= 1 and "underflow_act_grads_flushed" in run.data.metrics
+        scales = client.get_metric_history(run.info.run_id, "loss_scale")
+        assert [m.step for m in scales] == [200, 400, 600, 800] and {m.value for m in scales} == {1.0}
+        models = client.search_logged_models([experiment.experiment_id],
+                                             filter_string=f"source_run_id = '{run.info.run_id}'")
+        assert [m.name for m in models] == ["model"]
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/diagnostics.json", "plots/loss_scale.json", "plots/underflow_histogram.json"} <= plots
+    dtypes = {precision: run.data.params["compute_dtype"] for (precision, _), run in variants.items()}
+    assert dtypes == {"bf16": "bfloat16", "fp16-true": "float16", "bf16-true": "bfloat16", "fp16": "float16"}
+    # What rounding to half does to the stored weights' updates, measured in the real runs.
+    lost = {precision: run.data.metrics["lost_updates"] for (precision, _), run in variants.items()}
+    assert lost["bf16-true"] > lost["fp16-true"] > lost["bf16"]

@@ -28,8 +28,61 @@ def test_grad_scaler_only_for_fp16(name, enabled):
     assert (policy.scale() == 65536.0) if enabled else policy.scale() is None
 
 
+@pytest.mark.parametrize("name, dtype", [("fp16-true", torch.float16), ("bf16-true", torch.bfloat16)])
+def test_the_true_half_precisions_keep_everything_in_half(name, dtype):
+    policy = PrecisionPolicy(name, "cpu")
+    model = policy.convert_module(build_mlp([32]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, fused=True)
+    with policy.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+        logits = model(policy.convert_input(torch.randn(4, 784)))
+        loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 10, (4,)))
+    policy.backward(loss)
+    assert policy.optimizer_step(optimizer) is None  # no scaler
+    assert logits.dtype == loss.dtype == dtype
+    assert all(p.dtype == dtype and p.grad.dtype == dtype for p in model.parameters())  # no fp32 master copy
+
+
+def test_a_fixed_loss_scale_skips_overflows_but_never_moves():
+    policy = PrecisionPolicy("fp16", "cpu", loss_scale=1024)
+    skipped, update = fp16_step(policy, lr=1e30)
+    assert bool(skipped) and torch.count_nonzero(update) == 0
+    assert policy.scale() == 1024.0  # a dynamic scaler would have halved it
+    for _ in range(3):
+        assert not bool(fp16_step(policy, lr=0.01)[0])
+    assert policy.scale() == 1024.0
+
+
+def test_no_loss_scale_is_fp16_autocast_without_a_scaler():
+    policy = PrecisionPolicy("fp16", "cpu", loss_scale="none")
+    assert not policy.scaler.is_enabled() and policy.scale() is None
+    with policy.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.float16
+
+
+def test_a_loss_scale_elsewhere_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="loss_scale applies to fp16 only: bf16 bf16's exponent range is fp32's"):
+        PrecisionPolicy("bf16", "cpu", loss_scale=128)
+
+
+def test_tf32_turns_tf32_on_and_fp32_turns_it_off_again():
+    PrecisionPolicy("tf32", "cuda")
+    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    PrecisionPolicy("fp32", "cpu")
+    assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
+
+
+def test_fp8_converts_the_linear_layers_that_fit_and_keeps_the_others():
+    model = build_mlp([256, 100])  # 784x256 fits; 256x100 and 100x10 are not multiples of 16
+    assert precision.fp8_kept_layers(model) == ["2", "4"]
+    PrecisionPolicy("fp8", "cpu").convert_module(model)
+    assert [type(layer).__name__ for layer in model] == ["Float8Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert model[0].config.emulate  # no float8 matmul on the CPU: torchao's emulation
+
+
 def test_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match="fp32, fp16, bf16"):
+    with pytest.raises(ValueError, match="fp32, fp16, bf16, fp16-true, bf16-true, tf32, fp8"):
         PrecisionPolicy("fp64", "cpu")
 
 

@@ -37,7 +37,7 @@ class CheckpointError(UserError):
 def fingerprint(params: Params, device: torch.device) -> dict[str, Any]:
     """What must not change between a stop and its resume (epochs may grow, and
     train.processes may change: the state is the same on every rank)."""
-    return {"precision": params.precision, "seed": params.seed, "device": device.type,
+    return {"precision": params.precision, "loss_scale": params.loss_scale, "seed": params.seed, "device": device.type,
             "train.batch_size": params.train.batch_size, "train.lr": params.train.lr,
             "train.hidden": list(params.train.hidden), "train.compile": params.train.compile,
             "train.grad_comm": params.train.grad_comm}

@@ -7,6 +7,7 @@ import platform
 import torch
 
 from .errors import UserError
+from .precision import PRECISIONS, torchao_float8
 
 
 # The CPU features that decide how fast each precision runs (/proc/cpuinfo's names).
@@ -17,17 +18,33 @@ class DeviceError(UserError, RuntimeError):
     """The requested device or precision is not available on this machine."""
 
 
+# The GPUs that have each compute capability a precision may need, for the refusal.
+GPU_GENERATIONS = {(8, 0): "Ampere and later: A100, A10, RTX 30xx, L4, H100, H200",
+                   (8, 9): "Ada Lovelace and Hopper or later: L4, L40, RTX 40xx, H100, H200"}
+
+
 def resolve_device(requested: str, precision: str) -> torch.device:
     """`auto` picks CUDA when available, else the CPU."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    needs = PRECISIONS[precision].needs_cuda_capability
+    if needs is not None:
+        have = torch.cuda.get_device_capability() if requested == "cuda" and torch.cuda.is_available() else None
+        if have is None or have < needs:
+            where = (f"{torch.cuda.get_device_name()} has compute capability {have[0]}.{have[1]}" if have
+                     else f"this run's device is {requested}")
+            raise DeviceError(
+                f"precision {precision} runs only on NVIDIA GPUs of compute capability {needs[0]}.{needs[1]} or "
+                f"newer ({GPU_GENERATIONS[needs]}); {where}: choose another precision (fp32, fp16, bf16)")
+    if PRECISIONS[precision].fp8:
+        torchao_float8()  # installed, or an error that says how
     if requested == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(
                 "device is 'cuda' but PyTorch sees no CUDA GPU on this machine; "
                 "set device: auto (or cpu) in params.yaml, or run with -S device=cpu"
             )
-        if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        if precision in ("bf16", "bf16-true") and not torch.cuda.is_bf16_supported(including_emulation=False):
             raise DeviceError(
                 f"precision bf16 needs a GPU with native bfloat16 support; "
                 f"{torch.cuda.get_device_name()} has none: use fp16 or fp32"

@@ -46,17 +46,20 @@ def main() -> None:
     run_id = json.loads(paths.require(paths.MLFLOW_RUN, "train").read_text())["run_id"]
     tracking.configure()
 
-    state = torch.load(paths.require(paths.MODEL, "train"), map_location="cpu", weights_only=True)
+    trained = torch.load(paths.require(paths.MODEL, "train"), map_location="cpu", weights_only=True)
+    state = {name: tensor.float() for name, tensor in trained.items()}  # weights trained in half widen exactly
     model = build_mlp(params.train.hidden)
     model.load_state_dict(state)
-    model.to(device)
+    policy.convert_module(model.to(device))  # evaluated in the precision it was trained in
     test = load_split(paths.require(paths.DATA_DIR, "download"), "test", device)
 
     with tracking.run_scope(run_id=run_id):
         result = evaluate(model, test, policy, params.evaluate.batch_size)
         half, widened = fp16_stored_copy(state)
+        model = build_mlp(params.train.hidden)
         model.load_state_dict(widened)
-        fp16_stored = evaluate(model, test, PrecisionPolicy(BASELINE, device.type), params.evaluate.batch_size)
+        fp16_stored = evaluate(model.to(device), test, PrecisionPolicy(BASELINE, device.type),
+                               params.evaluate.batch_size)
 
         metrics = {
             "test_accuracy": result.accuracy,

@@ -32,12 +32,13 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, policy: PrecisionPolicy, batch_size: int) -> Evaluation:
+    """The model (as `policy.convert_module` made it) on the split, in the policy's precision."""
     model.eval()
     loss_sum = torch.zeros((), device=split.images.device)
     predictions = []
     for images, labels in batches(split, batch_size):
         with policy.autocast():
-            logits = model(images)
+            logits = model(policy.convert_input(images))
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").float()
         predictions.append(logits.argmax(dim=1))
     predicted = torch.cat(predictions).cpu()

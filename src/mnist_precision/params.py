@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .errors import UserError
 from .precision import NAMES as PRECISIONS
+from .precision import PRECISIONS as TABLE
+from .precision import parse_loss_scale
 
 DEVICES = ("auto", "cpu", "cuda")
 GRAD_COMM = ("fp32", "fp16", "bf16")
@@ -49,10 +52,12 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class Params:
     precision: str
+    loss_scale: str | float  # dynamic, none or a fixed number (fp16 only)
     seed: int
     device: str
     train: TrainParams
     evaluate: EvaluateParams
+    diagnostics_every: int  # measure the numerics every this many steps; 0: never
     mlflow_experiment: str
     raw: dict[str, Any]
 
@@ -121,6 +126,14 @@ def _processes(key: str, value: Any) -> int | str:
     return value
 
 
+def _loss_scale(key: str, value: Any) -> str | float:
+    try:
+        return parse_loss_scale(value)
+    except ValueError:
+        raise ParamsError(f"{key} must be dynamic (the GradScaler), none (no scaling) or a fixed positive "
+                          f"number such as 1024, got {value!r}") from None
+
+
 def _name(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ParamsError(f"{key} must be a non-empty string, got {value!r}")
@@ -129,6 +142,7 @@ def _name(key: str, value: Any) -> str:
 
 SCHEMA: dict[str, Any] = {
     "precision": _choice(PRECISIONS),
+    "loss_scale": _loss_scale,
     "seed": _int(0),
     "device": _choice(DEVICES),
     "train": {
@@ -142,6 +156,9 @@ SCHEMA: dict[str, Any] = {
     },
     "evaluate": {
         "batch_size": _int(1),
+    },
+    "diagnostics": {
+        "every_steps": _int(0),
     },
     "mlflow": {
         "experiment": _name,
@@ -176,6 +193,12 @@ def _validate(tree: Any, schema: dict[str, Any], errors: list[str], prefix: str 
     return clean
 
 
+def data_parallel_verified(precision) -> bool:
+    """Whether DDP runs of this precision are tested (the "-true" precisions'
+    gradients are half already, and fp8 runs only on a GPU: neither is yet)."""
+    return precision.param_dtype == torch.float32 and not precision.fp8
+
+
 def parse(tree: Any) -> Params:
     """Validate a params mapping (as read from YAML) and return typed params."""
     errors: list[str] = []
@@ -184,16 +207,26 @@ def parse(tree: Any) -> Params:
     if grad_comm not in (None, "fp32", precision) and precision is not None:
         errors.append(f"train.grad_comm must be fp32 or the run's precision ({precision}), got {grad_comm!r}: "
                       "gradients are sent in fp16 or bf16 only by runs that compute in it")
+    processes = clean.get("train", {}).get("processes")
+    if processes not in (None, 1) and precision in TABLE and not data_parallel_verified(TABLE[precision]):
+        errors.append(f"train.processes must be 1 with precision {precision}, got {processes!r}: data-parallel "
+                      f"training is verified for fp32, fp16 and bf16 only")
+    loss_scale = clean.get("loss_scale")
+    if loss_scale not in (None, "dynamic") and precision in TABLE and not TABLE[precision].loss_scaling:
+        errors.append(f"loss_scale applies to fp16 only, got {loss_scale!r} with precision {precision}: "
+                      f"{precision} {TABLE[precision].no_loss_scale_because}; leave it at dynamic")
     if len(errors) == 1:
         raise ParamsError(errors[0])
     if errors:
         raise ParamsError(f"params.yaml has {len(errors)} problems:\n" + "\n".join(f"  - {e}" for e in errors))
     return Params(
         precision=clean["precision"],
+        loss_scale=clean["loss_scale"],
         seed=clean["seed"],
         device=clean["device"],
         train=TrainParams(**clean["train"]),
         evaluate=EvaluateParams(**clean["evaluate"]),
+        diagnostics_every=clean["diagnostics"]["every_steps"],
         mlflow_experiment=clean["mlflow"]["experiment"],
         raw=tree,
     )

@@ -10,65 +10,163 @@ name itself.
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from .errors import UserError
+
+
+class PrecisionError(UserError, ValueError):
+    """A precision this installation cannot run."""
 
 
 @dataclass(frozen=True)
 class Precision:
     name: str
-    autocast_dtype: torch.dtype | None  # None: no autocast, everything in fp32
+    autocast_dtype: torch.dtype | None  # None: no autocast
     loss_scaling: bool  # a GradScaler keeps small gradients from flushing to zero
     summary: str
     # CPU instruction sets (as /proc/cpuinfo names them), any of which runs its
     # matrix products natively; empty: every CPU does.
     native_on_cpu: tuple[str, ...] = ()
+    # The dtype of the weights, their gradients and the optimizer: fp32 master
+    # weights for the mixed precisions, half for the "-true" ones.
+    param_dtype: torch.dtype = torch.float32
+    tf32: bool = False  # fp32 matmuls and convolutions through TF32 tensor cores
+    fp8: bool = False  # torchao's float8 training for the linear layers that fit it
+    # The oldest NVIDIA GPU that runs it, as a compute capability; None: any device.
+    needs_cuda_capability: tuple[int, int] | None = None
+    # Why `loss_scale` does not apply (every precision but fp16).
+    no_loss_scale_because: str = ""
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The narrowest dtype the forward pass computes in (fp8's: its forward format)."""
+        if self.fp8:
+            return torch.float8_e4m3fn
+        return self.autocast_dtype or self.param_dtype
 
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("fp32", None, False,
-              "true single precision: no autocast, TF32 off for matmul and cuDNN"),
+              "true single precision: no autocast, TF32 off for matmul and cuDNN",
+              no_loss_scale_because="fp32's gradients are not half precision"),
     Precision("fp16", torch.float16, True,
               "torch.amp.autocast to float16 with a torch.amp.GradScaler; weights stay fp32",
               native_on_cpu=("avx512_fp16", "amx_fp16")),
     Precision("bf16", torch.bfloat16, False,
               "autocast to bfloat16, no scaler (its exponent range is fp32's); weights stay fp32",
-              native_on_cpu=("avx512_bf16", "amx_bf16")),
+              native_on_cpu=("avx512_bf16", "amx_bf16"),
+              no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
+                                    "where fp32's would not"),
+    Precision("fp16-true", None, False,
+              "the model, its gradients and the optimizer all in float16: no fp32 master weights, no scaler",
+              native_on_cpu=("avx512_fp16", "amx_fp16"), param_dtype=torch.float16,
+              no_loss_scale_because="it has no fp32 master weights to unscale the gradients into "
+                                    "(Lightning's 16-true has no scaler either); use fp16 for a loss scale"),
+    Precision("bf16-true", None, False,
+              "the model, its gradients and the optimizer all in bfloat16: no fp32 master weights",
+              native_on_cpu=("avx512_bf16", "amx_bf16"), param_dtype=torch.bfloat16,
+              no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
+                                    "where fp32's would not"),
+    Precision("tf32", None, False,
+              "fp32 with TF32 tensor-core matmuls and convolutions (10 mantissa bits in the products)",
+              tf32=True, needs_cuda_capability=(8, 0),
+              no_loss_scale_because="TF32 keeps fp32's exponent range"),
+    Precision("fp8", torch.bfloat16, False,
+              "torchao float8 training of the linear layers (e4m3 forward, e5m2 gradients, "
+              "scaled per tensor); the rest under bf16 autocast",
+              fp8=True, needs_cuda_capability=(8, 9),
+              no_loss_scale_because="torchao scales each float8 tensor itself"),
 )}
 NAMES = tuple(PRECISIONS)
 BASELINE = "fp32"
+LOSS_SCALES = ("dynamic", "none")  # or a fixed positive number
+# float8 matmuls (torch._scaled_mm) need both dimensions of the weight divisible by 16.
+FP8_DIVISOR = 16
 
 
-def use_true_fp32() -> None:
-    """Turn TF32 off everywhere, so fp32 means 23 mantissa bits in every matmul and conv."""
+def set_tf32(enabled: bool) -> None:
+    """TF32 on or off for every matmul and conv: off, fp32 means 23 mantissa bits."""
     # The flag-per-backend API, not `torch.backends.fp32_precision`: with the
     # newer one set, torch.export (used by mlflow.pytorch.log_model) fails in
     # torch 2.14 with "a mix of the legacy and new APIs".
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
+def use_true_fp32() -> None:
+    set_tf32(False)
+
+
+def fp8_kept_layers(model: nn.Module) -> list[str]:
+    """The linear layers that float8 training cannot take (a dimension not a
+    multiple of FP8_DIVISOR): they stay under the run's bf16 autocast."""
+    return [name for name, module in model.named_modules()
+            if type(module) is nn.Linear and (module.in_features % FP8_DIVISOR or module.out_features % FP8_DIVISOR)]
+
+
+def torchao_float8():
+    """torchao's float8 training API, or an error that says how to install it."""
+    # torchao 0.18 registers an Enum with torch's pytree at import, which torch
+    # 2.14 answers with a logged deprecation warning addressed to torchao, not
+    # to this project's users: that one logger is quiet while it imports.
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except ImportError:
+        raise PrecisionError("precision fp8 needs torchao, which is not installed: "
+                             "pip install 'mnist-precision[fp8]'") from None
+    finally:
+        pytree_log.setLevel(level)
+    return Float8LinearConfig, convert_to_float8_training
+
+
+def parse_loss_scale(value: str | float) -> str | float:
+    """`dynamic`, `none` or a fixed positive number; ValueError otherwise."""
+    if value in LOSS_SCALES:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"loss_scale must be dynamic, none or a positive number, got {value!r}")
+    return float(value)
 
 
 class PrecisionPolicy:
     """What one precision does to a training step on one device type.
 
-    Constructing it sets the process's float32 matmul precision (TF32 off), so
-    every stage that builds a policy computes fp32 the same way.
+    Constructing it sets the process's float32 matmul precision (TF32 on for
+    `tf32` only), so every stage that builds a policy computes fp32 the same way.
 
     Nothing here waits for the device: whether the GradScaler skipped a step
     stays a tensor on the device (the fused optimizer takes the scale and the
     overflow flag as tensors), for the caller to read when it chooses.
+
+    `loss_scale` (fp16 only): `dynamic` is the GradScaler; `none` turns it off
+    (the ablation); a number is a fixed scale: the GradScaler still unscales
+    and skips steps that overflow, but never changes the scale.
     """
 
-    def __init__(self, name: str, device_type: str):
+    def __init__(self, name: str, device_type: str, loss_scale: str | float = "dynamic"):
         if name not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(NAMES)}, got {name!r}")
         self.precision = PRECISIONS[name]
         self.device_type = device_type  # "cpu" or "cuda"
-        self.scaler = torch.amp.GradScaler(device_type, enabled=self.precision.loss_scaling)
-        use_true_fp32()
+        self.loss_scale = parse_loss_scale(loss_scale)
+        if self.loss_scale != "dynamic" and not self.precision.loss_scaling:
+            raise ValueError(f"loss_scale applies to fp16 only: {name} {self.precision.no_loss_scale_because}")
+        scaling = self.precision.loss_scaling and self.loss_scale != "none"
+        self.fixed_scale = (torch.full((), self.loss_scale, device=device_type)
+                            if isinstance(self.loss_scale, float) else None)
+        init_scale = self.loss_scale if self.fixed_scale is not None else 2.0**16
+        self.scaler = torch.amp.GradScaler(device_type, init_scale=init_scale, enabled=scaling)
+        set_tf32(self.precision.tf32)
 
     @property
     def name(self) -> str:
@@ -77,6 +175,21 @@ class PrecisionPolicy:
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return self.precision.autocast_dtype
+
+    def convert_module(self, model: nn.Module) -> nn.Module:
+        """The model as this precision trains it, converted in place: weights in
+        half for the "-true" precisions; float8 linear layers for fp8 (through
+        torchao, emulated off CUDA). Call it before making the optimizer."""
+        if self.precision.fp8:
+            Float8LinearConfig, convert_to_float8_training = torchao_float8()
+            kept = set(fp8_kept_layers(model))
+            convert_to_float8_training(
+                model, config=Float8LinearConfig(emulate=self.device_type != "cuda"),
+                module_filter_fn=lambda module, name: type(module) is nn.Linear and name not in kept)
+        return model.to(self.precision.param_dtype)
+
+    def convert_input(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.precision.param_dtype)
 
     def autocast(self) -> AbstractContextManager:
         """The context to run forward passes (and the loss) in."""
@@ -99,8 +212,13 @@ class PrecisionPolicy:
         self.scaler.step(optimizer)
         # The overflow flags the scaler computed for this step, before update() clears them.
         skipped = sum(self.scaler._found_inf_per_device(optimizer).values()) > 0
-        self.scaler.update()
+        self.scaler.update(new_scale=self.fixed_scale)
         return skipped
+
+    def scale_tensor(self) -> torch.Tensor | None:
+        """A copy of the loss scale as a 0-dim device tensor (no wait), or None
+        without a scaler; after `backward`, the scale the step uses."""
+        return self.scaler._scale.clone() if self.scaler.is_enabled() else None
 
     def scale(self) -> float | None:
         """The GradScaler's current loss scale (waits for the device), or None."""

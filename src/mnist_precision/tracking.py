@@ -183,9 +183,12 @@ class MetricsBuffer:
         self.client = mlflow.MlflowClient()
         self.sending: list[tuple[list[Metric], RunOperations]] = []
 
-    def add(self, values: dict[str, float], step: int) -> None:
+    def add(self, values: dict[str, float], step: int, series: dict[str, list] | None = None) -> None:
+        """`values` at `step`, and each of `series`' [step, value] points under its key."""
         now_ms = int(time.time() * 1000)
         metrics = [Metric(key, float(value), timestamp=now_ms, step=step) for key, value in values.items()]
+        metrics += [Metric(key, float(value), timestamp=now_ms, step=at)
+                    for key, points in (series or {}).items() for at, value in points]
         self.sending.append((metrics, self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)))
 
     def flush(self) -> None:

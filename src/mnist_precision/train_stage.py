@@ -10,7 +10,7 @@ import mlflow
 import torch
 from mlflow.models import infer_signature
 
-from . import checkpoint, paths, tracking
+from . import checkpoint, diagnostics, paths, tracking
 from .atomic import atomic_path, atomic_write_json
 from .data import load_split
 from .device import capability_params, device_name, missing_native_support, peak_memory_metrics, resolve_device
@@ -18,8 +18,19 @@ from .distributed import World, device_of, joined, launch, processes_wanted, und
 from .interrupts import Interrupted, StopRequest
 from .model import build_mlp
 from .params import load
-from .precision import PrecisionPolicy
+from .precision import PrecisionPolicy, fp8_kept_layers
 from .training import DivergenceError, EpochRecord, Stopped, train
+
+
+def precision_params(policy: PrecisionPolicy, model: torch.nn.Module) -> dict[str, str]:
+    """What the precision does here: its compute dtype and that dtype's largest
+    finite value (what the range figures are measured against); for fp8, the
+    layers that float8 could not take."""
+    dtype = policy.precision.compute_dtype
+    params = {"compute_dtype": str(dtype).removeprefix("torch."), "compute_dtype_max": torch.finfo(dtype).max}
+    if policy.precision.fp8:
+        params["fp8_layers_kept_bf16"] = ",".join(fp8_kept_layers(model)) or "none"
+    return params
 
 
 def environment_params(device: torch.device, world: World) -> dict[str, str]:
@@ -36,9 +47,13 @@ def environment_params(device: torch.device, world: World) -> dict[str, str]:
     }
 
 
-def log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
-    """Log the model to the active run, with a signature and a 2-row input
-    example (MLflow's default pt2 format exports the model with it)."""
+def log_model(state: dict, hidden, example: torch.Tensor) -> None:
+    """Log the trained weights to the active run as a plain fp32 model (weights
+    trained in half widen exactly), with a signature and a 2-row input example
+    (MLflow's default pt2 format exports the model with it)."""
+    model = build_mlp(hidden)
+    model.load_state_dict(state)
+    model.eval()
     with torch.no_grad():
         signature = infer_signature(example.numpy(), model(example).numpy())
     mlflow.pytorch.log_model(
@@ -62,7 +77,7 @@ def main() -> None:
 def train_stage(params, device: torch.device, world: World) -> None:
     """Every rank runs this; only rank 0 reads the checkpoint, talks to MLflow
     and writes the outputs."""
-    policy = PrecisionPolicy(params.precision, device.type)
+    policy = PrecisionPolicy(params.precision, device.type, params.loss_scale)
     missing = missing_native_support(policy.precision.native_on_cpu, device)
     if missing and world.is_main:
         print(f"train: warning: {params.precision} is not native here ({missing}): its matrix products take "
@@ -88,7 +103,7 @@ def train_stage(params, device: torch.device, world: World) -> None:
                 mlflow.set_tag("resumed_at_step", resume.step)
                 print(f"train: resuming from {paths.CHECKPOINT} at step {resume.step}", file=sys.stderr)
             else:
-                mlflow.log_params(params.flat() | environment_params(device, world))
+                mlflow.log_params(params.flat() | environment_params(device, world) | precision_params(policy, model))
         # SIGINT/SIGTERM from here on: finish the step, then checkpoint (during
         # training), or finish writing (after it); a second signal stops at once.
         scope.enter_context(stop.active())
@@ -103,13 +118,16 @@ def train_stage(params, device: torch.device, world: World) -> None:
 
         def log_epoch(record: EpochRecord) -> None:
             if world.is_main:
+                numerics = record.diagnostics or {"figures": {}, "loss_scales": []}
                 epoch_metrics.add({"train_loss": record.loss, "train_accuracy": record.accuracy,
-                                   "epoch_seconds": record.seconds, "epoch_skipped_steps": record.skipped_steps},
-                                  step=record.epoch)
+                                   "epoch_seconds": record.seconds, "epoch_skipped_steps": record.skipped_steps,
+                                   **numerics["figures"]},
+                                  step=record.epoch, series={"loss_scale": numerics["loss_scales"]})
 
         try:
             result = train(model, data, policy, params.train, params.seed, world=world, on_epoch=log_epoch,
-                           stop=stop, resume=resume.state if resume else None)
+                           stop=stop, resume=resume.state if resume else None,
+                           diagnose_every=params.diagnostics_every)
         except DivergenceError as error:
             if world.is_main:
                 mlflow.set_tags({"failure": str(error), "diverged_at_epoch": error.epoch,
@@ -137,15 +155,21 @@ def train_stage(params, device: torch.device, world: World) -> None:
         # train_loss and train_accuracy are already logged, per epoch.
         mlflow.log_metrics({k: v for k, v in metrics.items() if k not in ("train_loss", "train_accuracy")})
 
-        model = model.cpu().eval()
+        state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}  # in its training dtype
         with atomic_path(paths.MODEL) as tmp:
-            torch.save(model.state_dict(), tmp)
+            torch.save(state, tmp)
         atomic_write_json(paths.TRAIN_METRICS, metrics)
-        atomic_write_json(paths.TRAIN_PLOT, [vars(record) for record in result.epochs])
+        atomic_write_json(paths.TRAIN_PLOT, [{k: v for k, v in vars(record).items() if k != "diagnostics"}
+                                             for record in result.epochs])
+        numerics = [(record.epoch, record.diagnostics) for record in result.epochs]
+        atomic_write_json(paths.DIAGNOSTICS_PLOT, diagnostics.epoch_rows(numerics))
+        atomic_write_json(paths.LOSS_SCALE_PLOT, diagnostics.loss_scale_rows(numerics))
+        atomic_write_json(paths.UNDERFLOW_PLOT, diagnostics.histogram_rows(numerics))
         mlflow.log_artifact(str(paths.PARAMS))
         mlflow.log_artifact(str(paths.TRAIN_METRICS), artifact_path="metrics")
-        mlflow.log_artifact(str(paths.TRAIN_PLOT), artifact_path="plots")
+        for plot in (paths.TRAIN_PLOT, paths.DIAGNOSTICS_PLOT, paths.LOSS_SCALE_PLOT, paths.UNDERFLOW_PLOT):
+            mlflow.log_artifact(str(plot), artifact_path="plots")
 
-        log_model(model, data.images[:2].cpu())
+        log_model(state, params.train.hidden, data.images[:2].cpu())
         atomic_write_json(paths.MLFLOW_RUN, {"run_id": run_id, "experiment_id": experiment_id})
     paths.CHECKPOINT.unlink(missing_ok=True)

@@ -21,7 +21,9 @@ from tqdm import tqdm
 from .data import Split, shuffled_batches
 from .distributed import World
 from .errors import UserError
+from .diagnostics import Diagnostics
 from .interrupts import StopRequest
+from .model import build_mlp
 from .params import TrainParams
 from .precision import PrecisionPolicy
 
@@ -48,6 +50,7 @@ class EpochRecord:
     accuracy: float
     seconds: float
     skipped_steps: int
+    diagnostics: dict = field(default_factory=dict)  # Diagnostics.end_epoch(); empty when off
 
 
 @dataclass
@@ -97,13 +100,17 @@ class TrainStep:
         mode = "reduce-overhead" if policy.device_type == "cuda" else None
         self.forward = torch.compile(model, mode=mode) if compile else model
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
-                 global_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, global_count: int | None = None,
+                 before_update: Callable[[], None] | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`before_update`, if given, is called between the backward pass and the optimizer step."""
         with self.policy.autocast():
-            logits = self.forward(images)
+            logits = self.forward(self.policy.convert_input(images))
             loss = self.world.loss(logits, labels, global_count or len(labels))
         self.optimizer.zero_grad()
         self.policy.backward(loss)
+        if before_update is not None:
+            before_update()
         return logits, loss, self.policy.optimizer_step(self.optimizer)
 
 
@@ -119,6 +126,7 @@ class Progress:
     correct: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    diagnostics: dict | None = None  # Diagnostics.state_dict() of the epoch in progress
     records: list[EpochRecord] = field(default_factory=list)
 
     def state_dict(self) -> dict:
@@ -133,7 +141,7 @@ class TrainState:
     """Everything a resumed run needs to end bitwise where an uninterrupted one would."""
 
     def __init__(self, model: nn.Module, policy: PrecisionPolicy, lr: float, seed: int):
-        self.model, self.policy = model, policy
+        self.model, self.policy = policy.convert_module(model), policy
         self.optimizer = make_optimizer(model, lr)
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         self.progress = Progress()
@@ -159,12 +167,15 @@ class Stopped(Exception):
 
 
 def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, epochs: int,
-              stop: StopRequest | None = None) -> EpochRecord:
+              stop: StopRequest | None = None, diagnostics: Diagnostics | None = None) -> EpochRecord:
     """Run the rest of the epoch `state.progress.epoch`; raise `Stopped` (after
-    a whole step, at the same step on every rank) when `stop` is set."""
+    a whole step, at the same step on every rank) when `stop` is set.
+    `diagnostics` measures the steps it says are due (rank 0's share of them)."""
     progress, device, world = state.progress, data.images.device, step.world
     if progress.done_in_epoch == 0:
         progress.epoch_generator_state = state.generator.get_state()
+    elif diagnostics is not None and progress.diagnostics is not None:
+        diagnostics.load_state_dict(progress.diagnostics)
     started = time.perf_counter()
     # The sums stay on the device during the epoch: adding to them does not wait
     # for it. A resumed epoch starts from the sums it stopped at, in the same
@@ -182,7 +193,8 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
         world.sum_(correct)
         return Progress(**vars(progress) | {
             "loss_sum": loss_sum.item(), "correct": int(correct.item()), "skipped": int(skipped.item()),
-            "seconds": progress.seconds + time.perf_counter() - started})
+            "seconds": progress.seconds + time.perf_counter() - started,
+            "diagnostics": diagnostics.state_dict() if diagnostics is not None else None})
 
     steps_per_epoch = math.ceil(len(data) / batch_size)
     # Reading the loss waits for the device: free on the CPU, a stall on a GPU.
@@ -198,7 +210,13 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
             progress.done_in_epoch += 1
             global_count = len(labels)
             images, labels = world.share(images, labels)
-            logits, loss, was_skipped = step(images, labels, global_count)
+            if diagnostics is not None and diagnostics.due(progress.step):
+                before, used_scale = diagnostics.snapshot(state.model), []
+                logits, loss, was_skipped = step(images, labels, global_count, before_update=lambda: used_scale.append(
+                    state.policy.scale_tensor()))
+                diagnostics.sample(state.model, before, images, labels, progress.step, used_scale[0], was_skipped)
+            else:
+                logits, loss, was_skipped = step(images, labels, global_count)
             loss_sum.add_(loss.detach(), alpha=global_count / world.size)  # the loss summed over the share
             correct.add_((logits.argmax(dim=1) == labels).sum())
             if was_skipped is not None:
@@ -212,23 +230,28 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
                                     samples_s=f"{(bar.format_dict['rate'] or 0) * batch_size:.0f}")
     done = progress_now()
     record = EpochRecord(epoch=done.epoch, loss=done.loss_sum / len(data), accuracy=done.correct / len(data),
-                         seconds=done.seconds, skipped_steps=done.skipped)
+                         seconds=done.seconds, skipped_steps=done.skipped,
+                         diagnostics=diagnostics.end_epoch() if diagnostics is not None else {})
     state.progress = Progress(epoch=done.epoch + 1, step=done.step, records=[*done.records, record])
     return record
 
 
 def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainParams, seed: int, *,
           world: World = World(), on_epoch: Callable[[EpochRecord], None] = lambda record: None,
-          stop: StopRequest | None = None, resume: dict | None = None) -> TrainResult:
+          stop: StopRequest | None = None, resume: dict | None = None, diagnose_every: int = 0) -> TrainResult:
     """Train for `params.epochs` epochs, or continue from `resume` (the state
     that `Stopped` carried) so that the end state is the same, bit for bit, as
     if training had never stopped. In a distributed job every rank calls it,
-    and every rank gets the records of the whole job."""
+    and every rank gets the records of the whole job. Every `diagnose_every`
+    steps (0: never), rank 0 measures the step's numerics (`diagnostics`)."""
     state = TrainState(model, policy, params.lr, seed)
     if resume is not None:
         state.load_state_dict(resume)
     step = TrainStep(model, policy, state.optimizer, compile=params.compile, world=world, grad_comm=params.grad_comm)
+    diagnostics = None
+    if diagnose_every and world.is_main:
+        diagnostics = Diagnostics(build_mlp(params.hidden).to(data.images.device), diagnose_every)
     model.train()
     while state.progress.epoch <= params.epochs:
-        on_epoch(run_epoch(state, step, data, params.batch_size, params.epochs, stop))
+        on_epoch(run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics))
     return TrainResult(samples_per_epoch=len(data), epochs=state.progress.records, final_scale=policy.scale())

@@ -1,0 +1,194 @@
+"""The numerics of training, measured on sampled steps: why each precision behaves as it does.
+
+On every `every_steps`-th step, around the real step:
+
+- **Underflow.** Of the values that are non-zero in fp32, the share whose
+  magnitude is below fp16's smallest subnormal (2^-24: flushed to zero) and
+  below its smallest normal (2^-14: precision lost), for the weights, the
+  weight gradients and the activation gradients (a hook on each layer's
+  output); the gradients without and with the run's loss scale. They are
+  measured on an fp32 replica of the step (the same weights, the same batch),
+  as Micikevicius et al. 2018 (Mixed Precision Training, Figure 3) measured
+  them on fp32 training: the values before any rounding to half precision.
+- **Lost updates.** The share of weights whose update was non-zero (plain
+  SGD: a non-zero gradient, in a step the scaler did not skip) but left the
+  stored weight unchanged after rounding: why mixed precision keeps fp32
+  master weights.
+- **Loss scale.** The GradScaler's scale after each sampled step (1 without one).
+- **Range.** Per layer, the largest absolute activation and activation
+  gradient (times the loss scale, as the run holds it), to set against the
+  compute dtype's largest finite value.
+
+Every figure stays a tensor on the device until the epoch ends: sampling adds
+no wait for a GPU within an epoch. The replica pass changes nothing in the
+run: a run with diagnostics ends with the same weights, bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FP16_SMALLEST_SUBNORMAL = 2.0**-24  # below it, fp16 flushes to zero
+FP16_SMALLEST_NORMAL = 2.0**-14  # below it, fp16 keeps fewer than 11 significant bits
+HISTOGRAM_EXPONENTS = (-64, 16)  # floor(log2 |x|) bins of the histogram, both ends inclusive
+GRADIENT_KINDS = ("weight_grads", "act_grads")
+
+
+def underflow_counts(values: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """[non-zero, below 2^-24, below 2^-14] counts of `values` (times `scale`),
+    as an int64 device tensor; values that are zero in fp32 are not counted."""
+    magnitude = values.detach().float().abs()
+    scaled = magnitude * scale
+    nonzero = magnitude > 0
+    return torch.stack([nonzero.sum(), (nonzero & (scaled < FP16_SMALLEST_SUBNORMAL)).sum(),
+                        (nonzero & (scaled < FP16_SMALLEST_NORMAL)).sum()])
+
+
+def lost_update_counts(before: torch.Tensor, after: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """[updates intended, updates lost]: weights with a non-zero gradient (plain
+    SGD's update is -lr * gradient), and those of them left unchanged."""
+    intended = gradient != 0
+    return torch.stack([intended.sum(), (intended & (after == before)).sum()])
+
+
+def log2_histogram(values: torch.Tensor) -> torch.Tensor:
+    """Counts of the non-zero magnitudes by floor(log2 |x|), over HISTOGRAM_EXPONENTS
+    (values outside fall in the end bins)."""
+    low, high = HISTOGRAM_EXPONENTS
+    magnitude = values.detach().float().abs()
+    _, exponent = torch.frexp(magnitude[magnitude > 0])  # x = m * 2**e, 0.5 <= m < 1
+    return torch.bincount((exponent - 1).clamp(low, high) - low, minlength=high - low + 1)
+
+
+def share(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+class Diagnostics:
+    """The measurements of one run: `sample` on the steps `due` says, `end_epoch` once an epoch."""
+
+    def __init__(self, reference: nn.Module, every_steps: int):
+        # An fp32 copy of the network's architecture: the replica of each sampled step.
+        self.reference, self.every_steps = reference, every_steps
+        self.layers = [name for name, module in reference.named_children()]
+        self._outputs: dict[str, torch.Tensor] = {}
+        for name, module in reference.named_children():
+            module.register_forward_hook(self._keep_output(name))
+        self.reset()
+
+    def _keep_output(self, name: str):
+        def hook(module, inputs, output):
+            output.retain_grad()
+            self._outputs[name] = output
+        return hook
+
+    def reset(self) -> None:
+        self.sampled = 0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.scales: list[tuple[int, torch.Tensor]] = []
+        # The activation gradients' log2 histogram of the last sampled step, and its loss scale.
+        self.histogram: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def due(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    @staticmethod
+    def snapshot(model: nn.Module) -> list[torch.Tensor]:
+        """The weights before the step, as stored."""
+        return [parameter.detach().clone() for parameter in model.parameters()]
+
+    def _add(self, key: str, value: torch.Tensor, reduce: str = "sum") -> None:
+        if key not in self.sums:
+            self.sums[key] = value.clone()
+        elif reduce == "sum":
+            self.sums[key] += value
+        else:
+            torch.maximum(self.sums[key], value, out=self.sums[key])
+
+    def sample(self, model: nn.Module, before: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
+               step: int, scale: torch.Tensor | None, skipped: torch.Tensor | None) -> None:
+        """Measure the step that took the weights from `before` to `model`'s, on
+        `images`, under the loss scale `scale` (None: no scaler)."""
+        scale = scale if scale is not None else torch.ones((), device=images.device)
+        self.sampled += 1
+        self.scales.append((step, scale))
+        not_skipped = ~skipped if skipped is not None else torch.ones((), dtype=torch.bool, device=images.device)
+        for parameter, old in zip(model.parameters(), before):
+            if parameter.grad is not None:
+                self._add("lost_updates", lost_update_counts(old, parameter.detach(), parameter.grad) * not_skipped)
+
+        # The fp32 replica of the step: the same weights and batch, before any rounding to half.
+        with torch.no_grad():
+            for weight, old in zip(self.reference.parameters(), before):
+                weight.copy_(old)
+        self.reference.zero_grad(set_to_none=True)
+        F.cross_entropy(self.reference(images.float()), labels).backward()
+        for weight in self.reference.parameters():
+            self._add("weights", underflow_counts(weight))
+            self._add("weight_grads", underflow_counts(weight.grad))
+            self._add("weight_grads_scaled", underflow_counts(weight.grad, scale))
+        for name in self.layers:
+            output = self._outputs[name]
+            self._add("act_grads", underflow_counts(output.grad))
+            self._add("act_grads_scaled", underflow_counts(output.grad, scale))
+            self._add(f"range_act_max_layer{name}", output.detach().abs().max(), reduce="max")
+            self._add(f"range_grad_max_layer{name}", output.grad.abs().max() * scale, reduce="max")
+        self.histogram = (log2_histogram(torch.cat([self._outputs[name].grad.flatten() for name in self.layers])),
+                          scale)
+        self._outputs.clear()
+
+    def end_epoch(self) -> dict:
+        """The epoch's figures (pooled over its sampled steps), and a fresh start for the next."""
+        sums = {key: value.tolist() for key, value in self.sums.items()}
+        figures: dict[str, float] = {"sampled_steps": self.sampled}
+        for kind in ("weights", *GRADIENT_KINDS, *(f"{kind}_scaled" for kind in GRADIENT_KINDS)):
+            if kind in sums:
+                nonzero, flushed, subnormal = sums[kind]
+                figures[f"underflow_{kind}_flushed"] = share(flushed, nonzero)
+                figures[f"underflow_{kind}_subnormal"] = share(subnormal, nonzero)
+        if "lost_updates" in sums:
+            intended, lost = sums["lost_updates"]
+            figures["lost_updates"] = share(lost, intended)
+        figures |= {key: value for key, value in sums.items() if key.startswith("range_")}
+        scales = torch.stack([scale for _, scale in self.scales]).tolist() if self.scales else []
+        record = {"figures": figures,
+                  "loss_scales": [[step, value] for (step, _), value in zip(self.scales, scales)],
+                  "histogram": None}
+        if self.histogram is not None:
+            counts, scale = self.histogram
+            record["histogram"] = {"first_exponent": HISTOGRAM_EXPONENTS[0], "counts": counts.tolist(),
+                                   "loss_scale": scale.item()}
+        self.reset()
+        return record
+
+    def state_dict(self) -> dict:
+        """The sums of the epoch in progress (for a checkpoint)."""
+        return {"sampled": self.sampled, "sums": dict(self.sums), "scales": list(self.scales),
+                "histogram": self.histogram}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampled, self.sums = state["sampled"], dict(state["sums"])
+        self.scales, self.histogram = list(state["scales"]), state["histogram"]
+
+
+def epoch_rows(records: list[dict]) -> list[dict]:
+    """DVC plot rows, one per epoch, from each epoch's `end_epoch()` record (keyed by epoch)."""
+    return [{"epoch": epoch, **record["figures"]} for epoch, record in records if record]
+
+
+def loss_scale_rows(records: list[dict]) -> list[dict]:
+    return [{"step": step, "loss_scale": scale} for _, record in records if record
+            for step, scale in record["loss_scales"]]
+
+
+def histogram_rows(records: list[dict]) -> list[dict]:
+    """The activation gradients of the run's last sampled step, as the share of
+    non-zero values in each power-of-two bin (Micikevicius et al., Figure 3)."""
+    last = next((record["histogram"] for _, record in reversed(records) if record and record["histogram"]), None)
+    if last is None:
+        return []
+    total = sum(last["counts"]) or 1
+    return [{"log2_magnitude": last["first_exponent"] + i, "share": count / total, "loss_scale": last["loss_scale"]}
+            for i, count in enumerate(last["counts"])]
