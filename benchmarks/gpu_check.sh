@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on a lent GPU machine (under 8 minutes on one H200):
+# The GPU check, in one call on a lent GPU machine (about 9 minutes on one H200):
 # versions, the GPU-marked tests, then the speed harness on CUDA for every
-# precision and configuration, eager and with train.compile (CUDA graphs),
-# then the data-parallel path (torchrun, DDP over NCCL) at world size 1: one
-# GPU cannot host two NCCL ranks.
+# precision the GPU runs (tf32 and fp8 included) and configuration, eager and
+# with train.compile (CUDA graphs), one epoch of the training loop and the
+# evaluation in every precision with its numerics (variants_epoch.py), then the
+# data-parallel path (torchrun, DDP over NCCL) at world size 1: one GPU cannot
+# host two NCCL ranks. fp8 needs torchao on that machine; without it, fp8 is
+# listed as skipped, with the reason.
 #
 #   MNIST_MIRROR=<dir or URL> bash benchmarks/gpu_check.sh [results dir]
 #
@@ -28,5 +31,6 @@ stage=()
 "$python" -c 'import mlflow' 2>/dev/null || stage=(--skip-stage)
 "$python" benchmarks/train_speed.py --device cuda --compile "${stage[@]}" 2>&1 | tee "$results/gpu.md"
 tail -n 1 "$results/gpu.md" > "$results/gpu.json"
+"$python" benchmarks/variants_epoch.py --device cuda --data data/mnist 2>&1 | tee "$results/gpu_variants.md"
 "$python" -m torch.distributed.run --standalone --nproc-per-node=1 benchmarks/ddp_steps.py --data data/mnist \
   --device cuda 2>&1 | tee "$results/gpu_ddp.txt"

@@ -16,7 +16,12 @@ over `shuffled_batches`, as the train stage runs it) after warm-up, on:
                ToTensor + Normalize through a DataLoader), same model, fp32;
 - ceiling:     a large matrix multiply in each dtype: what the machine achieves;
 - data-parallel: on the CPU, the reference step in one plain process and in
-               2 processes under torchrun (DDP over gloo), by ddp_steps.py.
+               2 processes under torchrun (DDP over gloo), by ddp_steps.py;
+- diagnostics: what measuring the numerics on a sampled step costs, as a share
+               of an epoch at params.yaml's diagnostics.every_steps.
+
+Every precision the device runs is timed; those it refuses (tf32 and fp8 off
+the GPUs that have them) are listed as skipped.
 
 Each row has a time budget: the number of timed steps shrinks for a step too
 slow to fit it (fp16 on a CPU without native fp16, say), so the run stays bounded.
@@ -45,15 +50,23 @@ import yaml
 
 from mnist_precision import paths
 from mnist_precision.data import MEAN, STD, Split, load_split, shuffled_batches
-from mnist_precision.device import device_name, resolve_device
+from mnist_precision.device import DeviceError, device_name, resolve_device
+from mnist_precision.diagnostics import Diagnostics
 from mnist_precision.download import download_mnist
 from mnist_precision.model import build_mlp
-from mnist_precision.precision import BASELINE, NAMES as PRECISIONS, PRECISIONS as TABLE, PrecisionPolicy
+from mnist_precision.params import load
+from mnist_precision.precision import BASELINE, NAMES as PRECISIONS, PRECISIONS as TABLE, PrecisionError, PrecisionPolicy
 from mnist_precision.training import TrainStep, make_optimizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The dtype of each precision's matrix products, for its ceiling.
-DTYPES = {name: TABLE[name].autocast_dtype or torch.float32 for name in PRECISIONS}
+# The matrix products each precision's ceiling is measured with: its dtype, and TF32 on or off.
+# (fp8's own ceiling, torch._scaled_mm, is not measured: it is set against bf16's.)
+CEILINGS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
+            "fp16": (torch.float16, False), "bf16": (torch.bfloat16, False)}
+CEILING_OF = {name: "tf32" if TABLE[name].tf32 else
+              {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(TABLE[name].autocast_dtype or TABLE[name].param_dtype,
+                                                                   "fp32")
+              for name in PRECISIONS}
 # glibc's malloc, told through its own environment variables (mallopt(3)) to
 # keep freed memory in the heap: no mmap for big blocks, no trimming.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)}
@@ -184,9 +197,10 @@ def time_training(config: Config, precision: str, data: Split, clock: Clock, siz
                   compile: bool = False, bare_update: bool = False) -> dict:
     device = data.images.device
     torch.manual_seed(0)
-    model = build_mlp(config.hidden).to(device)
+    policy = PrecisionPolicy(precision, device.type)
+    model = policy.convert_module(build_mlp(config.hidden).to(device))
     optimizer = BareUpdate(model.parameters(), lr=0.01) if bare_update else make_optimizer(model, lr=0.01)
-    step = TrainStep(model, PrecisionPolicy(precision, device.type), optimizer, compile=compile)
+    step = TrainStep(model, policy, optimizer, compile=compile)
     batches = endless_batches(data, config.batch_size, seed=0)
 
     def run(n: int):
@@ -210,6 +224,42 @@ def time_training(config: Config, precision: str, data: Split, clock: Clock, siz
             "hidden": list(config.hidden), "batch_size": config.batch_size, "timed_steps": steps,
             "samples_per_s": samples_per_s, "ms_per_step": 1000 * seconds / steps,
             "model_tflops": flops / 1e12, "peak_memory_mb": memory.peak_mb}
+
+
+def time_diagnostics(config: Config, precision: str, data: Split, clock: Clock, sizes: Sizes, every: int) -> float:
+    """The share of an epoch's time that measuring every `every`-th step adds:
+    a measured step's extra time over a plain one, divided by `every` plain steps."""
+    device = data.images.device
+    torch.manual_seed(0)
+    policy = PrecisionPolicy(precision, device.type)
+    model = policy.convert_module(build_mlp(config.hidden).to(device))
+    step = TrainStep(model, policy, make_optimizer(model, lr=0.01))
+    diagnostics = Diagnostics(build_mlp(config.hidden).to(device), every)
+    batches = endless_batches(data, config.batch_size, seed=0)
+    steps = max(5, config.steps // 20)
+
+    def plain(n: int):
+        for _ in range(n):
+            step(*next(batches))
+
+    def measured(n: int):
+        for number in range(n):
+            diagnostics.measure(step, model, *next(batches), None, number)
+
+    plain(config.warmup)
+    measured(2)
+    plain_s = min(clock.time(lambda: plain(steps)) for _ in range(sizes.repeats)) / steps
+    measured_s = min(clock.time(lambda: measured(steps)) for _ in range(sizes.repeats)) / steps
+    return (measured_s - plain_s) / (every * plain_s)
+
+
+def runnable(precision: str, device: torch.device) -> str | None:
+    """Why this device does not run the precision, or None where it does."""
+    try:
+        resolve_device(device.type, precision)
+    except (DeviceError, PrecisionError) as error:
+        return str(error).split(";")[0]
+    return None
 
 
 def time_seed_loader(data_dir: Path, device: torch.device, steps: int, clock: Clock, repeats: int) -> dict:
@@ -314,7 +364,7 @@ def markdown(rows: list[dict], ceilings: dict[str, float]) -> str:
              "| peak MB |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        fraction = r["model_tflops"] * 1e12 / ceilings[r["precision"]]
+        fraction = r["model_tflops"] * 1e12 / ceilings[CEILING_OF[r["precision"]]]
         lines.append(f"| {r['config']} | {r['precision']} | {r['hidden']} | {r['batch_size']} | {r['timed_steps']} | "
                      f"{r['samples_per_s']:,.0f} | {r['ms_per_step']:.3f} | {r['model_tflops']:.4f} | "
                      f"{fraction:.1%} | {r['peak_memory_mb']:,.0f} |")
@@ -350,18 +400,26 @@ def main(argv: list[str] | None = None) -> dict:
     malloc = " ".join(f"{k}={os.environ[k]}" for k in KEEP_FREED_MEMORY if k in os.environ) or "glibc's defaults"
     print(f"# Training speed on {device_description(device)}; malloc: {malloc}", flush=True)
 
-    ceilings = {name: matmul_ceiling(DTYPES[name], sizes.ceiling_n, device, clock, sizes.row_budget_s)
-                for name in PRECISIONS}
+    skipped = {name: why for name in PRECISIONS if (why := runnable(name, device))}
+    timed = [name for name in PRECISIONS if name not in skipped]
+    ceilings = {}
+    for name, (dtype, tf32) in CEILINGS.items():
+        if name in timed:
+            PrecisionPolicy(name, device.type)  # TF32 as that precision sets it
+            ceilings[name] = matmul_ceiling(dtype, sizes.ceiling_n, device, clock, sizes.row_budget_s)
+    PrecisionPolicy(BASELINE, device.type)
     rows = [time_seed_loader(args.data, device, sizes.seed_loader_steps, clock, sizes.repeats)]
     for config in (sizes.reference, sizes.wide):
-        for precision in PRECISIONS:
+        for precision in timed:
             rows.append(time_training(config, precision, data, clock, sizes))
             print(f"  {config.name} {precision}: {rows[-1]['samples_per_s']:,.0f} samples/s", file=sys.stderr)
         if config is sizes.reference:
             rows.append(time_training(config, BASELINE, data, clock, sizes, bare_update=True))
     if args.compile:
-        for precision in PRECISIONS:
+        for precision in timed:
             rows.append(time_training(sizes.reference, precision, data, clock, sizes, compile=True))
+    every = load(REPO_ROOT / paths.PARAMS).diagnostics_every
+    diagnostics_cost = {p: time_diagnostics(sizes.reference, p, data, clock, sizes, every) for p in (BASELINE, "bf16")}
     if device.type == "cpu":
         data_parallel = time_data_parallel(args.data, sizes.reference.steps // 2)
     if not args.skip_stage:
@@ -374,13 +432,15 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device_description(device),
         "quick": args.quick,
         "malloc": malloc,
-        **{f"reference_{p}_vs_seed_loader": speed["reference", p] / speed["seed-loader", BASELINE] for p in PRECISIONS},
-        **{f"reference_{p}_ceiling_fraction": flops["reference", p] / ceilings[p] for p in PRECISIONS},
-        **{f"wide_{p}_ceiling_fraction": flops["wide", p] / ceilings[p] for p in PRECISIONS},
+        **{f"reference_{p}_vs_seed_loader": speed["reference", p] / speed["seed-loader", BASELINE] for p in timed},
+        **{f"reference_{p}_ceiling_fraction": flops["reference", p] / ceilings[CEILING_OF[p]] for p in timed},
+        **{f"wide_{p}_ceiling_fraction": flops["wide", p] / ceilings[CEILING_OF[p]] for p in timed},
         **{f"{c}_{p}_vs_{BASELINE}": speed[c, p] / speed[c, BASELINE]
-           for c in ("reference", "wide") for p in PRECISIONS if p != BASELINE},
+           for c in ("reference", "wide") for p in timed if p != BASELINE},
         "reference_fp32_torch_optim_vs_bare_update": speed["reference", BASELINE] / speed["reference-bare-update", BASELINE],
-        **{f"ceiling_{p}_tflops": ceilings[p] / 1e12 for p in PRECISIONS},
+        **{f"ceiling_{p}_tflops": flops_ / 1e12 for p, flops_ in ceilings.items()},
+        **{f"diagnostics_every_{every}_{p}_epoch_overhead": cost for p, cost in diagnostics_cost.items()},
+        "skipped_precisions": ", ".join(skipped) or "none",
     }
     if not args.skip_stage:
         figures |= {
@@ -396,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "data_parallel_2_vs_1_processes": data_parallel[2] / data_parallel[1]}
     if args.compile:
         figures |= {f"reference_{p}_compiled_vs_eager": speed["reference-compiled", p] / speed["reference", p]
-                    for p in PRECISIONS}
+                    for p in timed}
     bad = [key for key, value in figures.items() if isinstance(value, float) and not math.isfinite(value)]
     if bad:
         raise SystemExit(f"non-finite figures: {bad}")
@@ -404,6 +464,10 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(markdown(rows, ceilings))
     print()
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    print("diagnostics every " + f"{every} steps: " + ", ".join(
+        f"{p} +{cost:.1%} of an epoch" for p, cost in diagnostics_cost.items()))
     if device.type == "cpu":
         print(f"data-parallel, reference fp32 step: {data_parallel[1]:,.0f} samples/s in 1 process "
               f"({torch.get_num_threads()} threads), {data_parallel[2]:,.0f} in 2 processes under torchrun "

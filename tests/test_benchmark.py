@@ -19,7 +19,9 @@ DOCUMENTED_KEYS = {
     "reference_fp32_vs_seed_loader", "reference_fp32_ceiling_fraction", "reference_fp16_vs_fp32",
     "reference_fp32_torch_optim_vs_bare_update", "malloc",
     "reference_bf16_vs_fp32", "wide_fp16_vs_fp32", "wide_bf16_vs_fp32", "stage_overhead_ratio",
-    "stage_overhead_ratio_existing_store", "device",
+    "stage_overhead_ratio_existing_store", "device", "reference_fp16-true_vs_fp32", "reference_bf16-true_vs_fp32",
+    "wide_fp16-true_vs_fp32", "wide_bf16-true_vs_fp32", "diagnostics_every_200_fp32_epoch_overhead",
+    "diagnostics_every_200_bf16_epoch_overhead", "skipped_precisions",
 }
 
 
@@ -38,9 +40,13 @@ def test_quick_harness_reports_every_documented_figure(tmp_path, mnist_mirror):
     figures = json.loads(lines[-1])
     assert DOCUMENTED_KEYS <= set(figures)
     for key, value in figures.items():
-        if key not in ("device", "quick", "malloc"):
+        if key not in ("device", "quick", "malloc", "skipped_precisions"):
             assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
     assert "| reference | bf16 |" in result.stdout and "| seed-loader | fp32 |" in result.stdout
+    assert "| reference | bf16-true |" in result.stdout and "| wide | fp16-true |" in result.stdout
+    # No GPU here: the GPU-only precisions are named as skipped, with the reason.
+    assert figures["skipped_precisions"] == "tf32, fp8"
+    assert "skipped fp8: precision fp8 runs only on NVIDIA GPUs of compute capability 8.9" in result.stdout
     documented = (REPO_ROOT / "benchmarks" / "README.md").read_text()
     assert all(f"`{key}`" in documented for key in DOCUMENTED_KEYS)
 

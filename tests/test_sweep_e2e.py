@@ -70,7 +70,15 @@ def test_report_compares_each_reduced_precision_with_fp32(swept):
     assert "paired t, 2 seeds" in verdict
     assert "[" in rows[0]  # an interval, not a bare estimate
     figures = sorted((swept.root / "reports").glob("*.png"))
-    assert [f.name for f in figures] == ["group1-accuracy.png", "group1-costs.png", "group1-loss.png"]
+    assert [f.name for f in figures] == ["group1-accuracy.png", "group1-costs.png", "group1-loss-scale.png",
+                                         "group1-loss.png", "group1-lost-updates.png", "group1-underflow.png"]
+    claims = report.split("## The claims, measured", 1)[1].split("## Group 1", 1)[0]
+    assert "**Half precision halves storage.**\n- Yes, on cpu (" in claims
+    assert "- On a GPU: not measured, no GPU runs in this store" in claims and "fp16 0." in claims
+    assert "Not measured: no fp16-true or bf16-true runs in this store" in claims
+    # The fp16 runs' activation gradients, against fp16's range, from the run's own histogram artifact.
+    assert "Activation gradients of one sampled step against fp16's range (run " in report
+    assert "(fp16, seed 0), its last sampled step)" in report
     for figure in figures:
         data = figure.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000

@@ -99,6 +99,16 @@ class Diagnostics:
         """The weights before the step, as stored."""
         return [parameter.detach().clone() for parameter in model.parameters()]
 
+    def measure(self, step, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                global_count: int | None, number: int):
+        """Run the training step `step` (a `training.TrainStep`) on the batch
+        and measure it as step `number`; returns what the step returns."""
+        before, used_scale = self.snapshot(model), []
+        result = step(images, labels, global_count,
+                      before_update=lambda: used_scale.append(step.policy.scale_tensor()))
+        self.sample(model, before, images, labels, number, used_scale[0], result[2])
+        return result
+
     def _add(self, key: str, value: torch.Tensor, reduce: str = "sum") -> None:
         if key not in self.sums:
             self.sums[key] = value.clone()
@@ -141,7 +151,12 @@ class Diagnostics:
 
     def end_epoch(self) -> dict:
         """The epoch's figures (pooled over its sampled steps), and a fresh start for the next."""
-        sums = {key: value.tolist() for key, value in self.sums.items()}
+        # One read of the device for all the sums (counts stay exact in float64 below 2^53).
+        flat = torch.cat([value.reshape(-1).double() for value in self.sums.values()]).tolist() if self.sums else []
+        sums, at = {}, 0
+        for key, value in self.sums.items():
+            sums[key] = flat[at] if value.dim() == 0 else flat[at:at + value.numel()]
+            at += value.numel()
         figures: dict[str, float] = {"sampled_steps": self.sampled}
         for kind in ("weights", *GRADIENT_KINDS, *(f"{kind}_scaled" for kind in GRADIENT_KINDS)):
             if kind in sums:

@@ -13,11 +13,15 @@ experiment `<experiment>-reports`, so that it never mixes with training runs.
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import matplotlib
 
@@ -25,9 +29,11 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 
-from . import paths, tracking  # noqa: E402
+from . import claims, paths, tracking  # noqa: E402
 from .atomic import atomic_path, atomic_write_bytes  # noqa: E402
+from .diagnostics import FP16_SMALLEST_NORMAL, FP16_SMALLEST_SUBNORMAL  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .params import load  # noqa: E402
 from .precision import BASELINE, NAMES  # noqa: E402
@@ -55,7 +61,14 @@ class RunRecord:
     peak_memory_kind: str | None
     model_bytes_fp32: float | None
     model_bytes_fp16: float | None
+    fp16_stored_test_accuracy: float | None = None
+    lost_updates: float | None = None  # the last epoch's share
+    # The last epoch's share of activation gradients below 2^-24, unscaled and times the run's loss scale.
+    act_grads_flushed: float | None = None
+    act_grads_scaled_flushed: float | None = None
     loss_by_epoch: dict[int, float] = field(default_factory=dict)
+    lost_updates_by_epoch: dict[int, float] = field(default_factory=dict)
+    loss_scale_by_step: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,7 +82,11 @@ class Group:
         return f"{self.device}; " + ", ".join(f"{k.removeprefix('train.')} {v}" for k, v in self.config)
 
     def precisions(self) -> list[str]:
-        return sorted(self.runs, key=lambda p: NAMES.index(p) if p in NAMES else len(NAMES))
+        """The variants, in the order of the precision table."""
+        def order(variant: str) -> tuple[int, str]:
+            base = variant.split(" ")[0]
+            return (NAMES.index(base) if base in NAMES else len(NAMES), variant)
+        return sorted(self.runs, key=order)
 
     def values(self, precision: str, metric: str) -> dict[int, float]:
         return {seed: getattr(run, metric) for seed, run in self.runs[precision].items()
@@ -97,10 +114,13 @@ def collect(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
         if run.data.tags.get(SUMMARY_TAG) == "summary" or "test_accuracy" not in metrics:
             continue
         memory_kind = next((k for k in ("peak_gpu_memory_mb", "peak_rss_mb") if k in metrics), None)
-        history = client.get_metric_history(run.info.run_id, "train_loss")
+
+        def history(key: str) -> dict[int, float]:
+            return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key) if m.step >= 1}
+
         records.append(RunRecord(
             run_id=run.info.run_id,
-            precision=params["precision"],
+            precision=variant(params),
             seed=int(params["seed"]),
             device=device_label(params),
             config=tuple((key, params.get(key, "?")) for key in CONFIG_PARAMS),
@@ -110,9 +130,21 @@ def collect(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
             peak_memory_kind=memory_kind,
             model_bytes_fp32=metrics.get("model_bytes_fp32"),
             model_bytes_fp16=metrics.get("model_bytes_fp16"),
-            loss_by_epoch={m.step: m.value for m in history if m.step >= 1},
+            fp16_stored_test_accuracy=metrics.get("fp16_stored_test_accuracy"),
+            lost_updates=metrics.get("lost_updates"),
+            act_grads_flushed=metrics.get("underflow_act_grads_flushed"),
+            act_grads_scaled_flushed=metrics.get("underflow_act_grads_scaled_flushed"),
+            loss_by_epoch=history("train_loss"),
+            lost_updates_by_epoch=history("lost_updates") if "lost_updates" in metrics else {},
+            loss_scale_by_step=history("loss_scale") if "loss_scale" in metrics else {},
         ))
     return records
+
+
+def variant(params: dict[str, str]) -> str:
+    """The precision, and its loss scale where it is not the default."""
+    loss_scale = params.get("loss_scale", "dynamic")
+    return params["precision"] if loss_scale == "dynamic" else f"{params['precision']} (loss_scale {loss_scale})"
 
 
 def device_label(params: dict[str, str]) -> str:
@@ -213,6 +245,97 @@ def plot_costs(group: Group, path: Path) -> None:
     _save(figure, path)
 
 
+def _no_data(axes, what: str) -> None:
+    axes.text(0.5, 0.5, f"no run in this group recorded {what}", ha="center", va="center", transform=axes.transAxes)
+
+
+def plot_lost_updates(group: Group, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    plotted = False
+    for precision in group.precisions():
+        curves = [run.lost_updates_by_epoch for run in group.runs[precision].values() if run.lost_updates_by_epoch]
+        if curves:
+            x = sorted(set.intersection(*(set(c) for c in curves)))
+            axes.plot(x, [statistics.fmean(c[e] for c in curves) for e in x], marker="o", label=precision)
+            plotted = True
+    if plotted:
+        axes.set_yscale("symlog", linthresh=1e-5)
+        axes.legend()
+    else:
+        _no_data(axes, "lost updates")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set(xlabel="epoch", ylabel="share of non-zero updates lost",
+             title="Updates rounded away by the stored weights' precision")
+    _save(figure, path)
+
+
+def plot_loss_scale(group: Group, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    plotted = False
+    for precision in group.precisions():
+        for seed, run in sorted(group.runs[precision].items()):
+            if run.loss_scale_by_step and set(run.loss_scale_by_step.values()) != {1.0}:
+                steps = sorted(run.loss_scale_by_step)
+                axes.plot(steps, [run.loss_scale_by_step[s] for s in steps], label=f"{precision}, seed {seed}")
+                plotted = True
+    if plotted:
+        axes.set_yscale("log", base=2)
+        axes.legend()
+    else:
+        _no_data(axes, "a loss scale other than 1")
+    axes.set(xlabel="step", ylabel="loss scale", title="The GradScaler's loss scale on the sampled steps")
+    _save(figure, path)
+
+
+def histogram_run(group: Group) -> RunRecord | None:
+    """The run whose sampled step the underflow figure shows: fp16's lowest
+    seed (its loss scale shows what scaling moves), else the first variant's."""
+    for precision in ("fp16", *group.precisions()):
+        if precision in group.runs:
+            return group.runs[precision][min(group.runs[precision])]
+    return None
+
+
+def plot_underflow(group: Group, path: Path) -> str:
+    """Micikevicius et al. (2018), Figure 3, for this group: the activation
+    gradients of one sampled step against fp16's range. Returns the caption."""
+    figure, axes = plt.subplots(figsize=(7.5, 4))
+    run = histogram_run(group)
+    rows = _download_json(run.run_id, "plots/underflow_histogram.json") if run else None
+    caption = "no run in this group recorded the histogram"
+    if rows:
+        x = [row["log2_magnitude"] for row in rows]
+        scale = rows[0]["loss_scale"]
+        shift = math.log2(scale)
+        axes.bar(x, [row["share"] for row in rows], width=0.9, color="tab:blue", label="fp32 values")
+        if shift:
+            axes.step([v + shift for v in x], [row["share"] for row in rows], where="mid", color="tab:red",
+                      label=f"times the loss scale {scale:g}")
+        axes.axvspan(min(x) - 1, math.log2(FP16_SMALLEST_SUBNORMAL), color="grey", alpha=0.3,
+                     label="below 2^-24: zero in fp16")
+        axes.axvspan(math.log2(FP16_SMALLEST_SUBNORMAL), math.log2(FP16_SMALLEST_NORMAL), color="orange", alpha=0.2,
+                     label="2^-24 to 2^-14: fp16 subnormals")
+        axes.axvline(math.log2(65504), color="black", linestyle="--", label="fp16's largest value")
+        axes.legend(fontsize=8)
+        caption = f"run {run.run_id[:8]} ({run.precision}, seed {run.seed}), its last sampled step"
+    else:
+        _no_data(axes, "the histogram")
+    axes.set(xlabel="log2 |activation gradient|", ylabel="share of non-zero values",
+             title="Activation gradients against fp16's range")
+    _save(figure, path)
+    return caption
+
+
+def _download_json(run_id: str, artifact: str):
+    try:
+        # MLflow's progress bar for one small file would only clutter the report's output.
+        with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)
+    except MlflowException:  # a run from before the diagnostics
+        return None
+    return json.loads(Path(local).read_text())
+
+
 def _save(figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
@@ -220,9 +343,13 @@ def _save(figure, path: Path) -> None:
 
 
 def group_section(index: int, group: Group, out_dir: Path) -> tuple[str, list[Path]]:
-    figures = [out_dir / f"group{index}-{name}.png" for name in ("loss", "accuracy", "costs")]
+    figures = [out_dir / f"group{index}-{name}.png"
+               for name in ("loss", "accuracy", "costs", "underflow", "loss-scale", "lost-updates")]
     for plot, path in zip((plot_loss, plot_accuracy, plot_costs), figures):
         plot(group, path)
+    underflow_caption = plot_underflow(group, figures[3])
+    plot_loss_scale(group, figures[4])
+    plot_lost_updates(group, figures[5])
     seeds = "; ".join(f"{p}: seeds {', '.join(map(str, sorted(group.runs[p])))}" for p in group.precisions())
     lines = [f"## Group {index}: {group.title()}", "", f"Runs: {seeds}."]
     if group.superseded:
@@ -244,7 +371,22 @@ def group_section(index: int, group: Group, out_dir: Path) -> tuple[str, list[Pa
         lines.append(f"| {p} | {statistics.fmean(r.samples_per_s for r in runs):,.0f} | "
                      f"{statistics.fmean(peak.values()) if peak else float('nan'):,.0f} | "
                      f"{runs[0].model_bytes_fp32 or 0:,.0f} | {runs[0].model_bytes_fp16 or 0:,.0f} |")
-    lines += ["", f"![throughput, memory and storage]({figures[2].name})", ""]
+    lines += ["", f"![throughput, memory and storage]({figures[2].name})", "",
+              "### Numerics", "",
+              f"Activation gradients of one sampled step against fp16's range ({underflow_caption}):", "",
+              f"![underflow]({figures[3].name})", "", f"![loss scale]({figures[4].name})", "",
+              f"![lost updates]({figures[5].name})", "",
+              "Shares in the last epoch, mean across seeds:", "",
+              "| variant | updates lost to rounding | activation gradients below 2^-24 | "
+              "the same, times the run's loss scale |",
+              "| --- | ---: | ---: | ---: |"]
+    for p in group.precisions():
+        cells = []
+        for metric in ("lost_updates", "act_grads_flushed", "act_grads_scaled_flushed"):
+            values = [v for v in group.values(p, metric).values()]
+            cells.append(f"{statistics.fmean(values):.4%}" if values else "not recorded")
+        lines.append(f"| {p} | {' | '.join(cells)} |")
+    lines.append("")
     return "\n".join(lines), figures
 
 
@@ -269,7 +411,7 @@ def write_report(experiment: str, out: Path) -> tuple[str, list[Path], list[Grou
             "averaged together: each group below is one device and one configuration.", "",
             "A difference is within noise when its 95% confidence interval across seeds contains zero. "
             "Too few seeds (fewer than 2 per precision) give an estimate without an interval.", ""]
-    markdown = "\n".join(head + sections)
+    markdown = "\n".join(head + [claims.section(groups, verdicts)] + sections)
     atomic_write_bytes(out, markdown.encode())
     return markdown, figures, groups
 

@@ -211,10 +211,8 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
             global_count = len(labels)
             images, labels = world.share(images, labels)
             if diagnostics is not None and diagnostics.due(progress.step):
-                before, used_scale = diagnostics.snapshot(state.model), []
-                logits, loss, was_skipped = step(images, labels, global_count, before_update=lambda: used_scale.append(
-                    state.policy.scale_tensor()))
-                diagnostics.sample(state.model, before, images, labels, progress.step, used_scale[0], was_skipped)
+                logits, loss, was_skipped = diagnostics.measure(step, state.model, images, labels, global_count,
+                                                                progress.step)
             else:
                 logits, loss, was_skipped = step(images, labels, global_count)
             loss_sum.add_(loss.detach(), alpha=global_count / world.size)  # the loss summed over the share

@@ -1,0 +1,50 @@
+"""The report's answers to the tutorial's claims follow the numbers, whichever way they fall."""
+
+from __future__ import annotations
+
+from mnist_precision import claims
+from mnist_precision.report import Group, RunRecord, verdicts
+
+CPU = "cpu (AMD EPYC; AVX512, features avx512f,avx512_bf16)"
+GPU = "cuda (NVIDIA H200; compute capability 9.0)"
+
+
+def group(device: str, runs: dict[str, list[tuple[float, float, float | None]]], bytes_fp16: int = 409) -> Group:
+    """`runs`: per variant, one (test accuracy, samples/s, lost updates) per seed."""
+    built = Group(device, (("train.hidden", "[256]"),))
+    for variant, seeds in runs.items():
+        for seed, (accuracy, speed, lost) in enumerate(seeds):
+            built.runs[variant][seed] = RunRecord(
+                run_id=f"{variant}{seed}", precision=variant, seed=seed, device=device, config=built.config,
+                test_accuracy=accuracy, samples_per_s=speed, peak_memory_mb=None, peak_memory_kind=None,
+                model_bytes_fp32=816, model_bytes_fp16=bytes_fp16, fp16_stored_test_accuracy=accuracy - 0.0001,
+                lost_updates=lost)
+    return built
+
+
+def test_each_claim_is_answered_from_the_numbers_of_the_device():
+    cpu = group(CPU, {"fp32": [(0.91, 100.0, 0.0001), (0.92, 110.0, 0.0001), (0.915, 105.0, 0.0001)],
+                      "fp16": [(0.91, 11.0, 0.0001), (0.92, 12.0, 0.0001), (0.915, 11.5, 0.0001)],
+                      "bf16-true": [(0.85, 150.0, 0.83), (0.86, 160.0, 0.84), (0.855, 155.0, 0.82)]})
+    text = claims.section([cpu], verdicts)
+    assert f"- Yes, on {CPU}: the weights stored in fp16 take 0.50x the bytes of fp32" in text
+    assert "differs by -0.0001 on average" in text
+    assert "- On a GPU: not measured, no GPU runs in this store" in text
+    assert "fp16 0.11x (slower)" in text and "bf16-true 1.48x (faster)" in text
+    assert "1 of 2 variants with enough seeds kept fp32's test accuracy" in text
+    assert "bf16-true -0.0600 [" in text and "], lower" in text
+    assert f"- No, on {CPU}: bf16-true lost 83.0% of its non-zero updates to rounding" in text
+    assert "(fp32: 0.0100%)" in text
+
+
+def test_the_answers_turn_with_the_numbers():
+    gpu = group(GPU, {"fp32": [(0.91, 100.0, None)], "fp16-true": [(0.91, 300.0, None)]}, bytes_fp16=700)
+    text = claims.section([gpu], verdicts)
+    assert f"- No, on {GPU}: the weights stored in fp16 take 0.86x" in text
+    assert "On a GPU: not measured" not in text
+    assert "fp16-true 3.00x (faster)" in text  # one seed: called by the margin, not by an interval
+    assert "0 of 0 variants with enough seeds" in text and "+0.0000, too few seeds to tell" in text
+    assert f"- Undecided (too few seeds), on {GPU}: fp16-true recorded no lost-update share" in text
+    same = group(GPU, {"fp32": [(0.91, 100.0, None)], "fp16": [(0.91, 102.0, None)]})
+    assert "fp16 1.02x (about the same)" in claims.section([same], verdicts)
+    assert "Not measured: no fp16-true or bf16-true runs" in claims.section([same], verdicts)
