@@ -211,12 +211,15 @@ def time_training(config: Config, precision: str, data: Split, clock: Clock, siz
         # Fit the row into its time budget: the first step says how slow a step
         # is; a slow one gets less warm-up, fewer timed steps and fewer repeats.
         first = clock.time(lambda: run(1))
-        clock.time(lambda: run(max(1, min(config.warmup - 1, int(sizes.row_budget_s / 4 / first)))))
-        per_step = clock.time(lambda: run(1))
-        steps = max(1, min(config.steps, int(sizes.row_budget_s / sizes.repeats / per_step)))
-        repeats = max(1, min(sizes.repeats, int(sizes.row_budget_s / (steps * per_step))))
-        # The best of the repeats: noise on a shared machine only ever adds time.
-        seconds = min(clock.time(lambda: run(steps)) for _ in range(repeats))
+        if first > sizes.row_budget_s:  # one step over the whole budget: one more step is the figure
+            steps, seconds = 1, clock.time(lambda: run(1))
+        else:
+            clock.time(lambda: run(max(1, min(config.warmup - 1, int(sizes.row_budget_s / 4 / first)))))
+            per_step = clock.time(lambda: run(1))
+            steps = max(1, min(config.steps, int(sizes.row_budget_s / sizes.repeats / per_step)))
+            repeats = max(1, min(sizes.repeats, int(sizes.row_budget_s / (steps * per_step))))
+            # The best of the repeats: noise on a shared machine only ever adds time.
+            seconds = min(clock.time(lambda: run(steps)) for _ in range(repeats))
     samples_per_s = steps * config.batch_size / seconds
     flops = training_flops_per_sample(config.hidden) * samples_per_s
     name = config.name + ("-compiled" if compile else "") + ("-bare-update" if bare_update else "")

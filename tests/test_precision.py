@@ -61,7 +61,7 @@ def test_no_loss_scale_is_fp16_autocast_without_a_scaler():
 
 
 def test_a_loss_scale_elsewhere_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match="loss_scale applies to fp16 only: bf16 bf16's exponent range is fp32's"):
+    with pytest.raises(ValueError, match="loss_scale applies to fp16 only, not bf16: bf16's exponent range is fp32's"):
         PrecisionPolicy("bf16", "cpu", loss_scale=128)
 
 

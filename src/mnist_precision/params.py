@@ -214,7 +214,7 @@ def parse(tree: Any) -> Params:
     loss_scale = clean.get("loss_scale")
     if loss_scale not in (None, "dynamic") and precision in TABLE and not TABLE[precision].loss_scaling:
         errors.append(f"loss_scale applies to fp16 only, got {loss_scale!r} with precision {precision}: "
-                      f"{precision} {TABLE[precision].no_loss_scale_because}; leave it at dynamic")
+                      f"{TABLE[precision].no_loss_scale_because}; leave it at dynamic")
     if len(errors) == 1:
         raise ParamsError(errors[0])
     if errors:

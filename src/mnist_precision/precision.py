@@ -160,7 +160,7 @@ class PrecisionPolicy:
         self.device_type = device_type  # "cpu" or "cuda"
         self.loss_scale = parse_loss_scale(loss_scale)
         if self.loss_scale != "dynamic" and not self.precision.loss_scaling:
-            raise ValueError(f"loss_scale applies to fp16 only: {name} {self.precision.no_loss_scale_because}")
+            raise ValueError(f"loss_scale applies to fp16 only, not {name}: {self.precision.no_loss_scale_because}")
         scaling = self.precision.loss_scaling and self.loss_scale != "none"
         self.fixed_scale = (torch.full((), self.loss_scale, device=device_type)
                             if isinstance(self.loss_scale, float) else None)
