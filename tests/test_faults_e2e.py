@@ -4,13 +4,14 @@ the right exit code, no half-written output, and no MLflow run left RUNNING."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 
 import pytest
 import torch
 import yaml
 
-from helpers import Stage, free_port, start_mlflow_server, wait_for_epoch
+from helpers import CLI, Stage, free_port, start_mlflow_server, wait_for_epoch
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +138,133 @@ def test_tracking_server_restart_mid_training_loses_no_epoch(tmp_path, mnist_dat
         client, runs = stage.runs(uri)
         assert [r.info.status for r in runs] == ["FINISHED"]
         assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")) == list(range(1, 7))
+
+
+# Injected into the train stage's interpreter (sitecustomize): the n-th write of
+# checkpoints/train.pt gets half its bytes on disk, then the process is SIGKILLed.
+KILL_DURING_CHECKPOINT_WRITE = """
+import io, os, signal, torch
+_save, _writes = torch.save, []
+def save(obj, f, *args, **kwargs):
+    if os.path.basename(str(f)).startswith(".train.pt."):
+        _writes.append(f)
+        if len(_writes) == int(os.environ["KILL_ON_CHECKPOINT_WRITE"]):
+            buffer = io.BytesIO()
+            _save(obj, buffer, *args, **kwargs)
+            with open(f, "wb") as out:
+                out.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _save(obj, f, *args, **kwargs)
+torch.save = save
+"""
+
+
+# Wide enough that an epoch lasts a few seconds: room to kill in the middle of one.
+FOUR_EPOCHS = {"epochs": 4, "hidden": [1024]}
+
+
+@pytest.fixture(scope="module")
+def four_epochs(tmp_path_factory, mnist_data) -> dict:
+    """The final weights of an uninterrupted 4-epoch fp32 run."""
+    stage = Stage(tmp_path_factory.mktemp("whole"), mnist_data, train=FOUR_EPOCHS)
+    assert stage.run().returncode == 0
+    return torch.load(stage.root / "models" / "model.pt", weights_only=True)
+
+
+def checkpoint_epoch(stage: Stage) -> int | None:
+    try:
+        return torch.load(stage.root / "checkpoints" / "train.pt", weights_only=True)["state"]["progress"]["epoch"]
+    except FileNotFoundError:
+        return None
+
+
+def test_sigkill_mid_epoch_resumes_from_the_last_periodic_checkpoint(tmp_path, mnist_data, four_epochs):
+    stage = Stage(tmp_path, mnist_data, train=FOUR_EPOCHS)
+    process = stage.start()
+    deadline, seen = time.monotonic() + 300, {}
+    while 3 not in seen:  # the checkpoint of the end of epoch 1 (epoch 2 next), then of epoch 2
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        seen.setdefault(checkpoint_epoch(stage), time.monotonic())
+        time.sleep(0.02)
+    time.sleep(0.4 * (seen[3] - seen[2]))  # 40% into epoch 3
+    process.kill()
+    process.communicate(timeout=60)
+    assert checkpoint_epoch(stage) == 3
+    _, runs = stage.runs()
+    assert [r.info.status for r in runs] == ["RUNNING"]  # nothing could end it
+    crashed = runs[0].info.run_id
+
+    result = stage.run()
+    assert result.returncode == 0, result.stderr
+    assert "resuming from checkpoints/train.pt at step 1876" in result.stderr  # the end of epoch 2
+    client, runs = stage.runs()
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(crashed, "FINISHED")]  # the same run
+    assert sorted(m.step for m in client.get_metric_history(crashed, "train_loss")) == [1, 2, 3, 4]
+    resumed = torch.load(stage.root / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(four_epochs[name], resumed[name]) for name in four_epochs)
+
+
+def test_a_checkpoint_torn_by_sigkill_is_never_loaded(tmp_path, mnist_data, four_epochs):
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(KILL_DURING_CHECKPOINT_WRITE)
+    (tmp_path / "stage").mkdir()
+    stage = Stage(tmp_path / "stage", mnist_data, train=FOUR_EPOCHS)
+    result = stage.run(PYTHONPATH=str(tmp_path / "inject"), KILL_ON_CHECKPOINT_WRITE="2")
+    assert result.returncode == -signal.SIGKILL
+    torn = list((stage.root / "checkpoints").glob(".train.pt.*.tmp"))
+    assert len(torn) == 1 and torn[0].stat().st_size > 0  # half of the second checkpoint
+    assert checkpoint_epoch(stage) == 2  # the first, whole
+
+    result = stage.run()
+    assert result.returncode == 0, result.stderr
+    assert "resuming from checkpoints/train.pt at step 938" in result.stderr  # the end of epoch 1
+    assert not list((stage.root / "checkpoints").glob(".train.pt.*"))
+    resumed = torch.load(stage.root / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(four_epochs[name], resumed[name]) for name in four_epochs)
+
+
+def test_a_run_left_running_by_a_dead_process_is_ended_killed(tmp_path, mnist_data):
+    stage = Stage(tmp_path, mnist_data, train={"epochs": 2})
+    process = stage.start()
+    deadline = time.monotonic() + 120
+    while True:  # the run exists: kill it before its first epoch ends (no checkpoint)
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        try:
+            client, runs = stage.runs()
+        except Exception:  # the store is still being created
+            runs = []
+        if runs:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.communicate(timeout=60)
+    assert checkpoint_epoch(stage) is None
+    dead = runs[0].info.run_id
+    elsewhere = client.create_run(runs[0].info.experiment_id, run_name="fp32-elsewhere",
+                                  tags={"host": "another-host", "pid": "1", "process_start": "0"}).info.run_id
+
+    listed = subprocess.run([CLI, "runs", "--stale"], cwd=stage.root, env=stage.env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert "2 run(s) of experiment 'mnist-precision'" in listed.stdout
+    assert f"{dead}  fp32-workspace" in listed.stdout and "(its process is gone)" in listed.stdout
+    assert f"{elsewhere}  fp32-elsewhere" in listed.stdout and "another host, or not recorded" in listed.stdout
+
+    params = yaml.safe_load((stage.root / "params.yaml").read_text()) | {"seed": 1}
+    (stage.root / "params.yaml").write_text(yaml.safe_dump(params))
+    result = stage.run()
+    assert result.returncode == 0, result.stderr
+    assert f"train: marked KILLED 1 run(s) left RUNNING by a process of this host that no longer exists: {dead}" \
+        in result.stderr
+    client, runs = stage.runs()
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert status.pop(dead) == "KILLED" and status.pop(elsewhere) == "RUNNING"  # another host's: not touched
+    assert list(status.values()) == ["FINISHED"]
+    assert "hard crash" in client.get_run(dead).data.tags["killed_reason"]
+
+    ended = subprocess.run([CLI, "runs", "--mark-killed", elsewhere], cwd=stage.root, env=stage.env,
+                           capture_output=True, text=True)
+    assert ended.returncode == 0 and f"{elsewhere}: KILLED" in ended.stdout
+    assert "RUNNING" not in {r.info.status for r in stage.runs()[1]}
+    again = subprocess.run([CLI, "runs", "--mark-killed", elsewhere], cwd=stage.root, env=stage.env,
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and f"run {elsewhere} is KILLED, not RUNNING: nothing to end" in again.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -150,3 +151,28 @@ def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(precisio
     assert [(e.loss, e.accuracy, e.skipped_steps) for e in result.epochs] == \
         [(e.loss, e.accuracy, e.skipped_steps) for e in expected.epochs]
     assert result.samples == expected.samples and result.final_scale == expected.final_scale
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_periodic_checkpoint_resumes_bitwise_identically(precision):
+    """What a hard crash after epoch 2 of 3 leaves, continued, ends where an uninterrupted run does."""
+    reference, expected = run(precision)
+    saved = []
+    torch.manual_seed(0)
+    train(build_mlp([32]), toy_split(), PrecisionPolicy(precision, "cpu"), recipe(checkpoint_every=1), 0,
+          on_checkpoint=lambda state: saved.append(copy.deepcopy(state)))
+    assert [state["progress"]["epoch"] for state in saved] == [2, 3]  # none after the last epoch
+    assert all(state["progress"]["done_in_epoch"] == 0 for state in saved)
+
+    resumed = build_mlp([32])
+    result = train(resumed, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, resume=saved[-1])
+    assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), resumed.parameters()))
+    assert [(e.loss, e.accuracy) for e in result.epochs] == [(e.loss, e.accuracy) for e in expected.epochs]
+
+    saved.clear()
+    train(build_mlp([32]), toy_split(), PrecisionPolicy(precision, "cpu"), recipe(checkpoint_every=2), 0,
+          on_checkpoint=saved.append)
+    assert [state["progress"]["epoch"] for state in saved] == [3]
+    train(build_mlp([32]), toy_split(), PrecisionPolicy(precision, "cpu"), recipe(checkpoint_every=0), 0,
+          on_checkpoint=saved.append)
+    assert len(saved) == 1

@@ -1,4 +1,5 @@
-"""Training checkpoints, written when a run is stopped and read to resume it.
+"""Training checkpoints, written every `train.checkpoint_every` epochs and when a
+run is stopped, and read to resume it.
 
 The schema, in one place:
 
@@ -59,7 +60,12 @@ def save(path: Path, state: dict, expected: dict[str, Any], mlflow_run_id: str) 
 
 
 def load(path: Path, expected: dict[str, Any], epochs: int) -> Checkpoint | None:
-    """The checkpoint at `path` if there is one, after checking it fits `expected`."""
+    """The checkpoint at `path` if there is one, after checking it fits `expected`.
+
+    A write that a hard crash cut short left only its temporary file beside
+    `path` (the rename never happened): it is removed, never read."""
+    for torn in path.parent.glob(f".{path.name}.*.tmp"):
+        torn.unlink(missing_ok=True)
     if not path.exists():
         return None
     fix = f"delete {path} to train from the start"

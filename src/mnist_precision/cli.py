@@ -1,4 +1,4 @@
-"""`mnist-precision report|server [...]`: the commands beside the DVC stages."""
+"""`mnist-precision report|server|runs [...]`: the commands beside the DVC stages."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from .entry import run_stage
 COMMANDS = {
     "report": "compare the precisions across seeds, from the MLflow runs (--help for options)",
     "server": "start a team's MLflow tracking server on PostgreSQL, with authentication (--help for options)",
+    "runs": "list the runs a hard crash left RUNNING (--stale), or end them (--mark-killed RUN_ID ...)",
 }
 
 
@@ -20,6 +21,8 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     if args.command == "report":
         from . import report as command
+    elif args.command == "runs":
+        from . import runs as command
     else:
         from . import server as command
     run_stage(args.command, lambda: command.main(rest))

@@ -42,6 +42,7 @@ class TrainParams:
     compile: bool
     processes: int | str = 1  # a count, or "auto": one per visible GPU
     grad_comm: str = "fp32"  # the precision gradients travel in between processes
+    checkpoint_every: int = 1  # write a checkpoint every this many epochs; 0: only when stopped
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ SCHEMA: dict[str, Any] = {
         "compile": _bool,
         "processes": _processes,
         "grad_comm": _choice(GRAD_COMM),
+        "checkpoint_every": _int(0),
     },
     "evaluate": {
         "batch_size": _int(1),

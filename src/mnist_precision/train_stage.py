@@ -88,6 +88,10 @@ def train_stage(params, device: torch.device, world: World) -> None:
     if world.is_main:
         store = tracking.configure()
         experiment_id = tracking.experiment_id(params.mlflow_experiment, store)
+        ended = tracking.end_stale_runs(experiment_id, keep=resume.mlflow_run_id if resume else None)
+        if ended:
+            print(f"train: marked KILLED {len(ended)} run(s) left RUNNING by a process of this host that no longer "
+                  f"exists: {', '.join(ended)}", file=sys.stderr)
     data = load_split(paths.require(paths.DATA_DIR, "download"), "train", device)
     model = build_mlp(params.train.hidden).to(device)
 
@@ -124,8 +128,14 @@ def train_stage(params, device: torch.device, world: World) -> None:
                                    **numerics["figures"]},
                                   step=record.epoch, series={"loss_scale": numerics["loss_scales"]})
 
+        def save_checkpoint(state: dict) -> None:
+            if world.is_main:
+                epoch_metrics.flush()  # the epochs a resume will not repeat are in the store first
+                checkpoint.save(paths.CHECKPOINT, state, expected, run_id)
+
         try:
             result = train(model, data, policy, params.train, params.seed, world=world, on_epoch=log_epoch,
+                           on_checkpoint=save_checkpoint,
                            stop=stop, resume=resume.state if resume else None,
                            diagnose_every=params.diagnostics_every)
         except DivergenceError as error:

@@ -236,12 +236,15 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
 
 def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainParams, seed: int, *,
           world: World = World(), on_epoch: Callable[[EpochRecord], None] = lambda record: None,
-          stop: StopRequest | None = None, resume: dict | None = None, diagnose_every: int = 0) -> TrainResult:
+          stop: StopRequest | None = None, resume: dict | None = None, diagnose_every: int = 0,
+          on_checkpoint: Callable[[dict], None] = lambda state: None) -> TrainResult:
     """Train for `params.epochs` epochs, or continue from `resume` (the state
     that `Stopped` carried) so that the end state is the same, bit for bit, as
     if training had never stopped. In a distributed job every rank calls it,
     and every rank gets the records of the whole job. Every `diagnose_every`
-    steps (0: never), rank 0 measures the step's numerics (`diagnostics`)."""
+    steps (0: never), rank 0 measures the step's numerics (`diagnostics`).
+    Every `params.checkpoint_every` epochs but the last, `on_checkpoint` gets
+    the state to continue from (the state a stop carries, at an epoch's end)."""
     state = TrainState(model, policy, params.lr, seed)
     if resume is not None:
         state.load_state_dict(resume)
@@ -251,5 +254,9 @@ def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainP
         diagnostics = Diagnostics(build_mlp(params.hidden).to(data.images.device), diagnose_every)
     model.train()
     while state.progress.epoch <= params.epochs:
-        on_epoch(run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics))
+        record = run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics)
+        on_epoch(record)
+        if params.checkpoint_every and record.epoch % params.checkpoint_every == 0 and record.epoch < params.epochs:
+            state.progress.epoch_generator_state = state.generator.get_state()  # the next epoch's order
+            on_checkpoint(state.state_dict())
     return TrainResult(samples_per_epoch=len(data), epochs=state.progress.records, final_scale=policy.scale())
