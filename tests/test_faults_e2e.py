@@ -3,15 +3,17 @@ the right exit code, no half-written output, and no MLflow run left RUNNING."""
 
 from __future__ import annotations
 
+import resource
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 import torch
 import yaml
 
-from helpers import CLI, Stage, free_port, start_mlflow_server, wait_for_epoch
+from helpers import CLI, REPO_ROOT, Stage, free_port, start_mlflow_server, wait_for_epoch
 
 pytestmark = pytest.mark.e2e
 
@@ -143,19 +145,16 @@ def test_tracking_server_restart_mid_training_loses_no_epoch(tmp_path, mnist_dat
 # Injected into the train stage's interpreter (sitecustomize): the n-th write of
 # checkpoints/train.pt gets half its bytes on disk, then the process is SIGKILLed.
 KILL_DURING_CHECKPOINT_WRITE = """
-import io, os, signal, torch
-_save, _writes = torch.save, []
-def save(obj, f, *args, **kwargs):
-    if os.path.basename(str(f)).startswith(".train.pt."):
-        _writes.append(f)
+import os, pathlib, signal
+_write_bytes, _writes = pathlib.Path.write_bytes, []
+def write_bytes(self, data):
+    if self.name.startswith(".train.pt."):
+        _writes.append(self)
         if len(_writes) == int(os.environ["KILL_ON_CHECKPOINT_WRITE"]):
-            buffer = io.BytesIO()
-            _save(obj, buffer, *args, **kwargs)
-            with open(f, "wb") as out:
-                out.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            _write_bytes(self, data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
-    return _save(obj, f, *args, **kwargs)
-torch.save = save
+    return _write_bytes(self, data)
+pathlib.Path.write_bytes = write_bytes
 """
 
 
@@ -268,3 +267,32 @@ def test_a_run_left_running_by_a_dead_process_is_ended_killed(tmp_path, mnist_da
     again = subprocess.run([CLI, "runs", "--mark-killed", elsewhere], cwd=stage.root, env=stage.env,
                            capture_output=True, text=True)
     assert again.returncode == 2 and f"run {elsewhere} is KILLED, not RUNNING: nothing to end" in again.stderr
+
+
+def test_a_full_disk_fails_the_run_and_keeps_the_previous_checkpoint(tmp_path, mnist_data):
+    """No room for the next checkpoint (a 4 MB file-size limit; the checkpoint of
+    this 2048-wide network is 6.5 MB): a clear message, the last one intact."""
+    stage = Stage(tmp_path, mnist_data, train={"epochs": 3, "hidden": [2048]})
+    process = stage.start()
+    wait_for_epoch(stage, 1, process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    checkpoint = tmp_path / "checkpoints" / "train.pt"
+    before = checkpoint.read_bytes()
+    assert len(before) > 4 * 2**20
+
+    def file_size_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 2**20, 4 * 2**20))
+
+    limited = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path, env=stage.env,
+                             capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit)
+    assert limited.returncode == 2, limited.stderr
+    assert "resuming from checkpoints/train.pt" in limited.stderr
+    assert "train: error: no room to write checkpoints/train.pt (File too large; " in limited.stderr
+    assert "MiB free on its filesystem)" in limited.stderr and "Traceback" not in limited.stderr
+    assert checkpoint.read_bytes() == before  # the previous checkpoint, whole
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["train.pt"]  # no torn temporary file
+    assert not (tmp_path / "models").exists()
+    _, runs = stage.runs()
+    assert [r.info.status for r in runs] == ["FAILED"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_torch_save
 from .errors import UserError
 from .params import Params
 
@@ -55,8 +55,8 @@ class Checkpoint:
 
 
 def save(path: Path, state: dict, expected: dict[str, Any], mlflow_run_id: str) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "fingerprint": expected, "mlflow_run_id": mlflow_run_id, "state": state}, tmp)
+    atomic_torch_save(path, {"format": FORMAT, "fingerprint": expected, "mlflow_run_id": mlflow_run_id,
+                             "state": state})
 
 
 def load(path: Path, expected: dict[str, Any], epochs: int) -> Checkpoint | None:

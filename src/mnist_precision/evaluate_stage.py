@@ -20,6 +20,7 @@ from .evaluation import evaluate, fp16_stored_copy, stored_bytes  # noqa: E402
 from .model import CLASSES, build_mlp  # noqa: E402
 from .params import load  # noqa: E402
 from .precision import BASELINE, PrecisionPolicy  # noqa: E402
+from .threads import budget  # noqa: E402
 
 
 def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, path: Path) -> None:
@@ -41,6 +42,7 @@ def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, pa
 
 def main() -> None:
     params = load(paths.PARAMS)
+    torch.set_num_threads(budget(params.train.threads).threads)
     device = resolve_device(params.device, params.precision)
     policy = PrecisionPolicy(params.precision, device.type)
     run_id = json.loads(paths.require(paths.MLFLOW_RUN, "train").read_text())["run_id"]

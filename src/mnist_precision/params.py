@@ -43,6 +43,7 @@ class TrainParams:
     processes: int | str = 1  # a count, or "auto": one per visible GPU
     grad_comm: str = "fp32"  # the precision gradients travel in between processes
     checkpoint_every: int = 1  # write a checkpoint every this many epochs; 0: only when stopped
+    threads: int | str = "auto"  # intra-op threads: a count, or auto (this process's share of the cores)
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,15 @@ def _loss_scale(key: str, value: Any) -> str | float:
                           f"number such as 1024, got {value!r}") from None
 
 
+def _threads(key: str, value: Any) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParamsError(f"{key} must be a number of threads >= 1 or 'auto' (this experiment's share of the "
+                          f"cores), got {value!r}")
+    return value
+
+
 def _name(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ParamsError(f"{key} must be a non-empty string, got {value!r}")
@@ -155,6 +165,7 @@ SCHEMA: dict[str, Any] = {
         "processes": _processes,
         "grad_comm": _choice(GRAD_COMM),
         "checkpoint_every": _int(0),
+        "threads": _threads,
     },
     "evaluate": {
         "batch_size": _int(1),

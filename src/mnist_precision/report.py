@@ -148,12 +148,14 @@ def variant(params: dict[str, str]) -> str:
 
 
 def device_label(params: dict[str, str]) -> str:
-    """The device and what it offers for each precision: runs on CPUs of other
-    features are other groups, since the features decide the speed."""
+    """The device, what it offers for each precision, and the threads the run
+    used: runs on CPUs of other features, or with other thread counts, are
+    other groups, since these decide the speed."""
     offers = (f"compute capability {params['cuda_compute_capability']}" if "cuda_compute_capability" in params
               else f"{params['cpu_capability']}, features {params.get('cpu_features', 'none')}"
               if "cpu_capability" in params else "features not recorded")
-    return f"{params.get('device_resolved', '?')} ({params.get('device_name', 'unknown device')}; {offers})"
+    threads = f", {params['threads']} threads" if "threads" in params else ""
+    return f"{params.get('device_resolved', '?')} ({params.get('device_name', 'unknown device')}; {offers}{threads})"
 
 
 def group_runs(records: list[RunRecord]) -> list[Group]:

@@ -11,7 +11,7 @@ import torch
 from mlflow.models import infer_signature
 
 from . import checkpoint, diagnostics, paths, tracking
-from .atomic import atomic_path, atomic_write_json
+from .atomic import atomic_torch_save, atomic_write_json
 from .data import load_split
 from .device import capability_params, device_name, missing_native_support, peak_memory_metrics, resolve_device
 from .distributed import World, device_of, joined, launch, processes_wanted, under_torchrun
@@ -19,6 +19,7 @@ from .interrupts import Interrupted, StopRequest
 from .model import build_mlp
 from .params import load
 from .precision import PrecisionPolicy, fp8_kept_layers
+from .threads import budget
 from .training import DivergenceError, EpochRecord, Stopped, train
 
 
@@ -77,6 +78,8 @@ def main() -> None:
 def train_stage(params, device: torch.device, world: World) -> None:
     """Every rank runs this; only rank 0 reads the checkpoint, talks to MLflow
     and writes the outputs."""
+    threads = budget(params.train.threads)
+    torch.set_num_threads(threads.threads)
     policy = PrecisionPolicy(params.precision, device.type, params.loss_scale)
     missing = missing_native_support(policy.precision.native_on_cpu, device)
     if missing and world.is_main:
@@ -107,7 +110,8 @@ def train_stage(params, device: torch.device, world: World) -> None:
                 mlflow.set_tag("resumed_at_step", resume.step)
                 print(f"train: resuming from {paths.CHECKPOINT} at step {resume.step}", file=sys.stderr)
             else:
-                mlflow.log_params(params.flat() | environment_params(device, world) | precision_params(policy, model))
+                mlflow.log_params(params.flat() | environment_params(device, world) | precision_params(policy, model)
+                                  | {"threads": threads.threads, "threads_from": threads.why})
         # SIGINT/SIGTERM from here on: finish the step, then checkpoint (during
         # training), or finish writing (after it); a second signal stops at once.
         scope.enter_context(stop.active())
@@ -166,8 +170,7 @@ def train_stage(params, device: torch.device, world: World) -> None:
         mlflow.log_metrics({k: v for k, v in metrics.items() if k not in ("train_loss", "train_accuracy")})
 
         state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}  # in its training dtype
-        with atomic_path(paths.MODEL) as tmp:
-            torch.save(state, tmp)
+        atomic_torch_save(paths.MODEL, state)
         atomic_write_json(paths.TRAIN_METRICS, metrics)
         atomic_write_json(paths.TRAIN_PLOT, [{k: v for k, v in vars(record).items() if k != "diagnostics"}
                                              for record in result.epochs])
