@@ -65,10 +65,17 @@ class Project:
                 break
             time.sleep(1)
         wall = time.monotonic() - started
-        self.run("dvc", "queue", "stop")
         assert status.count("Success") >= 4, status
+        self.stop_queue()
         self.run("dvc", "queue", "remove", "--success")
         return wall
+
+    def stop_queue(self) -> None:
+        """Stop the workers and wait until they are gone: a stop still pending
+        would end the next sweep's workers after their first experiment."""
+        self.run("dvc", "queue", "stop")
+        while "0 active, 0 idle" not in self.run("dvc", "queue", "status"):
+            time.sleep(1)
 
     def runs(self, seeds: tuple[int, ...]) -> list[dict]:
         client = MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
@@ -89,17 +96,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as work:
-        project = Project(Path(work), args.epochs)
-        sweeps = {"jobs 1": ((0, 1), 1, {}), "jobs 2": ((2, 3), 2, {}),
-                  "jobs 2, OMP_NUM_THREADS=1": ((4, 5), 2, {"OMP_NUM_THREADS": "1"})}
-        walls, runs = {}, {}
-        for name, (seeds, jobs, env) in sweeps.items():
+    sweeps = {"jobs 1": ((0, 1), 1, {}), "jobs 2": ((2, 3), 2, {}),
+              "jobs 2, OMP_NUM_THREADS=1": ((4, 5), 2, {"OMP_NUM_THREADS": "1"})}
+    walls, runs = {}, {}
+    for name, (seeds, jobs, env) in sweeps.items():
+        # A fresh copy for each sweep: DVC 3's queue, started a third time in one
+        # repository, was seen to end its workers after one experiment each.
+        with tempfile.TemporaryDirectory() as work:
+            project = Project(Path(work), args.epochs)
             walls[name] = project.sweep(jobs, seeds, **env)
             runs[name] = project.runs(seeds)
             print(f"{name}: {walls[name]:.0f} s", file=sys.stderr)
-        threads = {run["precision"]: run["threads"] for run in runs["jobs 2"]}
-        alone = {p: project.alone(p, 6, threads[p]) for p in PRECISIONS}
+            if name == "jobs 2":
+                threads = {run["precision"]: run["threads"] for run in runs[name]}
+                alone = {p: project.alone(p, 6, threads[p]) for p in PRECISIONS}
 
     print(f"# A sweep of 4 experiments ({', '.join(PRECISIONS)} x 2 seeds, {args.epochs} epochs) through DVC's queue\n")
     print("| sweep | wall s | vs jobs 1 | run: precision, seed, threads, samples/s |")

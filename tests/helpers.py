@@ -103,6 +103,17 @@ def make_project(root: Path, mnist_mirror: str | None, epochs: int = 1) -> Proje
     return project
 
 
+def stop_queue(project: Project, timeout: float = 120) -> None:
+    """Stop the queue's workers and wait until they are gone: a stop still
+    pending would end the next `dvc queue start`'s workers after one task."""
+    project.run("dvc", "queue", "stop")
+    deadline = time.monotonic() + timeout
+    while "0 active, 0 idle" not in (status := project.run("dvc", "queue", "status").stdout):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the DVC queue's workers did not stop in {timeout} s:\n{status}")
+        time.sleep(1)
+
+
 def wait_for_queue(project: Project, timeout: float = 600) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import Project, make_project, wait_for_queue
+from helpers import Project, make_project, stop_queue, wait_for_queue
 from mnist_precision.device import cpu_features
 
 pytestmark = pytest.mark.e2e
@@ -110,7 +110,7 @@ def test_queued_experiments_land_in_the_repository_store(project):
         # The artifacts survive DVC deleting its temporary copy of the repository.
         assert run.info.artifact_uri.startswith((project.root / "mlartifacts").as_uri())
         assert Path(run.info.artifact_uri.removeprefix("file://"), "params.yaml").is_file()
-    project.run("dvc", "queue", "stop")
+    stop_queue(project)
 
 
 CPU_VARIANTS = (("bf16", "dynamic"), ("fp16-true", "dynamic"), ("bf16-true", "dynamic"), ("fp16", "none"))
@@ -124,7 +124,7 @@ def test_every_variant_that_runs_on_the_cpu_runs_as_an_experiment(project):
     project.run("dvc", "queue", "start", "--jobs", "2")
     status = wait_for_queue(project, timeout=900)
     assert status.count("Success") == len(CPU_VARIANTS), status
-    project.run("dvc", "queue", "stop")
+    stop_queue(project)
 
     client, experiment, runs = project.mlflow_runs()
     variants = {(run.data.params["precision"], run.data.params["loss_scale"]): run

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from helpers import Project, free_port, make_project, start_mlflow_server, wait_for_queue
+from helpers import Project, free_port, make_project, start_mlflow_server, stop_queue, wait_for_queue
 from mnist_precision.device import cpu_features
 
 pytestmark = pytest.mark.e2e
@@ -23,12 +23,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def swept(tmp_path_factory, mnist_mirror) -> Project:
     """4 experiments, 2 at a time, against a store that does not exist yet."""
     project = make_project(tmp_path_factory.mktemp("sweep"), mnist_mirror)
+    # One thread each, set: the report compares throughput within one thread count
+    # only, and the budget's count depends on which experiments overlap.
     project.run("dvc", "exp", "run", "--queue", "-S", f"precision={','.join(PRECISIONS)}",
-                "-S", f"seed={','.join(map(str, SEEDS))}")
+                "-S", f"seed={','.join(map(str, SEEDS))}", "-S", "train.threads=1")
     project.run("dvc", "queue", "start", "--jobs", "2")
     status = wait_for_queue(project, timeout=900)
     assert status.count("Success") == 4, status
-    project.run("dvc", "queue", "stop")
+    stop_queue(project)
     return project
 
 
@@ -62,7 +64,8 @@ def test_report_compares_each_reduced_precision_with_fp32(swept):
     result = swept.run("mnist-precision", "report")
     assert "| fp16 | 2 vs 2 |" in result.stdout  # the verdict table, in the terminal
     # What the device offers for each precision, beside the group.
-    assert f"{torch.backends.cpu.get_cpu_capability()}, features {','.join(cpu_features()) or 'none'})" in result.stdout
+    assert f"{torch.backends.cpu.get_cpu_capability()}, features {','.join(cpu_features()) or 'none'}, 1 threads)" \
+        in result.stdout
     report = (swept.root / "reports" / "precision.md").read_text()
     verdict = report.split("### Verdict", 1)[1].split("###", 1)[0]
     rows = [line for line in verdict.splitlines() if line.startswith("| fp16") or line.startswith("| bf16")]
