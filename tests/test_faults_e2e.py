@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
 
-from helpers import CLI, REPO_ROOT, Stage, free_port, start_mlflow_server, wait_for_epoch
+from helpers import CLI, REPO_ROOT, Stage, free_port, make_project, start_mlflow_server, wait_for_epoch
 
 pytestmark = pytest.mark.e2e
 
@@ -170,36 +172,45 @@ def four_epochs(tmp_path_factory, mnist_data) -> dict:
     return torch.load(stage.root / "models" / "model.pt", weights_only=True)
 
 
-def checkpoint_epoch(stage: Stage) -> int | None:
+def checkpoint_epoch(root: Path) -> int | None:
+    """The epoch that checkpoints/train.pt continues with, or None where there is none."""
     try:
-        return torch.load(stage.root / "checkpoints" / "train.pt", weights_only=True)["state"]["progress"]["epoch"]
+        return torch.load(root / "checkpoints" / "train.pt", weights_only=True)["state"]["progress"]["epoch"]
     except FileNotFoundError:
         return None
 
 
-def test_sigkill_mid_epoch_resumes_from_the_last_periodic_checkpoint(tmp_path, mnist_data, four_epochs):
-    stage = Stage(tmp_path, mnist_data, train=FOUR_EPOCHS)
-    process = stage.start()
+def test_sigkill_mid_epoch_and_dvc_repro_resume_from_the_last_periodic_checkpoint(tmp_path, mnist_mirror,
+                                                                                   four_epochs):
+    project = make_project(tmp_path, mnist_mirror)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"] |= FOUR_EPOCHS
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project.run("dvc", "repro", "download")
+    repro = subprocess.Popen(["dvc", "repro"], cwd=tmp_path, env=project.env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     deadline, seen = time.monotonic() + 300, {}
     while 3 not in seen:  # the checkpoint of the end of epoch 1 (epoch 2 next), then of epoch 2
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        seen.setdefault(checkpoint_epoch(stage), time.monotonic())
+        assert repro.poll() is None and time.monotonic() < deadline
+        seen.setdefault(checkpoint_epoch(tmp_path), time.monotonic())
         time.sleep(0.02)
     time.sleep(0.4 * (seen[3] - seen[2]))  # 40% into epoch 3
-    process.kill()
-    process.communicate(timeout=60)
-    assert checkpoint_epoch(stage) == 3
-    _, runs = stage.runs()
+    train = next(child for child in psutil.Process(repro.pid).children(recursive=True)
+                 if child.cmdline()[-1:] == ["stages/train.py"] and "python" in Path(child.cmdline()[0]).name)
+    train.kill()  # SIGKILL: the stage's interpreter, as the OOM killer would
+    assert repro.wait(timeout=120) != 0
+    assert checkpoint_epoch(tmp_path) == 3
+    client, _, runs = project.mlflow_runs()
     assert [r.info.status for r in runs] == ["RUNNING"]  # nothing could end it
     crashed = runs[0].info.run_id
 
-    result = stage.run()
-    assert result.returncode == 0, result.stderr
-    assert "resuming from checkpoints/train.pt at step 1876" in result.stderr  # the end of epoch 2
-    client, runs = stage.runs()
+    result = project.run("dvc", "repro")
+    assert "resuming from checkpoints/train.pt at step 1876" in result.stdout + result.stderr  # the end of epoch 2
+    client, _, runs = project.mlflow_runs()
     assert [(r.info.run_id, r.info.status) for r in runs] == [(crashed, "FINISHED")]  # the same run
     assert sorted(m.step for m in client.get_metric_history(crashed, "train_loss")) == [1, 2, 3, 4]
-    resumed = torch.load(stage.root / "models" / "model.pt", weights_only=True)
+    assert "test_accuracy" in runs[0].data.metrics
+    resumed = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(four_epochs[name], resumed[name]) for name in four_epochs)
 
 
@@ -212,7 +223,7 @@ def test_a_checkpoint_torn_by_sigkill_is_never_loaded(tmp_path, mnist_data, four
     assert result.returncode == -signal.SIGKILL
     torn = list((stage.root / "checkpoints").glob(".train.pt.*.tmp"))
     assert len(torn) == 1 and torn[0].stat().st_size > 0  # half of the second checkpoint
-    assert checkpoint_epoch(stage) == 2  # the first, whole
+    assert checkpoint_epoch(stage.root) == 2  # the first, whole
 
     result = stage.run()
     assert result.returncode == 0, result.stderr
@@ -237,7 +248,7 @@ def test_a_run_left_running_by_a_dead_process_is_ended_killed(tmp_path, mnist_da
         time.sleep(0.05)
     process.kill()
     process.communicate(timeout=60)
-    assert checkpoint_epoch(stage) is None
+    assert checkpoint_epoch(stage.root) is None
     dead = runs[0].info.run_id
     elsewhere = client.create_run(runs[0].info.experiment_id, run_name="fp32-elsewhere",
                                   tags={"host": "another-host", "pid": "1", "process_start": "0"}).info.run_id

@@ -100,10 +100,6 @@ def set_tf32(enabled: bool) -> None:
     torch.set_float32_matmul_precision("high" if enabled else "highest")
 
 
-def use_true_fp32() -> None:
-    set_tf32(False)
-
-
 def fp8_kept_layers(model: nn.Module) -> list[str]:
     """The linear layers that float8 training cannot take (a dimension not a
     multiple of FP8_DIVISOR): they stay under the run's bf16 autocast."""
