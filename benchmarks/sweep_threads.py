@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 from mlflow import MlflowClient
 
@@ -71,11 +72,12 @@ class Project:
         return wall
 
     def stop_queue(self) -> None:
-        """Stop the workers and wait until they are gone: a stop still pending
-        would end the next sweep's workers after their first experiment."""
+        """Stop the workers and wait until their processes are gone (`dvc queue
+        status` says "0 active" while they still finish a task)."""
         self.run("dvc", "queue", "stop")
-        while "0 active, 0 idle" not in self.run("dvc", "queue", "status"):
-            time.sleep(1)
+        psutil.wait_procs([process for process in psutil.process_iter(["cmdline", "cwd"])
+                           if "queue-worker" in (process.info["cmdline"] or [])
+                           and process.info["cwd"] == str(self.root)], timeout=300)
 
     def runs(self, seeds: tuple[int, ...]) -> list[dict]:
         client = MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
@@ -100,8 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
               "jobs 2, OMP_NUM_THREADS=1": ((4, 5), 2, {"OMP_NUM_THREADS": "1"})}
     walls, runs = {}, {}
     for name, (seeds, jobs, env) in sweeps.items():
-        # A fresh copy for each sweep: DVC 3's queue, started a third time in one
-        # repository, was seen to end its workers after one experiment each.
+        # A fresh copy for each sweep: no sweep shares a store or a run cache with another.
         with tempfile.TemporaryDirectory() as work:
             project = Project(Path(work), args.epochs)
             walls[name] = project.sweep(jobs, seeds, **env)

@@ -103,25 +103,62 @@ def make_project(root: Path, mnist_mirror: str | None, epochs: int = 1) -> Proje
     return project
 
 
+def queue_workers(project: Project) -> list[psutil.Process]:
+    """The `dvc exp queue-worker` processes of this repository (they run in its root)."""
+    workers = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        if "queue-worker" in (process.info["cmdline"] or []) and process.info["cwd"] == str(project.root):
+            workers.append(process)
+    return workers
+
+
+def wait_for_workers_to_exit(project: Project, timeout: float = 120) -> None:
+    """Wait until the queue's worker processes are gone.
+
+    `dvc queue status` says "0 active, 0 idle" as soon as the workers stop
+    answering, while they still finish their task; a `dvc queue start` then
+    spawns workers of the same names beside them, which were seen to stop
+    after one task each, leaving the rest queued."""
+    gone, alive = psutil.wait_procs(queue_workers(project), timeout=timeout)
+    if alive:
+        pytest.fail(f"the DVC queue's workers {[p.pid for p in alive]} did not exit in {timeout} s")
+
+
 def stop_queue(project: Project, timeout: float = 120) -> None:
-    """Stop the queue's workers and wait until they are gone: a stop still
-    pending would end the next `dvc queue start`'s workers after one task."""
-    project.run("dvc", "queue", "stop")
-    deadline = time.monotonic() + timeout
-    while "0 active, 0 idle" not in (status := project.run("dvc", "queue", "status").stdout):
-        if time.monotonic() > deadline:
-            pytest.fail(f"the DVC queue's workers did not stop in {timeout} s:\n{status}")
-        time.sleep(1)
+    """Stop the queue's workers, killing the experiments they still run, and wait until they are gone."""
+    project.run("dvc", "queue", "stop", "--kill")
+    wait_for_workers_to_exit(project, timeout)
+
+
+@contextlib.contextmanager
+def running_queue(project: Project, jobs: int = 1) -> Iterator[None]:
+    """`dvc queue start --jobs N`; however the block ends, the workers are stopped and waited for."""
+    project.run("dvc", "queue", "start", "--jobs", str(jobs))
+    try:
+        yield
+    finally:
+        stop_queue(project)
 
 
 def wait_for_queue(project: Project, timeout: float = 600) -> str:
+    """The queue's status once nothing is queued or running, with the logs of
+    the experiments that failed appended (what a failed assertion should show)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = project.run("dvc", "queue", "status").stdout
         if not any(word in status for word in ("Queued", "Running")):
-            return status
+            return status + "".join(failed_logs(project, status))
         time.sleep(3)
     pytest.fail(f"the DVC queue did not finish in {timeout} s:\n{status}")
+
+
+def failed_logs(project: Project, status: str) -> Iterator[str]:
+    for line in status.splitlines():
+        if line.split()[-1:] == ["Failed"]:
+            name = line.split()[1]
+            logs = subprocess.run(["dvc", "queue", "logs", name], cwd=project.root, env=project.env,
+                                  capture_output=True, text=True)
+            yield f"\n--- dvc queue logs {name}\n{logs.stdout[-4000:]}{logs.stderr[-2000:]}"
 
 
 def free_port() -> int:

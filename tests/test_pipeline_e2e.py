@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import Project, make_project, stop_queue, wait_for_queue
+from helpers import Project, make_project, running_queue, wait_for_queue
 from mnist_precision.device import cpu_features
 
 pytestmark = pytest.mark.e2e
@@ -96,8 +96,8 @@ def test_queued_experiments_land_in_the_repository_store(project):
     # seed=1: new params, so DVC's run cache cannot stand in for a real run.
     for precision in ("fp32", "fp16"):
         project.run("dvc", "exp", "run", "--queue", "-S", f"precision={precision}", "-S", "seed=1")
-    project.run("dvc", "queue", "start")
-    status = wait_for_queue(project)
+    with running_queue(project):
+        status = wait_for_queue(project)
     assert status.count("Success") == 2, status
 
     client, _, runs = project.mlflow_runs()
@@ -110,7 +110,6 @@ def test_queued_experiments_land_in_the_repository_store(project):
         # The artifacts survive DVC deleting its temporary copy of the repository.
         assert run.info.artifact_uri.startswith((project.root / "mlartifacts").as_uri())
         assert Path(run.info.artifact_uri.removeprefix("file://"), "params.yaml").is_file()
-    stop_queue(project)
 
 
 CPU_VARIANTS = (("bf16", "dynamic"), ("fp16-true", "dynamic"), ("bf16-true", "dynamic"), ("fp16", "none"))
@@ -121,10 +120,9 @@ def test_every_variant_that_runs_on_the_cpu_runs_as_an_experiment(project):
     for precision, loss_scale in CPU_VARIANTS:
         project.run("dvc", "exp", "run", "--queue", "-S", f"precision={precision}", "-S", f"loss_scale={loss_scale}",
                     "-S", "seed=2")
-    project.run("dvc", "queue", "start", "--jobs", "2")
-    status = wait_for_queue(project, timeout=900)
+    with running_queue(project, jobs=2):
+        status = wait_for_queue(project, timeout=900)
     assert status.count("Success") == len(CPU_VARIANTS), status
-    stop_queue(project)
 
     client, experiment, runs = project.mlflow_runs()
     variants = {(run.data.params["precision"], run.data.params["loss_scale"]): run

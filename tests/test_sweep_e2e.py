@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from helpers import Project, free_port, make_project, start_mlflow_server, stop_queue, wait_for_queue
+from helpers import Project, free_port, make_project, running_queue, start_mlflow_server, wait_for_queue
 from mnist_precision.device import cpu_features
 
 pytestmark = pytest.mark.e2e
@@ -27,10 +27,9 @@ def swept(tmp_path_factory, mnist_mirror) -> Project:
     # only, and the budget's count depends on which experiments overlap.
     project.run("dvc", "exp", "run", "--queue", "-S", f"precision={','.join(PRECISIONS)}",
                 "-S", f"seed={','.join(map(str, SEEDS))}", "-S", "train.threads=1")
-    project.run("dvc", "queue", "start", "--jobs", "2")
-    status = wait_for_queue(project, timeout=900)
+    with running_queue(project, jobs=2):
+        status = wait_for_queue(project, timeout=900)
     assert status.count("Success") == 4, status
-    stop_queue(project)
     return project
 
 

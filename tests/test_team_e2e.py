@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ADMIN, S3_KEYS, Project, Server, free_port, make_project, wait_for_queue
+from helpers import ADMIN, S3_KEYS, Project, Server, free_port, make_project, stop_queue, wait_for_queue
 
 pytestmark = pytest.mark.e2e
 
@@ -123,7 +123,9 @@ def test_a_sweep_split_across_two_machines_meets_in_one_server(tmp_path, mnist_m
         assert "Group 1:" in report
         assert "from 8 finished runs" in (third.root / "reports" / "precision.md").read_text()
     finally:
-        for machine in locals().get("machines", []):
-            machine.run("dvc", "queue", "stop")
-        assert server.stop() == 0, server.log.read_text()
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            for machine in locals().get("machines", []):
+                stop_queue(machine)
+        finally:
+            assert server.stop() == 0, server.log.read_text()
+            shutil.rmtree(folder, ignore_errors=True)
