@@ -280,6 +280,14 @@ def test_a_run_left_running_by_a_dead_process_is_ended_killed(tmp_path, mnist_da
     assert again.returncode == 2 and f"run {elsewhere} is KILLED, not RUNNING: nothing to end" in again.stderr
 
 
+def file_size_limit(limit: int = 4 * 2**20):
+    """A child's preexec: files past `limit` bytes cannot be written (EFBIG), as on a full disk."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
 def test_a_full_disk_fails_the_run_and_keeps_the_previous_checkpoint(tmp_path, mnist_data):
     """No room for the next checkpoint (a 4 MB file-size limit; the checkpoint of
     this 2048-wide network is 6.5 MB): a clear message, the last one intact."""
@@ -292,12 +300,8 @@ def test_a_full_disk_fails_the_run_and_keeps_the_previous_checkpoint(tmp_path, m
     before = checkpoint.read_bytes()
     assert len(before) > 4 * 2**20
 
-    def file_size_limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 2**20, 4 * 2**20))
-
     limited = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path, env=stage.env,
-                             capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit)
+                             capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit())
     assert limited.returncode == 2, limited.stderr
     assert "resuming from checkpoints/train.pt" in limited.stderr
     assert "train: error: no room to write checkpoints/train.pt (File too large; " in limited.stderr
@@ -307,3 +311,25 @@ def test_a_full_disk_fails_the_run_and_keeps_the_previous_checkpoint(tmp_path, m
     assert not (tmp_path / "models").exists()
     _, runs = stage.runs()
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_a_full_disk_at_the_model_keeps_the_previous_outputs(tmp_path, mnist_data):
+    """No room for the model of a second run (a 4 MB file-size limit, a 6.5 MB
+    model): the first run's model and metrics stay as they were."""
+    stage = Stage(tmp_path, mnist_data, train={"hidden": [2048]})
+    assert stage.run().returncode == 0
+    kept = (tmp_path / "models" / "model.pt", tmp_path / "models" / "mlflow_run.json", tmp_path / "metrics" / "train.json")
+    outputs = {path: path.read_bytes() for path in kept}
+    assert len(outputs[tmp_path / "models" / "model.pt"]) > 4 * 2**20
+
+    params = tmp_path / "params.yaml"
+    params.write_text(params.read_text().replace("seed: 0", "seed: 1"))
+    limited = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path, env=stage.env,
+                             capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit())
+    assert limited.returncode == 2, limited.stderr
+    assert "train: error: no room to write models/model.pt (File too large; " in limited.stderr
+    assert "Traceback" not in limited.stderr
+    assert {path: path.read_bytes() for path in outputs} == outputs
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["mlflow_run.json", "model.pt"]  # nothing torn
+    _, runs = stage.runs()
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]

@@ -94,7 +94,8 @@ def test_an_experiment_killed_midway_is_run_again_and_nothing_is_lost(project):
 
     # What a user does: drop the failed task, queue its params again, start the queue again.
     project.run("dvc", "queue", "remove", "--failed")
-    project.run("dvc", "exp", "run", "--queue", "-S", f"precision={params['precision']}", "-S", f"seed={params['seed']}")
+    project.run("dvc", "exp", "run", "--queue", "-S", f"precision={params['precision']}",
+                "-S", f"seed={params['seed']}")
     with running_queue(project, jobs=2):
         status = wait_for_queue(project, timeout=600)
     assert status.count("Success") == 12 and "Failed" not in status, status
