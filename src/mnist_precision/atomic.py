@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -80,9 +81,8 @@ def atomic_write_json(target: str | Path, value: Any, indent: int | None = 2) ->
 def atomic_torch_save(target: str | Path, value: Any) -> None:
     """torch.save, atomically. Serialized in memory first: torch's own file
     writer reports a full disk as a bare position mismatch, a plain write as
-    the OSError it is."""
-    import io
-
+    the OSError it is. torch is imported here, not above: the download stage
+    uses this module without it."""
     import torch
 
     buffer = io.BytesIO()
