@@ -2,12 +2,12 @@
 
     MNIST_MIRROR=<dir or URL> python benchmarks/sweep_threads.py [--epochs 10]
 
-A sweep of 4 experiments (fp32 and bf16, 2 seeds each) in a fresh copy of the
-project, run by `dvc queue start --jobs 1`, then `--jobs 2` (the thread
-budget of `train.threads: auto` shares the cores), then `--jobs 2` with
-`OMP_NUM_THREADS=1` exported by hand (the reference); each sweep with seeds of
-its own, so that DVC's run cache cannot stand in for a run. Then each
-precision alone with the thread count the `--jobs 2` runs used. It prints the
+A sweep of 4 experiments (fp32 and bf16, 2 seeds each) run by `dvc queue
+start --jobs 1`, then `--jobs 2` (the thread budget of `train.threads: auto`
+shares the cores), then `--jobs 2` with `OMP_NUM_THREADS=1` exported by hand
+(the reference); each sweep in a fresh copy of the project of its own, so no
+store or run cache is shared. Then, in the `--jobs 2` copy, each precision
+alone with the thread count the `--jobs 2` runs used. It prints the
 wall times, each run's logged samples/s and threads, and as its last line one
 JSON object of the ratios.
 """
@@ -68,7 +68,6 @@ class Project:
         wall = time.monotonic() - started
         assert status.count("Success") >= 4, status
         self.stop_queue()
-        self.run("dvc", "queue", "remove", "--success")
         return wall
 
     def stop_queue(self) -> None:

@@ -105,29 +105,22 @@ def make_project(root: Path, mnist_mirror: str | None, epochs: int = 1) -> Proje
 
 def queue_workers(project: Project) -> list[psutil.Process]:
     """The `dvc exp queue-worker` processes of this repository (they run in its root)."""
-    workers = []
-    for process in psutil.process_iter(["cmdline", "cwd"]):
-        if "queue-worker" in (process.info["cmdline"] or []) and process.info["cwd"] == str(project.root):
-            workers.append(process)
-    return workers
+    return [process for process in psutil.process_iter(["cmdline", "cwd"])
+            if "queue-worker" in (process.info["cmdline"] or []) and process.info["cwd"] == str(project.root)]
 
 
-def wait_for_workers_to_exit(project: Project, timeout: float = 120) -> None:
-    """Wait until the queue's worker processes are gone.
+def stop_queue(project: Project, timeout: float = 120) -> None:
+    """Stop the queue's workers, killing the experiments they still run, and wait
+    until their processes are gone.
 
     `dvc queue status` says "0 active, 0 idle" as soon as the workers stop
     answering, while they still finish their task; a `dvc queue start` then
     spawns workers of the same names beside them, which were seen to stop
     after one task each, leaving the rest queued."""
-    gone, alive = psutil.wait_procs(queue_workers(project), timeout=timeout)
+    project.run("dvc", "queue", "stop", "--kill")
+    _, alive = psutil.wait_procs(queue_workers(project), timeout=timeout)
     if alive:
         pytest.fail(f"the DVC queue's workers {[p.pid for p in alive]} did not exit in {timeout} s")
-
-
-def stop_queue(project: Project, timeout: float = 120) -> None:
-    """Stop the queue's workers, killing the experiments they still run, and wait until they are gone."""
-    project.run("dvc", "queue", "stop", "--kill")
-    wait_for_workers_to_exit(project, timeout)
 
 
 @contextlib.contextmanager
