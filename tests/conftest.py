@@ -1,7 +1,9 @@
-"""Shared fixtures: the real MNIST files, served over HTTP on 127.0.0.1."""
+"""Shared fixtures (the real MNIST files, served over HTTP on 127.0.0.1), and
+the hooks that skip what this machine cannot run, with the command that fixes it."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,41 @@ import pytest
 from mnist_precision.download import download_mnist
 
 from helpers import S3_KEYS, SHARED_MNIST, free_port, serve_directory
+
+# .ci/run sets it: there every feature must be proven, so a skipped test fails the run.
+NO_SKIPS = "MNIST_PRECISION_NO_SKIPS"
+
+
+def missing_system_parts() -> dict[str, str]:
+    """Each marker whose system part is absent here, with why and the command that installs it."""
+    missing = {}
+    if not (shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb"))):
+        missing["needs_postgres"] = "PostgreSQL's server programs are not installed: apt-get install postgresql"
+    if not shutil.which("chromium"):
+        missing["needs_chromium"] = "Chromium is not installed: apt-get install chromium"
+    return missing
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = missing_system_parts()
+    if any(item.get_closest_marker("gpu") for item in items):
+        import torch
+
+        if not torch.cuda.is_available():
+            missing["gpu"] = "needs a CUDA GPU (benchmarks/gpu_check.sh runs these on one)"
+    for item in items:
+        for marker, why in missing.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=why))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if os.environ.get(NO_SKIPS) and skipped and exitstatus == 0:
+        reporter.write_line(f"{len(skipped)} test(s) skipped where {NO_SKIPS} is set: every feature must be proven "
+                            "here; install what their reasons name", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ DOCUMENTED_KEYS = {
 }
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_quick_harness_reports_every_documented_figure(tmp_path, mnist_mirror):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MNIST_"))}
     if mnist_mirror:
@@ -68,6 +68,7 @@ print(min(faults[1:]))  # the later steps: the least disturbed of them
 """
 
 
+@pytest.mark.slow  # times page faults of a 4096-wide network in two interpreters
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_the_benchmarks_malloc_settings_keep_freed_memory():
     """--keep-freed-memory's environment variables make glibc reuse a step's

@@ -27,7 +27,7 @@ from mnist_precision.evaluation import evaluate
 from mnist_precision.model import build_mlp
 from mnist_precision.precision import PrecisionPolicy
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.slow
 
 BATCH = 256
 FP32_TOLERANCE = 1e-6  # absolute, on every weight

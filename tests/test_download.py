@@ -193,7 +193,7 @@ def serve(handler) -> str:
 
 @pytest.mark.parametrize("handler, problem", [(Hanging, "timed out"), (ServesHtml, "MD5 of the decompressed content")])
 def test_hanging_or_html_mirror_falls_through_then_fails_clearly(tmp_path, originals, handler, problem):
-    policy = FetchPolicy(timeout_s=0.5, attempts=2, backoff_s=0)
+    policy = FetchPolicy(timeout_s=0.2, attempts=2, backoff_s=0)
     with serve(handler) as bad:
         download_mnist(tmp_path / "ok", [bad, str(make_mirror(tmp_path / "good", originals))], policy)
         assert_downloaded(tmp_path / "ok", originals)

@@ -17,7 +17,7 @@ import yaml
 
 from helpers import CLI, REPO_ROOT, Stage, free_port, make_project, start_mlflow_server, wait_for_epoch
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.slow
 
 
 def test_divergence_fails_the_run_and_records_the_step(tmp_path, mnist_data):

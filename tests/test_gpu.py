@@ -1,6 +1,6 @@
 """CUDA checks, run by benchmarks/gpu_check.sh on a GPU machine (`pytest -m gpu`).
 
-Deselected by default: CI has no GPU.
+Skipped where there is no CUDA (tests/conftest.py): CI has no GPU.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from mnist_precision.model import build_mlp
 from mnist_precision.precision import NAMES, PrecisionPolicy
 from mnist_precision.training import SYNC_EVERY, TrainState, TrainStep, make_optimizer, run_epoch
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by gpu_check.sh)"),
-]
+pytestmark = pytest.mark.gpu
 
 
 def test_auto_picks_cuda():

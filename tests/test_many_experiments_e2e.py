@@ -12,7 +12,7 @@ import pytest
 
 from helpers import Project, make_project, running_queue, wait_for_queue
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.slow
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 SEEDS = (0, 1, 2, 3)

@@ -13,6 +13,8 @@ from mnist_precision.params import TrainParams
 from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.training import TrainResult, train
 
+pytestmark = pytest.mark.slow  # real MNIST epochs
+
 EVERY_STEPS = 50  # 18 sampled steps in the epoch's 938
 
 

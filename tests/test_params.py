@@ -65,6 +65,8 @@ def test_every_precision_is_accepted(precision):
         ("train.processes", "all", ["train.processes", "'auto'", "'all'"]),
         ("train.grad_comm", "fp8", ["train.grad_comm", "fp32, fp16, bf16", "'fp8'"]),
         ("train.grad_comm", "fp16", ["train.grad_comm must be fp32 or the run's precision (fp32)", "'fp16'"]),
+        ("train.max_steps", 0, ["train.max_steps", ">= 1 per epoch, or null for whole epochs", "0"]),
+        ("train.max_steps", "few", ["train.max_steps", "null", "'few'"]),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, expected):

@@ -15,7 +15,7 @@ import yaml
 from helpers import Project, make_project, running_queue, wait_for_queue
 from mnist_precision.device import cpu_features
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

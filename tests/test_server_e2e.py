@@ -15,7 +15,7 @@ import pytest
 
 from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port, wait_for_epoch
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.needs_postgres]
 
 @pytest.fixture(scope="module")
 def server():

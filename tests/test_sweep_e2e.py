@@ -13,7 +13,7 @@ import torch
 from helpers import Project, free_port, make_project, running_queue, start_mlflow_server, wait_for_queue
 from mnist_precision.device import cpu_features
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.slow
 
 PRECISIONS, SEEDS = ("fp32", "fp16"), (0, 1)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -118,6 +118,7 @@ def mlflow_server(swept) -> Iterator[str]:
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
+@pytest.mark.needs_chromium
 def test_mlflow_ui_lists_and_compares_the_runs_in_a_real_browser(swept, mlflow_server):
     from playwright.sync_api import expect, sync_playwright
 

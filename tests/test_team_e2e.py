@@ -15,7 +15,7 @@ import pytest
 
 from helpers import ADMIN, S3_KEYS, Project, Server, free_port, make_project, stop_queue, wait_for_queue
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.slow
 
 
 def clone(origin: Path, root: Path, env: dict[str, str]) -> Project:
@@ -77,6 +77,7 @@ def runs_on(server: Server) -> list:
                 os.environ[name] = value
 
 
+@pytest.mark.needs_postgres
 def test_a_sweep_split_across_two_machines_meets_in_one_server(tmp_path, mnist_mirror):
     """8 experiments (fp32, bf16 x 4 seeds), 2 clones x 2 queue workers at once,
     against one server that restarts in the middle: every run FINISHED with

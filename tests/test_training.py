@@ -83,6 +83,7 @@ def test_the_step_updates_as_plain_torch_sgd(precision):
     assert not torch.equal(ours[0].weight, build_mlp([32])[0].weight)  # it did train
 
 
+@pytest.mark.slow  # torch.compile takes about 20 s on 2 cores
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_compiled_step_trains_as_the_eager_one(precision):
     """train.compile on the CPU: torch.compile of the model, same losses as eager."""
@@ -176,3 +177,30 @@ def test_a_periodic_checkpoint_resumes_bitwise_identically(precision):
     train(build_mlp([32]), toy_split(), PrecisionPolicy(precision, "cpu"), recipe(checkpoint_every=0), 0,
           on_checkpoint=saved.append)
     assert len(saved) == 1
+
+
+def test_max_steps_cuts_each_epoch_and_a_resume_honours_it():
+    """train.max_steps (a smoke run): each epoch takes its first N batches, and
+    its loss and accuracy are over the samples those batches hold."""
+    _, whole = run("fp32")
+    torch.manual_seed(0)
+    steps = []
+    counting = build_mlp([32])
+    counting.register_forward_pre_hook(lambda module, args: steps.append(len(args[0])))
+    cut = train(counting, toy_split(), PrecisionPolicy("fp32", "cpu"), recipe(max_steps=3), 0)
+    assert steps == [64] * 9  # 3 epochs x 3 steps, of the 8 an epoch has
+    assert cut.samples == 3 * 3 * 64 and len(cut.epochs) == 3
+    assert cut.epochs[0].loss != whole.epochs[0].loss
+
+    reference, expected = run("fp32", max_steps=3)
+    torch.manual_seed(0)
+    with pytest.raises(Stopped) as stopped:
+        train(build_mlp([32]), toy_split(), PrecisionPolicy("fp32", "cpu"), recipe(max_steps=3), 0,
+              stop=StopAfter(4))
+    resumed = build_mlp([32])
+    result = train(resumed, toy_split(), PrecisionPolicy("fp32", "cpu"), recipe(max_steps=3), 0,
+                   resume=stopped.value.checkpoint)
+    assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), resumed.parameters()))
+    assert [e.loss for e in result.epochs] == [e.loss for e in expected.epochs]
+
+    assert run("fp32", max_steps=100)[1].samples == whole.samples  # more than an epoch has: the whole epoch

@@ -41,7 +41,7 @@ def fingerprint(params: Params, device: torch.device) -> dict[str, Any]:
     return {"precision": params.precision, "loss_scale": params.loss_scale, "seed": params.seed, "device": device.type,
             "train.batch_size": params.train.batch_size, "train.lr": params.train.lr,
             "train.hidden": list(params.train.hidden), "train.compile": params.train.compile,
-            "train.grad_comm": params.train.grad_comm}
+            "train.grad_comm": params.train.grad_comm, "train.max_steps": params.train.max_steps}
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class TrainParams:
     grad_comm: str = "fp32"  # the precision gradients travel in between processes
     checkpoint_every: int = 1  # write a checkpoint every this many epochs; 0: only when stopped
     threads: int | str = "auto"  # intra-op threads: a count, or auto (this process's share of the cores)
+    max_steps: int | None = None  # at most this many steps in each epoch; None: whole epochs
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,14 @@ def _threads(key: str, value: Any) -> int | str:
     return value
 
 
+def _max_steps(key: str, value: Any) -> int | None:
+    if value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParamsError(f"{key} must be a number of steps >= 1 per epoch, or null for whole epochs, got {value!r}")
+    return value
+
+
 def _name(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ParamsError(f"{key} must be a non-empty string, got {value!r}")
@@ -166,6 +175,7 @@ SCHEMA: dict[str, Any] = {
         "grad_comm": _choice(GRAD_COMM),
         "checkpoint_every": _int(0),
         "threads": _threads,
+        "max_steps": _max_steps,
     },
     "evaluate": {
         "batch_size": _int(1),

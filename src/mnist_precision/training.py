@@ -166,11 +166,22 @@ class Stopped(Exception):
         self.checkpoint = checkpoint
 
 
+def epoch_length(samples: int, batch_size: int, max_steps: int | None) -> tuple[int, int]:
+    """The steps of one epoch and the samples they see: every batch, or the
+    first `max_steps` of them (`train.max_steps`, for smoke runs and tests)."""
+    steps = math.ceil(samples / batch_size)
+    if max_steps is None or max_steps >= steps:
+        return steps, samples
+    return max_steps, max_steps * batch_size
+
+
 def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, epochs: int,
-              stop: StopRequest | None = None, diagnostics: Diagnostics | None = None) -> EpochRecord:
-    """Run the rest of the epoch `state.progress.epoch`; raise `Stopped` (after
-    a whole step, at the same step on every rank) when `stop` is set.
-    `diagnostics` measures the steps it says are due (rank 0's share of them)."""
+              stop: StopRequest | None = None, diagnostics: Diagnostics | None = None,
+              max_steps: int | None = None) -> EpochRecord:
+    """Run the rest of the epoch `state.progress.epoch` (its first `max_steps`
+    steps, where set); raise `Stopped` (after a whole step, at the same step on
+    every rank) when `stop` is set. `diagnostics` measures the steps it says
+    are due (rank 0's share of them)."""
     progress, device, world = state.progress, data.images.device, step.world
     if progress.done_in_epoch == 0:
         progress.epoch_generator_state = state.generator.get_state()
@@ -196,10 +207,11 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
             "seconds": progress.seconds + time.perf_counter() - started,
             "diagnostics": diagnostics.state_dict() if diagnostics is not None else None})
 
-    steps_per_epoch = math.ceil(len(data) / batch_size)
+    steps_per_epoch, samples = epoch_length(len(data), batch_size, max_steps)
     # Reading the loss waits for the device: free on the CPU, a stall on a GPU.
     check_every = 1 if device.type == "cpu" else SYNC_EVERY
-    batches = itertools.islice(shuffled_batches(data, batch_size, state.generator), progress.done_in_epoch, None)
+    batches = itertools.islice(shuffled_batches(data, batch_size, state.generator), progress.done_in_epoch,
+                               steps_per_epoch)
     with tqdm(batches, total=steps_per_epoch, initial=progress.done_in_epoch, leave=False, unit="step",
               desc=f"{state.policy.name} epoch {progress.epoch}/{epochs}", disable=not world.is_main) as bar:
         for images, labels in bar:
@@ -227,7 +239,7 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
                     bar.set_postfix(loss=f"{value:.4f}", refresh=False,
                                     samples_s=f"{(bar.format_dict['rate'] or 0) * batch_size:.0f}")
     done = progress_now()
-    record = EpochRecord(epoch=done.epoch, loss=done.loss_sum / len(data), accuracy=done.correct / len(data),
+    record = EpochRecord(epoch=done.epoch, loss=done.loss_sum / samples, accuracy=done.correct / samples,
                          seconds=done.seconds, skipped_steps=done.skipped,
                          diagnostics=diagnostics.end_epoch() if diagnostics is not None else {})
     state.progress = Progress(epoch=done.epoch + 1, step=done.step, records=[*done.records, record])
@@ -254,9 +266,11 @@ def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainP
         diagnostics = Diagnostics(build_mlp(params.hidden).to(data.images.device), diagnose_every)
     model.train()
     while state.progress.epoch <= params.epochs:
-        record = run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics)
+        record = run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics,
+                           params.max_steps)
         on_epoch(record)
         if params.checkpoint_every and record.epoch % params.checkpoint_every == 0 and record.epoch < params.epochs:
             state.progress.epoch_generator_state = state.generator.get_state()  # the next epoch's order
             on_checkpoint(state.state_dict())
-    return TrainResult(samples_per_epoch=len(data), epochs=state.progress.records, final_scale=policy.scale())
+    samples_per_epoch = epoch_length(len(data), params.batch_size, params.max_steps)[1]
+    return TrainResult(samples_per_epoch=samples_per_epoch, epochs=state.progress.records, final_scale=policy.scale())
