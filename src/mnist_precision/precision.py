@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .internals import PYTREE_LOGGER, scaler_scale, scaler_skipped
 
 
 class PrecisionError(UserError, ValueError):
@@ -112,7 +113,7 @@ def torchao_float8():
     # torchao 0.18 registers an Enum with torch's pytree at import, which torch
     # 2.14 answers with a logged deprecation warning addressed to torchao, not
     # to this project's users: that one logger is quiet while it imports.
-    pytree_log = logging.getLogger("torch.utils._pytree")
+    pytree_log = logging.getLogger(PYTREE_LOGGER)
     level = pytree_log.level
     pytree_log.setLevel(logging.ERROR)
     try:
@@ -206,15 +207,14 @@ class PrecisionPolicy:
             optimizer.step()
             return None
         self.scaler.step(optimizer)
-        # The overflow flags the scaler computed for this step, before update() clears them.
-        skipped = sum(self.scaler._found_inf_per_device(optimizer).values()) > 0
+        skipped = scaler_skipped(self.scaler, optimizer)  # before update() clears the flags
         self.scaler.update(new_scale=self.fixed_scale)
         return skipped
 
     def scale_tensor(self) -> torch.Tensor | None:
         """A copy of the loss scale as a 0-dim device tensor (no wait), or None
         without a scaler; after `backward`, the scale the step uses."""
-        return self.scaler._scale.clone() if self.scaler.is_enabled() else None
+        return scaler_scale(self.scaler) if self.scaler.is_enabled() else None
 
     def scale(self) -> float | None:
         """The GradScaler's current loss scale (waits for the device), or None."""

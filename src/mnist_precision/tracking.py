@@ -41,9 +41,9 @@ from mlflow.environment_variables import (  # noqa: E402
     MLFLOW_HTTP_REQUEST_MAX_RETRIES,
 )
 from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.utils.async_logging.run_operations import RunOperations  # noqa: E402
 
 from .errors import UserError  # noqa: E402
+from .internals import system_metrics_monitor  # noqa: E402
 from .interrupts import Interrupted, deferred, sigterm_raises  # noqa: E402
 
 DVC_QUEUE_DIR = (".dvc", "tmp", "exps")
@@ -183,7 +183,7 @@ class MetricsBuffer:
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.client = mlflow.MlflowClient()
-        self.sending: list[tuple[list[Metric], RunOperations]] = []
+        self.sending: list[tuple[list[Metric], object]] = []  # each batch, and the operation that sends it
 
     def add(self, values: dict[str, float], step: int, series: dict[str, list] | None = None) -> None:
         """`values` at `step`, and each of `series`' [step, value] points under its key."""
@@ -274,9 +274,7 @@ SYSTEM_METRICS_INTERVAL_S = 1
 def node_system_metrics(run_id: str, node_id: str) -> Iterator[None]:
     """Sample this machine's CPU, memory and GPUs into `run_id` as
     `system/<node_id>/...`: each node of a distributed job logs its own."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, node_id=node_id)
+    monitor = system_metrics_monitor(run_id, SYSTEM_METRICS_INTERVAL_S, node_id)
     monitor.start()
     try:
         yield
