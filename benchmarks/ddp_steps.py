@@ -42,7 +42,8 @@ def main() -> None:
         data = load_split(args.data, "train", device)
         torch.manual_seed(0)
         model = build_mlp((256,)).to(device)
-        step = TrainStep(model, PrecisionPolicy(args.precision, device.type), make_optimizer(model, 0.01), world=world)
+        policy = PrecisionPolicy(args.precision, device.type)
+        step = TrainStep(model, policy, make_optimizer(model, 0.01), world=world)
         generator = torch.Generator(device=device).manual_seed(0)
 
         def run(n: int) -> None:
@@ -54,12 +55,13 @@ def main() -> None:
                 torch.cuda.synchronize()
             world.any(False)  # every rank has finished its steps
 
-        run(20)
-        best = float("inf")
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            run(args.steps)
-            best = min(best, time.perf_counter() - started)
+        with policy.numerics():
+            run(20)
+            best = float("inf")
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                run(args.steps)
+                best = min(best, time.perf_counter() - started)
         if world.is_main:
             print(json.dumps({"world_size": world.size, "backend": world.backend or "none",
                               "threads_per_process": torch.get_num_threads(), "precision": args.precision,

@@ -207,7 +207,7 @@ def time_training(config: Config, precision: str, data: Split, clock: Clock, siz
         for _ in range(n):
             step(*next(batches))
 
-    with PeakMemory(device) as memory:
+    with policy.numerics(), PeakMemory(device) as memory:
         # Fit the row into its time budget: the first step says how slow a step
         # is; a slow one gets less warm-up, fewer timed steps and fewer repeats.
         first = clock.time(lambda: run(1))
@@ -249,10 +249,11 @@ def time_diagnostics(config: Config, precision: str, data: Split, clock: Clock, 
         for number in range(n):
             diagnostics.measure(step, model, *next(batches), None, number)
 
-    plain(config.warmup)
-    measured(2)
-    plain_s = min(clock.time(lambda: plain(steps)) for _ in range(sizes.repeats)) / steps
-    measured_s = min(clock.time(lambda: measured(steps)) for _ in range(sizes.repeats)) / steps
+    with policy.numerics():
+        plain(config.warmup)
+        measured(2)
+        plain_s = min(clock.time(lambda: plain(steps)) for _ in range(sizes.repeats)) / steps
+        measured_s = min(clock.time(lambda: measured(steps)) for _ in range(sizes.repeats)) / steps
     return (measured_s - plain_s) / (every * plain_s)
 
 
@@ -408,9 +409,8 @@ def main(argv: list[str] | None = None) -> dict:
     ceilings = {}
     for name, (dtype, tf32) in CEILINGS.items():
         if name in timed:
-            PrecisionPolicy(name, device.type)  # TF32 as that precision sets it
-            ceilings[name] = matmul_ceiling(dtype, sizes.ceiling_n, device, clock, sizes.row_budget_s)
-    PrecisionPolicy(BASELINE, device.type)
+            with PrecisionPolicy(name, device.type).numerics():  # TF32 as that precision sets it
+                ceilings[name] = matmul_ceiling(dtype, sizes.ceiling_n, device, clock, sizes.row_budget_s)
     rows = [time_seed_loader(args.data, device, sizes.seed_loader_steps, clock, sizes.repeats)]
     for config in (sizes.reference, sizes.wide):
         for precision in timed:

@@ -65,12 +65,23 @@ def test_a_loss_scale_elsewhere_is_refused_with_the_reason():
         PrecisionPolicy("bf16", "cpu", loss_scale=128)
 
 
-def test_tf32_turns_tf32_on_and_fp32_turns_it_off_again():
-    PrecisionPolicy("tf32", "cuda")
+@pytest.mark.parametrize("order", [("tf32", "fp32"), ("fp32", "tf32")])
+def test_the_policys_numerics_switch_tf32_and_put_the_flags_back(order):
+    flags = lambda: (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,  # noqa: E731
+                     torch.backends.cudnn.allow_tf32)
+    before = flags()
+    policies = [PrecisionPolicy(name, "cuda" if name == "tf32" else "cpu") for name in order]
+    assert flags() == before  # building a policy changes nothing
+    for policy in policies:
+        with policy.numerics():
+            expected = ("high", True, True) if policy.name == "tf32" else ("highest", False, False)
+            assert flags() == expected
+        assert flags() == before
+    torch.set_float32_matmul_precision("high")  # a user's own setting survives a stage's block
+    with PrecisionPolicy("fp32", "cpu").numerics():
+        assert torch.get_float32_matmul_precision() == "highest"
     assert torch.get_float32_matmul_precision() == "high"
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    PrecisionPolicy("fp32", "cpu")
-    assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision(before[0])
 
 
 def test_fp8_converts_the_linear_layers_that_fit_and_keeps_the_others():
@@ -89,14 +100,6 @@ def test_unknown_precision_is_refused():
 def test_the_precisions_are_listed_once():
     assert params.PRECISIONS is precision.NAMES == tuple(PRECISIONS)
     assert report.NAMES is precision.NAMES and report.BASELINE == precision.BASELINE
-
-
-def test_the_policy_turns_tf32_off():
-    torch.set_float32_matmul_precision("high")
-    PrecisionPolicy("fp32", "cpu")
-    assert torch.get_float32_matmul_precision() == "highest"
-    assert not torch.backends.cuda.matmul.allow_tf32
-    assert not torch.backends.cudnn.allow_tf32
 
 
 def fp16_step(policy: PrecisionPolicy, lr: float) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -56,12 +56,14 @@ def main() -> None:
     test = load_split(paths.require(paths.DATA_DIR, "download"), "test", device)
 
     with tracking.run_scope(run_id=run_id):
-        result = evaluate(model, test, policy, params.evaluate.batch_size)
+        with policy.numerics():
+            result = evaluate(model, test, policy, params.evaluate.batch_size)
         half, widened = fp16_stored_copy(state)
         model = build_mlp(params.train.hidden)
         model.load_state_dict(widened)
-        fp16_stored = evaluate(model.to(device), test, PrecisionPolicy(BASELINE, device.type),
-                               params.evaluate.batch_size)
+        fp32 = PrecisionPolicy(BASELINE, device.type)
+        with fp32.numerics():
+            fp16_stored = evaluate(model.to(device), test, fp32, params.evaluate.batch_size)
 
         metrics = {
             "test_accuracy": result.accuracy,

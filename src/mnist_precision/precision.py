@@ -11,7 +11,8 @@ name itself.
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -91,14 +92,22 @@ LOSS_SCALES = ("dynamic", "none")  # or a fixed positive number
 FP8_DIVISOR = 16
 
 
-def set_tf32(enabled: bool) -> None:
-    """TF32 on or off for every matmul and conv: off, fp32 means 23 mantissa bits."""
+@contextmanager
+def fp32_matmul_precision(tf32: bool) -> Iterator[None]:
+    """TF32 on or off for every matmul and conv while the block runs (off, fp32
+    means 23 mantissa bits), and the process's previous flags back after it."""
     # The flag-per-backend API, not `torch.backends.fp32_precision`: with the
     # newer one set, torch.export (used by mlflow.pytorch.log_model) fails in
     # torch 2.14 with "a mix of the legacy and new APIs".
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, matmul = before
+        torch.set_float32_matmul_precision(matmul)
 
 
 def fp8_kept_layers(model: nn.Module) -> list[str]:
@@ -138,8 +147,9 @@ def parse_loss_scale(value: str | float) -> str | float:
 class PrecisionPolicy:
     """What one precision does to a training step on one device type.
 
-    Constructing it sets the process's float32 matmul precision (TF32 on for
-    `tf32` only), so every stage that builds a policy computes fp32 the same way.
+    Constructing it changes no process-wide state: a stage runs its work in
+    `policy.numerics()`, which sets the float32 matmul precision (TF32 on for
+    `tf32` only) and puts the previous one back.
 
     Nothing here waits for the device: whether the GradScaler skipped a step
     stays a tensor on the device (the fused optimizer takes the scale and the
@@ -163,7 +173,6 @@ class PrecisionPolicy:
                             if isinstance(self.loss_scale, float) else None)
         init_scale = self.loss_scale if self.fixed_scale is not None else 2.0**16
         self.scaler = torch.amp.GradScaler(device_type, init_scale=init_scale, enabled=scaling)
-        set_tf32(self.precision.tf32)
 
     @property
     def name(self) -> str:
@@ -187,6 +196,10 @@ class PrecisionPolicy:
 
     def convert_input(self, images: torch.Tensor) -> torch.Tensor:
         return images.to(self.precision.param_dtype)
+
+    def numerics(self) -> AbstractContextManager:
+        """The context a stage trains or evaluates in: fp32 matmuls as this precision computes them."""
+        return fp32_matmul_precision(self.precision.tf32)
 
     def autocast(self) -> AbstractContextManager:
         """The context to run forward passes (and the loss) in."""

@@ -100,6 +100,7 @@ def train_stage(params, device: torch.device, world: World) -> None:
 
     stop = StopRequest()
     with ExitStack() as scope:
+        scope.enter_context(policy.numerics())
         if world.is_main:
             # A resumed run continues the MLflow run that was stopped.
             run_args = ({"run_id": resume.mlflow_run_id} if resume else
