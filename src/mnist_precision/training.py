@@ -232,18 +232,23 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
             if was_skipped is not None:
                 skipped.add_(was_skipped)
             if progress.step % check_every == 0 or progress.done_in_epoch == steps_per_epoch:
-                value = loss.item()
-                if not math.isfinite(value) and was_skipped is None:
-                    raise DivergenceError(progress.epoch, progress.step, value)
-                if progress.step % SYNC_EVERY == 0:
-                    bar.set_postfix(loss=f"{value:.4f}", refresh=False,
-                                    samples_s=f"{(bar.format_dict['rate'] or 0) * batch_size:.0f}")
+                check_loss(loss.item(), was_skipped is not None, progress, bar, batch_size)
     done = progress_now()
     record = EpochRecord(epoch=done.epoch, loss=done.loss_sum / samples, accuracy=done.correct / samples,
                          seconds=done.seconds, skipped_steps=done.skipped,
                          diagnostics=diagnostics.end_epoch() if diagnostics is not None else {})
     state.progress = Progress(epoch=done.epoch + 1, step=done.step, records=[*done.records, record])
     return record
+
+
+def check_loss(value: float, scaled: bool, progress: Progress, bar: tqdm, batch_size: int) -> None:
+    """Stop on a loss that is no longer finite (where a GradScaler would not
+    skip the step instead); every SYNC_EVERY steps, show it on the progress bar."""
+    if not math.isfinite(value) and not scaled:
+        raise DivergenceError(progress.epoch, progress.step, value)
+    if progress.step % SYNC_EVERY == 0:
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False,
+                        samples_s=f"{(bar.format_dict['rate'] or 0) * batch_size:.0f}")
 
 
 def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainParams, seed: int, *,
