@@ -22,7 +22,8 @@ from mnist_precision.data import load_split, shuffled_batches
 from mnist_precision.device import resolve_device
 from mnist_precision.distributed import device_of, joined
 from mnist_precision.model import build_mlp
-from mnist_precision.precision import BASELINE, PrecisionPolicy
+from mnist_precision.precision import PrecisionPolicy
+from mnist_precision.precisions import BASELINE
 from mnist_precision.training import TrainStep, make_optimizer
 
 

@@ -55,7 +55,8 @@ from mnist_precision.diagnostics import Diagnostics
 from mnist_precision.download import download_mnist
 from mnist_precision.model import build_mlp
 from mnist_precision.params import load
-from mnist_precision.precision import BASELINE, NAMES as PRECISIONS, PRECISIONS as TABLE, PrecisionError, PrecisionPolicy
+from mnist_precision.precision import PrecisionError, PrecisionPolicy
+from mnist_precision.precisions import BASELINE, NAMES as PRECISIONS, PRECISIONS as TABLE
 from mnist_precision.training import TrainStep, make_optimizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +65,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CEILINGS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
             "fp16": (torch.float16, False), "bf16": (torch.bfloat16, False)}
 CEILING_OF = {name: "tf32" if TABLE[name].tf32 else
-              {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(TABLE[name].autocast_dtype or TABLE[name].param_dtype,
-                                                                   "fp32")
+              {"float16": "fp16", "bfloat16": "bf16"}.get(TABLE[name].autocast_dtype or TABLE[name].param_dtype, "fp32")
               for name in PRECISIONS}
 # glibc's malloc, told through its own environment variables (mallopt(3)) to
 # keep freed memory in the heap: no mmap for big blocks, no trimming.

@@ -25,7 +25,8 @@ from mnist_precision.download import download_mnist
 from mnist_precision.evaluation import evaluate
 from mnist_precision.model import build_mlp
 from mnist_precision.params import TrainParams
-from mnist_precision.precision import NAMES, PrecisionError, PrecisionPolicy
+from mnist_precision.precision import PrecisionError, PrecisionPolicy
+from mnist_precision.precisions import NAMES
 from mnist_precision.training import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

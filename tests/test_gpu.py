@@ -12,7 +12,8 @@ from mnist_precision.data import Split
 from mnist_precision.diagnostics import Diagnostics
 from mnist_precision.device import peak_memory_metrics, resolve_device
 from mnist_precision.model import build_mlp
-from mnist_precision.precision import NAMES, PrecisionPolicy
+from mnist_precision.precision import PrecisionPolicy
+from mnist_precision.precisions import NAMES
 from mnist_precision.training import SYNC_EVERY, TrainState, TrainStep, make_optimizer, run_epoch
 
 pytestmark = pytest.mark.gpu
@@ -30,7 +31,7 @@ def test_every_other_precision_learns_on_cuda(name):
     images, labels = torch.randn(64, 784, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
     losses = [step(images, labels)[1].item() for _ in range(20)]
     assert losses[-1] < losses[0]
-    assert next(model.parameters()).dtype == policy.precision.param_dtype
+    assert next(model.parameters()).dtype == policy.param_dtype
 
 
 @pytest.mark.parametrize("name, dtype", [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)])

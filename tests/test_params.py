@@ -11,7 +11,7 @@ import yaml
 
 from helpers import REPO_ROOT
 from mnist_precision.params import ParamsError, load, parse
-from mnist_precision.precision import NAMES
+from mnist_precision.precisions import NAMES
 
 DEFAULTS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_precision import params, precision, report
+from mnist_precision import params, precisions, report
 from mnist_precision.model import build_mlp
-from mnist_precision.precision import PRECISIONS, PrecisionPolicy
+from mnist_precision.precision import PrecisionPolicy, fp8_kept_layers
+from mnist_precision.precisions import PRECISIONS
 
 
 @pytest.mark.parametrize("name, dtype", [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)])
@@ -86,7 +87,7 @@ def test_the_policys_numerics_switch_tf32_and_put_the_flags_back(order):
 
 def test_fp8_converts_the_linear_layers_that_fit_and_keeps_the_others():
     model = build_mlp([256, 100])  # 784x256 fits; 256x100 and 100x10 are not multiples of 16
-    assert precision.fp8_kept_layers(model) == ["2", "4"]
+    assert fp8_kept_layers(model) == ["2", "4"]
     PrecisionPolicy("fp8", "cpu").convert_module(model)
     assert [type(layer).__name__ for layer in model] == ["Float8Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert model[0].config.emulate  # no float8 matmul on the CPU: torchao's emulation
@@ -98,8 +99,8 @@ def test_unknown_precision_is_refused():
 
 
 def test_the_precisions_are_listed_once():
-    assert params.PRECISIONS is precision.NAMES == tuple(PRECISIONS)
-    assert report.NAMES is precision.NAMES and report.BASELINE == precision.BASELINE
+    assert params.PRECISIONS is precisions.NAMES == tuple(PRECISIONS)
+    assert report.NAMES is precisions.NAMES and report.BASELINE == precisions.BASELINE
 
 
 def fp16_step(policy: PrecisionPolicy, lr: float) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -7,7 +7,8 @@ import platform
 import torch
 
 from .errors import UserError
-from .precision import PRECISIONS, torchao_float8
+from .precision import torchao_float8
+from .precisions import PRECISIONS
 
 
 # The CPU features that decide how fast each precision runs (/proc/cpuinfo's names).

@@ -19,7 +19,8 @@ from .device import resolve_device  # noqa: E402
 from .evaluation import evaluate, fp16_stored_copy, stored_bytes  # noqa: E402
 from .model import CLASSES, build_mlp  # noqa: E402
 from .params import load  # noqa: E402
-from .precision import BASELINE, PrecisionPolicy  # noqa: E402
+from .precision import PrecisionPolicy  # noqa: E402
+from .precisions import BASELINE  # noqa: E402
 from .threads import budget  # noqa: E402
 
 

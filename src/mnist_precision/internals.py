@@ -9,7 +9,10 @@ passed on is not installed.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # at run time the module needs neither: `mnist-precision runs` imports no torch
+    import torch
 
 # torch.amp.GradScaler keeps its loss scale as a device tensor in `_scale`;
 # the public `get_scale()` returns a float, which waits for the GPU.

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from .errors import UserError
-from .precision import NAMES as PRECISIONS
-from .precision import PRECISIONS as TABLE
-from .precision import parse_loss_scale
+from .precisions import NAMES as PRECISIONS
+from .precisions import PRECISIONS as TABLE
+from .precisions import parse_loss_scale
 
 DEVICES = ("auto", "cpu", "cuda")
 GRAD_COMM = ("fp32", "fp16", "bf16")
@@ -216,12 +215,6 @@ def _validate(tree: Any, schema: dict[str, Any], errors: list[str], prefix: str 
     return clean
 
 
-def data_parallel_verified(precision) -> bool:
-    """Whether DDP runs of this precision are tested (the "-true" precisions'
-    gradients are half already, and fp8 runs only on a GPU: neither is yet)."""
-    return precision.param_dtype == torch.float32 and not precision.fp8
-
-
 def parse(tree: Any) -> Params:
     """Validate a params mapping (as read from YAML) and return typed params."""
     errors: list[str] = []
@@ -231,7 +224,7 @@ def parse(tree: Any) -> Params:
         errors.append(f"train.grad_comm must be fp32 or the run's precision ({precision}), got {grad_comm!r}: "
                       "gradients are sent in fp16 or bf16 only by runs that compute in it")
     processes = clean.get("train", {}).get("processes")
-    if processes not in (None, 1) and precision in TABLE and not data_parallel_verified(TABLE[precision]):
+    if processes not in (None, 1) and precision in TABLE and not TABLE[precision].data_parallel_verified:
         errors.append(f"train.processes must be 1 with precision {precision}, got {processes!r}: data-parallel "
                       f"training is verified for fp32, fp16 and bf16 only")
     loss_scale = clean.get("loss_scale")

@@ -1,11 +1,9 @@
-"""The precisions, and the policy that owns everything a precision does to a step.
+"""The policy that owns everything a precision does to a step.
 
-Each precision is one entry of `PRECISIONS`: params validation, the report's
-order and the benchmark read this table, so adding a precision is one entry
-here. `PrecisionPolicy` plays the part of Lightning's `MixedPrecision` plugin:
-the training loop asks it for the autocast context, the backward pass and the
+`PrecisionPolicy` plays the part of Lightning's `MixedPrecision` plugin: the
+training loop asks it for the autocast context, the backward pass and the
 optimizer step, and checkpoints its state; it never looks at the precision's
-name itself.
+name itself, only at its entry in `precisions.PRECISIONS`.
 """
 
 from __future__ import annotations
@@ -13,83 +11,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .errors import UserError
 from .internals import PYTREE_LOGGER, scaler_scale, scaler_skipped
+from .precisions import FP8_DIVISOR, NAMES, PRECISIONS, parse_loss_scale
 
 
 class PrecisionError(UserError, ValueError):
     """A precision this installation cannot run."""
 
 
-@dataclass(frozen=True)
-class Precision:
-    name: str
-    autocast_dtype: torch.dtype | None  # None: no autocast
-    loss_scaling: bool  # a GradScaler keeps small gradients from flushing to zero
-    summary: str
-    # CPU instruction sets (as /proc/cpuinfo names them), any of which runs its
-    # matrix products natively; empty: every CPU does.
-    native_on_cpu: tuple[str, ...] = ()
-    # The dtype of the weights, their gradients and the optimizer: fp32 master
-    # weights for the mixed precisions, half for the "-true" ones.
-    param_dtype: torch.dtype = torch.float32
-    tf32: bool = False  # fp32 matmuls and convolutions through TF32 tensor cores
-    fp8: bool = False  # torchao's float8 training for the linear layers that fit it
-    # The oldest NVIDIA GPU that runs it, as a compute capability; None: any device.
-    needs_cuda_capability: tuple[int, int] | None = None
-    # Why `loss_scale` does not apply (every precision but fp16).
-    no_loss_scale_because: str = ""
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """The narrowest dtype the forward pass computes in (fp8's: its forward format)."""
-        if self.fp8:
-            return torch.float8_e4m3fn
-        return self.autocast_dtype or self.param_dtype
-
-
-PRECISIONS: dict[str, Precision] = {p.name: p for p in (
-    Precision("fp32", None, False,
-              "true single precision: no autocast, TF32 off for matmul and cuDNN",
-              no_loss_scale_because="fp32's gradients are not half precision"),
-    Precision("fp16", torch.float16, True,
-              "torch.amp.autocast to float16 with a torch.amp.GradScaler; weights stay fp32",
-              native_on_cpu=("avx512_fp16", "amx_fp16")),
-    Precision("bf16", torch.bfloat16, False,
-              "autocast to bfloat16, no scaler (its exponent range is fp32's); weights stay fp32",
-              native_on_cpu=("avx512_bf16", "amx_bf16"),
-              no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
-                                    "where fp32's would not"),
-    Precision("fp16-true", None, False,
-              "the model, its gradients and the optimizer all in float16: no fp32 master weights, no scaler",
-              native_on_cpu=("avx512_fp16", "amx_fp16"), param_dtype=torch.float16,
-              no_loss_scale_because="it has no fp32 master weights to unscale the gradients into "
-                                    "(Lightning's 16-true has no scaler either); use fp16 for a loss scale"),
-    Precision("bf16-true", None, False,
-              "the model, its gradients and the optimizer all in bfloat16: no fp32 master weights",
-              native_on_cpu=("avx512_bf16", "amx_bf16"), param_dtype=torch.bfloat16,
-              no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
-                                    "where fp32's would not"),
-    Precision("tf32", None, False,
-              "fp32 with TF32 tensor-core matmuls and convolutions (10 mantissa bits in the products)",
-              tf32=True, needs_cuda_capability=(8, 0),
-              no_loss_scale_because="TF32 keeps fp32's exponent range"),
-    Precision("fp8", torch.bfloat16, False,
-              "torchao float8 training of the linear layers (e4m3 forward, e5m2 gradients, "
-              "scaled per tensor); the rest under bf16 autocast",
-              fp8=True, needs_cuda_capability=(8, 9),
-              no_loss_scale_because="torchao scales each float8 tensor itself"),
-)}
-NAMES = tuple(PRECISIONS)
-BASELINE = "fp32"
-LOSS_SCALES = ("dynamic", "none")  # or a fixed positive number
-# float8 matmuls (torch._scaled_mm) need both dimensions of the weight divisible by 16.
-FP8_DIVISOR = 16
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype the precision table names ("float16": torch.float16)."""
+    return getattr(torch, name)
 
 
 @contextmanager
@@ -135,15 +72,6 @@ def torchao_float8():
     return Float8LinearConfig, convert_to_float8_training
 
 
-def parse_loss_scale(value: str | float) -> str | float:
-    """`dynamic`, `none` or a fixed positive number; ValueError otherwise."""
-    if value in LOSS_SCALES:
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ValueError(f"loss_scale must be dynamic, none or a positive number, got {value!r}")
-    return float(value)
-
-
 class PrecisionPolicy:
     """What one precision does to a training step on one device type.
 
@@ -180,7 +108,12 @@ class PrecisionPolicy:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return self.precision.autocast_dtype
+        name = self.precision.autocast_dtype
+        return torch_dtype(name) if name else None
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        return torch_dtype(self.precision.param_dtype)
 
     def convert_module(self, model: nn.Module) -> nn.Module:
         """The model as this precision trains it, converted in place: weights in
@@ -192,10 +125,10 @@ class PrecisionPolicy:
             convert_to_float8_training(
                 model, config=Float8LinearConfig(emulate=self.device_type != "cuda"),
                 module_filter_fn=lambda module, name: type(module) is nn.Linear and name not in kept)
-        return model.to(self.precision.param_dtype)
+        return model.to(self.param_dtype)
 
     def convert_input(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.precision.param_dtype)
+        return images.to(self.param_dtype)
 
     def numerics(self) -> AbstractContextManager:
         """The context a stage trains or evaluates in: fp32 matmuls as this precision computes them."""

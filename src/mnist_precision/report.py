@@ -36,7 +36,7 @@ from .atomic import atomic_path, atomic_write_bytes  # noqa: E402
 from .diagnostics import FP16_SMALLEST_NORMAL, FP16_SMALLEST_SUBNORMAL  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .params import load  # noqa: E402
-from .precision import BASELINE, NAMES  # noqa: E402
+from .precisions import BASELINE, NAMES  # noqa: E402
 from .stats import Interval, difference_of_means, ratio_of_means  # noqa: E402
 
 SUMMARY_TAG = "mnist_precision.run_type"

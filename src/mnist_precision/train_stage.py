@@ -18,7 +18,7 @@ from .distributed import World, device_of, joined, launch, processes_wanted, und
 from .interrupts import Interrupted, StopRequest
 from .model import build_mlp
 from .params import load
-from .precision import PrecisionPolicy, fp8_kept_layers
+from .precision import PrecisionPolicy, fp8_kept_layers, torch_dtype
 from .threads import budget
 from .training import DivergenceError, EpochRecord, Stopped, train
 
@@ -28,7 +28,7 @@ def precision_params(policy: PrecisionPolicy, model: torch.nn.Module) -> dict[st
     finite value (what the range figures are measured against); for fp8, the
     layers that float8 could not take."""
     dtype = policy.precision.compute_dtype
-    params = {"compute_dtype": str(dtype).removeprefix("torch."), "compute_dtype_max": torch.finfo(dtype).max}
+    params = {"compute_dtype": dtype, "compute_dtype_max": torch.finfo(torch_dtype(dtype)).max}
     if policy.precision.fp8:
         params["fp8_layers_kept_bf16"] = ",".join(fp8_kept_layers(model)) or "none"
     return params
