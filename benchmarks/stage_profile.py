@@ -31,12 +31,14 @@ import torch  # noqa: E402 - timed, as the stage imports it
 
 lap("import torch, mlflow")
 
-from mnist_precision import paths, tracking  # noqa: E402
+from mnist_precision import paths  # noqa: E402
 from mnist_precision.data import load_split  # noqa: E402
 from mnist_precision.model import build_mlp  # noqa: E402
-from mnist_precision.train_stage import log_model  # noqa: E402
+from mnist_precision.recorder import log_model  # noqa: E402
 from mnist_precision.training import TrainStep, make_optimizer  # noqa: E402
 from mnist_precision.precision import PrecisionPolicy  # noqa: E402
+from mnist_precision.tracking.lifecycle import run_scope  # noqa: E402
+from mnist_precision.tracking.store import configure, get_or_create_experiment  # noqa: E402
 
 lap("import the project (mlflow.pytorch, mlflow.models, tqdm)")
 
@@ -49,12 +51,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         os.chdir(work)
         for store_state in ("fresh", "existing"):
-            store = tracking.configure(Path(work))
-            experiment_id = tracking.experiment_id("profile", store)
+            store = configure(Path(work))
+            experiment_id = get_or_create_experiment("profile", store)
             lap(f"{store_state} store: open it, get or create the experiment")
             data = load_split(data_dir, "train")
             lap(f"{store_state} store: load MNIST as tensors")
-            with tracking.run_scope(experiment_id=experiment_id):
+            with run_scope(experiment_id=experiment_id):
                 mlflow.log_params({"precision": "fp32"})
                 lap(f"{store_state} store: start the run, log params")
                 if store_state == "fresh":

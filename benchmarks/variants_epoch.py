@@ -42,7 +42,7 @@ def one_variant(name: str, device: torch.device, train_split, test_split, epochs
         result = train(model, train_split, policy, TrainParams(epochs, 64, 0.01, (256,), False), 0,
                        diagnose_every=every)
         tested = evaluate(model, test_split, policy, 1000)
-    figures = result.epochs[-1].diagnostics["figures"]
+    figures = result.epochs[-1].diagnostics.figures
     return {"precision": name, "test_accuracy": tested.accuracy, "samples_per_s": result.samples_per_s,
             "final_scale": result.final_scale, **{key: figures.get(key) for key in COLUMNS}}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mnist_precision.diagnostics import (Diagnostics, histogram_rows, log2_histogram, lost_update_counts,
-                                         underflow_counts)
+from mnist_precision.diagnostics import (Diagnostics, EpochNumerics, Histogram, histogram_rows, log2_histogram,
+                                         lost_update_counts, underflow_counts)
 from mnist_precision.model import build_mlp
 from mnist_precision.params import TrainParams
 from mnist_precision.precision import PrecisionPolicy
@@ -69,10 +69,10 @@ def test_measuring_changes_nothing_in_the_run():
         measured, result = final_weights(3, precision)
         assert all(torch.equal(a, b) for a, b in zip(plain, measured))
         record = result.epochs[0].diagnostics
-        assert record["figures"]["sampled_steps"] == 2  # steps 3 and 6 of the 8 in epoch 1
-        assert [step for step, _ in record["loss_scales"]] == [3, 6]
-        assert {scale for _, scale in record["loss_scales"]} == ({65536.0} if precision == "fp16" else {1.0})
-        assert set(record["figures"]) >= {"underflow_act_grads_flushed", "underflow_act_grads_scaled_subnormal",
+        assert record.figures["sampled_steps"] == 2  # steps 3 and 6 of the 8 in epoch 1
+        assert [step for step, _ in record.loss_scales] == [3, 6]
+        assert {scale for _, scale in record.loss_scales} == ({65536.0} if precision == "fp16" else {1.0})
+        assert set(record.figures) >= {"underflow_act_grads_flushed", "underflow_act_grads_scaled_subnormal",
                                           "underflow_weights_subnormal", "lost_updates", "range_act_max_layer0",
                                           "range_grad_max_layer2"}
 
@@ -85,9 +85,9 @@ def test_a_skipped_step_loses_no_update():
         parameter.grad = torch.ones_like(parameter)  # the weights did not move: a skipped step
     images, labels = torch.randn(4, 784), torch.randint(0, 10, (4,))
     diagnostics.sample(model, before, images, labels, 1, torch.tensor(8.0), torch.tensor(True))
-    assert diagnostics.end_epoch()["figures"]["lost_updates"] == 0.0
+    assert diagnostics.end_epoch().figures["lost_updates"] == 0.0
     diagnostics.sample(model, before, images, labels, 2, torch.tensor(8.0), torch.tensor(False))
-    assert diagnostics.end_epoch()["figures"]["lost_updates"] == 1.0
+    assert diagnostics.end_epoch().figures["lost_updates"] == 1.0
 
 
 def test_the_range_is_the_largest_magnitude_and_its_scaled_gradient():
@@ -98,15 +98,16 @@ def test_the_range_is_the_largest_magnitude_and_its_scaled_gradient():
             parameter.fill_(0.5)
     images = torch.full((2, 784), 1.0)
     diagnostics.sample(model, Diagnostics.snapshot(model), images, torch.tensor([0, 1]), 1, torch.tensor(4.0), None)
-    figures = diagnostics.end_epoch()["figures"]
+    figures = diagnostics.end_epoch().figures
     assert figures["range_act_max_layer0"] == 784 * 0.5 + 0.5  # every unit of the first layer
     # Equal logits: the softmax is uniform, and the mean loss's gradient for the true class is (0.1 - 1) / 2.
     assert abs(figures["range_grad_max_layer2"] - 4.0 * 0.45) < 1e-6
 
 
 def test_the_histogram_rows_are_shares_of_the_last_sampled_step():
-    records = [(1, {"histogram": {"first_exponent": -2, "counts": [1, 0, 3], "loss_scale": 1.0}}),
-               (2, {"histogram": {"first_exponent": -2, "counts": [0, 2, 2], "loss_scale": 8.0}}), (3, {})]
+    records = {1: EpochNumerics(histogram=Histogram(first_exponent=-2, counts=[1, 0, 3], loss_scale=1.0)),
+               2: EpochNumerics(histogram=Histogram(first_exponent=-2, counts=[0, 2, 2], loss_scale=8.0)),
+               3: EpochNumerics()}
     assert histogram_rows(records) == [{"log2_magnitude": -2, "share": 0.0, "loss_scale": 8.0},
                                        {"log2_magnitude": -1, "share": 0.5, "loss_scale": 8.0},
                                        {"log2_magnitude": 0, "share": 0.5, "loss_scale": 8.0}]

@@ -104,5 +104,5 @@ def test_an_epoch_waits_for_the_gpu_only_at_the_documented_points(name, diagnose
         assert reads == ["item"] * (steps // SYNC_EVERY + 1 + 3)
     else:  # and at the epoch's end only: the figures, the loss scales and the histogram's counts and scale
         assert reads[:steps // SYNC_EVERY + 1 + 3] == ["item"] * (steps // SYNC_EVERY + 1 + 3)
-        assert record.diagnostics["figures"]["sampled_steps"] == steps // diagnose_every
+        assert record.diagnostics.figures["sampled_steps"] == steps // diagnose_every
         assert reads[steps // SYNC_EVERY + 4:] == ["tolist", "tolist", "tolist", "item"]

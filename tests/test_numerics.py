@@ -32,7 +32,7 @@ def one_epoch(mnist_data):
 
 
 def figures(result: TrainResult) -> dict:
-    return result.epochs[-1].diagnostics["figures"]
+    return result.epochs[-1].diagnostics.figures
 
 
 def test_the_narrower_the_stored_weights_the_more_updates_are_lost(one_epoch):

@@ -8,6 +8,7 @@ import torch
 
 from .errors import UserError
 from .precision import torchao_float8
+from .metrics import PEAK_GPU_MEMORY_MB, PEAK_RSS_MB
 from .precisions import PRECISIONS
 
 
@@ -68,10 +69,10 @@ def peak_memory_metrics(device: torch.device) -> dict[str, float]:
     """Peak memory of this process: the CUDA allocator's peak on a GPU,
     the resident set size on the CPU (which includes the Python runtime)."""
     if device.type == "cuda":
-        return {"peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+        return {PEAK_GPU_MEMORY_MB: torch.cuda.max_memory_allocated(device) / 2**20}
     import resource
 
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {PEAK_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def cpu_features() -> tuple[str, ...]:

@@ -26,14 +26,43 @@ run: a run with diagnostics ends with the same weights, bit for bit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import metrics as m
+
 FP16_SMALLEST_SUBNORMAL = 2.0**-24  # below it, fp16 flushes to zero
 FP16_SMALLEST_NORMAL = 2.0**-14  # below it, fp16 keeps fewer than 11 significant bits
 HISTOGRAM_EXPONENTS = (-64, 16)  # floor(log2 |x|) bins of the histogram, both ends inclusive
-GRADIENT_KINDS = ("weight_grads", "act_grads")
+GRADIENT_KINDS = ("weight_grads", "act_grads")  # measured without and with the loss scale
+
+
+@dataclass
+class Histogram:
+    """The activation gradients of one sampled step by floor(log2 |x|), from `first_exponent` on."""
+
+    first_exponent: int
+    counts: list[int]
+    loss_scale: float
+
+
+@dataclass
+class EpochNumerics:
+    """One epoch's figures (named as in `metrics`), the loss scale of each
+    sampled step ([step, scale]), and the last sampled step's histogram."""
+
+    figures: dict[str, float] = field(default_factory=dict)
+    loss_scales: list[list[float]] = field(default_factory=list)
+    histogram: Histogram | None = None
+
+    @classmethod
+    def from_dict(cls, state: dict) -> EpochNumerics:
+        """Back from `dataclasses.asdict` (a checkpoint holds plain dicts)."""
+        histogram = state["histogram"]
+        return cls(state["figures"], state["loss_scales"], Histogram(**histogram) if histogram else None)
 
 
 def underflow_counts(values: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -143,13 +172,13 @@ class Diagnostics:
             output = self._outputs[name]
             self._add("act_grads", underflow_counts(output.grad))
             self._add("act_grads_scaled", underflow_counts(output.grad, scale))
-            self._add(f"range_act_max_layer{name}", output.detach().abs().max(), reduce="max")
-            self._add(f"range_grad_max_layer{name}", output.grad.abs().max() * scale, reduce="max")
+            self._add(m.range_act_max(name), output.detach().abs().max(), reduce="max")
+            self._add(m.range_grad_max(name), output.grad.abs().max() * scale, reduce="max")
         self.histogram = (log2_histogram(torch.cat([self._outputs[name].grad.flatten() for name in self.layers])),
                           scale)
         self._outputs.clear()
 
-    def end_epoch(self) -> dict:
+    def end_epoch(self) -> EpochNumerics:
         """The epoch's figures (pooled over its sampled steps), and a fresh start for the next."""
         # One read of the device for all the sums (counts stay exact in float64 below 2^53).
         flat = torch.cat([value.reshape(-1).double() for value in self.sums.values()]).tolist() if self.sums else []
@@ -157,24 +186,23 @@ class Diagnostics:
         for key, value in self.sums.items():
             sums[key] = flat[at] if value.dim() == 0 else flat[at:at + value.numel()]
             at += value.numel()
-        figures: dict[str, float] = {"sampled_steps": self.sampled}
-        for kind in ("weights", *GRADIENT_KINDS, *(f"{kind}_scaled" for kind in GRADIENT_KINDS)):
-            if kind in sums:
-                nonzero, flushed, subnormal = sums[kind]
-                figures[f"underflow_{kind}_flushed"] = share(flushed, nonzero)
-                figures[f"underflow_{kind}_subnormal"] = share(subnormal, nonzero)
+        figures: dict[str, float] = {m.SAMPLED_STEPS: self.sampled}
+        for values in m.UNDERFLOW_VALUES:
+            for scaled in (False, True):
+                key = f"{values}_scaled" if scaled else values
+                if key in sums:
+                    nonzero, flushed, subnormal = sums[key]
+                    figures[m.underflow(values, "flushed", scaled)] = share(flushed, nonzero)
+                    figures[m.underflow(values, "subnormal", scaled)] = share(subnormal, nonzero)
         if "lost_updates" in sums:
             intended, lost = sums["lost_updates"]
-            figures["lost_updates"] = share(lost, intended)
-        figures |= {key: value for key, value in sums.items() if key.startswith("range_")}
+            figures[m.LOST_UPDATES] = share(lost, intended)
+        figures |= {key: value for key, value in sums.items() if key.startswith(m.RANGE_PREFIX)}
         scales = torch.stack([scale for _, scale in self.scales]).tolist() if self.scales else []
-        record = {"figures": figures,
-                  "loss_scales": [[step, value] for (step, _), value in zip(self.scales, scales)],
-                  "histogram": None}
+        record = EpochNumerics(figures, [[step, value] for (step, _), value in zip(self.scales, scales)])
         if self.histogram is not None:
             counts, scale = self.histogram
-            record["histogram"] = {"first_exponent": HISTOGRAM_EXPONENTS[0], "counts": counts.tolist(),
-                                   "loss_scale": scale.item()}
+            record.histogram = Histogram(HISTOGRAM_EXPONENTS[0], counts.tolist(), scale.item())
         self.reset()
         return record
 
@@ -188,22 +216,22 @@ class Diagnostics:
         self.scales, self.histogram = list(state["scales"]), state["histogram"]
 
 
-def epoch_rows(records: list[dict]) -> list[dict]:
-    """DVC plot rows, one per epoch, from each epoch's `end_epoch()` record (keyed by epoch)."""
-    return [{"epoch": epoch, **record["figures"]} for epoch, record in records if record]
+def epoch_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
+    """DVC plot rows, one per epoch that measured its numerics."""
+    return [{m.PLOT_EPOCH: epoch, **numerics.figures} for epoch, numerics in by_epoch.items()]
 
 
-def loss_scale_rows(records: list[dict]) -> list[dict]:
-    return [{"step": step, "loss_scale": scale} for _, record in records if record
-            for step, scale in record["loss_scales"]]
+def loss_scale_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
+    return [{m.PLOT_STEP: step, m.LOSS_SCALE: scale} for numerics in by_epoch.values()
+            for step, scale in numerics.loss_scales]
 
 
-def histogram_rows(records: list[dict]) -> list[dict]:
+def histogram_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
     """The activation gradients of the run's last sampled step, as the share of
     non-zero values in each power-of-two bin (Micikevicius et al., Figure 3)."""
-    last = next((record["histogram"] for _, record in reversed(records) if record and record["histogram"]), None)
+    last = next((numerics.histogram for numerics in reversed(by_epoch.values()) if numerics.histogram), None)
     if last is None:
         return []
-    total = sum(last["counts"]) or 1
-    return [{"log2_magnitude": last["first_exponent"] + i, "share": count / total, "loss_scale": last["loss_scale"]}
-            for i, count in enumerate(last["counts"])]
+    total = sum(last.counts) or 1
+    return [{m.PLOT_LOG2_MAGNITUDE: last.first_exponent + i, m.PLOT_SHARE: count / total, m.LOSS_SCALE: last.loss_scale}
+            for i, count in enumerate(last.counts)]

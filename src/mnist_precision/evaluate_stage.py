@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import torch  # noqa: E402
 
-from . import paths, tracking  # noqa: E402
+from . import metrics as m  # noqa: E402
+from . import paths  # noqa: E402
 from .atomic import atomic_path, atomic_write_json  # noqa: E402
 from .data import load_split  # noqa: E402
 from .device import resolve_device  # noqa: E402
@@ -22,6 +23,8 @@ from .params import load  # noqa: E402
 from .precision import PrecisionPolicy  # noqa: E402
 from .precisions import BASELINE  # noqa: E402
 from .threads import budget  # noqa: E402
+from .tracking.lifecycle import run_scope  # noqa: E402
+from .tracking.store import configure  # noqa: E402
 
 
 def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, path: Path) -> None:
@@ -47,7 +50,7 @@ def main() -> None:
     device = resolve_device(params.device, params.precision)
     policy = PrecisionPolicy(params.precision, device.type)
     run_id = json.loads(paths.require(paths.MLFLOW_RUN, "train").read_text())["run_id"]
-    tracking.configure()
+    configure()
 
     trained = torch.load(paths.require(paths.MODEL, "train"), map_location="cpu", weights_only=True)
     state = {name: tensor.float() for name, tensor in trained.items()}  # weights trained in half widen exactly
@@ -56,7 +59,7 @@ def main() -> None:
     policy.convert_module(model.to(device))  # evaluated in the precision it was trained in
     test = load_split(paths.require(paths.DATA_DIR, "download"), "test", device)
 
-    with tracking.run_scope(run_id=run_id):
+    with run_scope(run_id=run_id):
         with policy.numerics():
             result = evaluate(model, test, policy, params.evaluate.batch_size)
         half, widened = fp16_stored_copy(state)
@@ -67,19 +70,19 @@ def main() -> None:
             fp16_stored = evaluate(model.to(device), test, fp32, params.evaluate.batch_size)
 
         metrics = {
-            "test_accuracy": result.accuracy,
-            "test_loss": result.loss,
-            "model_bytes_fp32": stored_bytes(state),
-            "model_bytes_fp16": stored_bytes(half),
-            "fp16_stored_test_accuracy": fp16_stored.accuracy,
+            m.TEST_ACCURACY: result.accuracy,
+            m.TEST_LOSS: result.loss,
+            m.MODEL_BYTES_FP32: stored_bytes(state),
+            m.MODEL_BYTES_FP16: stored_bytes(half),
+            m.FP16_STORED_TEST_ACCURACY: fp16_stored.accuracy,
         }
         per_class = result.per_class_accuracy(test.labels)
-        mlflow.log_metrics(metrics | {f"test_accuracy_class_{c}": a for c, a in per_class.items()})
+        mlflow.log_metrics(metrics | {m.test_accuracy_of_class(c): a for c, a in per_class.items()})
 
         labels = test.labels.cpu()
         atomic_write_json(paths.EVAL_METRICS, metrics | {"per_class_accuracy": per_class})
         atomic_write_json(paths.CONFUSION_PLOT, [
-            {"actual": int(a), "predicted": int(p)} for a, p in zip(labels.tolist(), result.predictions.tolist())], indent=None)
+            {m.PLOT_ACTUAL: int(a), m.PLOT_PREDICTED: int(p)} for a, p in zip(labels.tolist(), result.predictions.tolist())], indent=None)
         save_confusion_png(result.confusion(labels), result.accuracy, params.precision, paths.CONFUSION_PNG)
         mlflow.log_artifact(str(paths.EVAL_METRICS), artifact_path="metrics")
         mlflow.log_artifact(str(paths.CONFUSION_PNG), artifact_path="plots")

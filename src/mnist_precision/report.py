@@ -31,13 +31,15 @@ import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from . import claims, paths, tracking  # noqa: E402
+from . import claims, paths  # noqa: E402
 from .atomic import atomic_path, atomic_write_bytes  # noqa: E402
 from .diagnostics import FP16_SMALLEST_NORMAL, FP16_SMALLEST_SUBNORMAL  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .params import load  # noqa: E402
 from .precisions import BASELINE, NAMES  # noqa: E402
 from .stats import Interval, difference_of_means, ratio_of_means  # noqa: E402
+from .tracking.lifecycle import run_scope  # noqa: E402
+from .tracking.store import configure, get_or_create_experiment  # noqa: E402
 
 SUMMARY_TAG = "mnist_precision.run_type"
 # What makes two runs comparable, besides precision and seed.
@@ -394,7 +396,7 @@ def group_section(index: int, group: Group, out_dir: Path) -> tuple[str, list[Pa
 
 def write_report(experiment: str, out: Path) -> tuple[str, list[Path], list[Group]]:
     """Build the report from the store; return its Markdown, figure paths and groups."""
-    store = tracking.configure()
+    store = configure()
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
         raise ReportError(f"no MLflow experiment named {experiment!r} in {store.uri}: run the pipeline first "
@@ -419,9 +421,9 @@ def write_report(experiment: str, out: Path) -> tuple[str, list[Path], list[Grou
 
 
 def log_summary(experiment: str, report: Path, figures: list[Path]) -> str:
-    store = tracking.configure()
-    summary_experiment = tracking.experiment_id(f"{experiment}-reports", store)
-    with tracking.run_scope(system_metrics=False, experiment_id=summary_experiment, run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
+    store = configure()
+    summary_experiment = get_or_create_experiment(f"{experiment}-reports", store)
+    with run_scope(system_metrics=False, experiment_id=summary_experiment, run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={SUMMARY_TAG: "summary", "report.source_experiment": experiment}) as run:
         mlflow.log_artifact(str(report), artifact_path="report")
         for figure in figures:

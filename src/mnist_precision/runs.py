@@ -16,7 +16,9 @@ import time
 
 from mlflow import MlflowClient
 
-from . import paths, tracking
+from . import paths
+from .tracking.liveness import mark_killed, process_state
+from .tracking.store import configure
 from .errors import UserError
 from .params import load
 
@@ -31,14 +33,14 @@ STATES = {"dead": "its process is gone", "unknown": "another host, or not record
 def stale(client: MlflowClient, experiment_id: str) -> list:
     """The RUNNING runs whose process is not alive on this host."""
     return [run for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
-            if tracking.process_state(run.data.tags) != "alive"]
+            if process_state(run.data.tags) != "alive"]
 
 
 def describe(run) -> str:
     tags = run.data.tags
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.info.start_time / 1000))
     return (f"{run.info.run_id}  {run.info.run_name}  started {started}  host {tags.get('host', '?')}  "
-            f"pid {tags.get('pid', '?')}  ({STATES[tracking.process_state(tags)]})")
+            f"pid {tags.get('pid', '?')}  ({STATES[process_state(tags)]})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     action.add_argument("--mark-killed", nargs="+", metavar="RUN_ID", help="end these RUNNING runs as KILLED")
     parser.add_argument("--experiment", help="the MLflow experiment (default: mlflow.experiment of params.yaml)")
     args = parser.parse_args(argv)
-    store = tracking.configure()
+    store = configure()
     client = MlflowClient()
     if args.stale:
         name = args.experiment or load(paths.PARAMS).mlflow_experiment
@@ -66,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
             raise RunsError(f"no run {run_id} in {store.uri.split('?')[0]}: copy the id from --stale") from None
         if run.info.status != "RUNNING":
             raise RunsError(f"run {run_id} is {run.info.status}, not RUNNING: nothing to end")
-        if tracking.process_state(run.data.tags) == "alive":
+        if process_state(run.data.tags) == "alive":
             raise RunsError(f"run {run_id} is still running here as pid {run.data.tags['pid']}: stop that "
                             "process instead (SIGTERM checkpoints it and ends the run KILLED)")
-        tracking.mark_killed(client, run_id, "marked killed on request (mnist-precision runs --mark-killed): "
-                                             f"{STATES[tracking.process_state(run.data.tags)]}")
+        mark_killed(client, run_id, "marked killed on request (mnist-precision runs --mark-killed): "
+                                    f"{STATES[process_state(run.data.tags)]}")
         print(f"{run_id}: KILLED")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from .tracking import DVC_QUEUE_DIR, repo_root
+from .tracking.store import DVC_QUEUE_DIR, repo_root
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .data import Split, shuffled_batches
 from .distributed import World
 from .errors import UserError
-from .diagnostics import Diagnostics
+from .diagnostics import Diagnostics, EpochNumerics
 from .interrupts import StopRequest
 from .model import build_mlp
 from .params import TrainParams
@@ -50,7 +50,13 @@ class EpochRecord:
     accuracy: float
     seconds: float
     skipped_steps: int
-    diagnostics: dict = field(default_factory=dict)  # Diagnostics.end_epoch(); empty when off
+    diagnostics: EpochNumerics | None = None  # None: diagnostics off
+
+    @classmethod
+    def from_dict(cls, state: dict) -> EpochRecord:
+        """Back from `dataclasses.asdict` (a checkpoint holds plain dicts)."""
+        numerics = state["diagnostics"]
+        return cls(**state | {"diagnostics": EpochNumerics.from_dict(numerics) if numerics else None})
 
 
 @dataclass
@@ -134,7 +140,7 @@ class Progress:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Progress:
-        return cls(**state | {"records": [EpochRecord(**record) for record in state["records"]]})
+        return cls(**state | {"records": [EpochRecord.from_dict(record) for record in state["records"]]})
 
 
 class TrainState:
@@ -236,7 +242,7 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
     done = progress_now()
     record = EpochRecord(epoch=done.epoch, loss=done.loss_sum / samples, accuracy=done.correct / samples,
                          seconds=done.seconds, skipped_steps=done.skipped,
-                         diagnostics=diagnostics.end_epoch() if diagnostics is not None else {})
+                         diagnostics=diagnostics.end_epoch() if diagnostics is not None else None)
     state.progress = Progress(epoch=done.epoch + 1, step=done.step, records=[*done.records, record])
     return record
 

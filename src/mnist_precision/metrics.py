@@ -1,0 +1,62 @@
+"""Every metric's name, defined once: the stages log them under these names,
+and the report, DVC's plots (dvc.yaml, checked by tests/test_metrics.py) and
+the benchmarks read them back by the same ones."""
+
+from __future__ import annotations
+
+# The train stage, per epoch (MLflow step: the epoch).
+TRAIN_LOSS = "train_loss"
+TRAIN_ACCURACY = "train_accuracy"
+EPOCH_SECONDS = "epoch_seconds"
+EPOCH_SKIPPED_STEPS = "epoch_skipped_steps"
+LOSS_SCALE = "loss_scale"  # per sampled step (MLflow step: the training step)
+
+# The train stage, once per run.
+SAMPLES_PER_S = "samples_per_s"
+TRAIN_SECONDS = "train_seconds"
+GRAD_SCALE_FINAL = "grad_scale_final"
+SKIPPED_STEPS = "skipped_steps"
+PEAK_GPU_MEMORY_MB = "peak_gpu_memory_mb"  # the CUDA allocator's peak
+PEAK_RSS_MB = "peak_rss_mb"  # the process's peak resident memory, on the CPU
+PEAK_MEMORY = (PEAK_GPU_MEMORY_MB, PEAK_RSS_MB)
+
+# The numerics (diagnostics.py), per epoch, pooled over its sampled steps.
+SAMPLED_STEPS = "sampled_steps"
+LOST_UPDATES = "lost_updates"
+UNDERFLOW_VALUES = ("weights", "weight_grads", "act_grads")
+UNDERFLOW_BELOW = ("flushed", "subnormal")  # below fp16's smallest subnormal, or its smallest normal
+
+
+def underflow(values: str, below: str, scaled: bool = False) -> str:
+    """The share of `values` (UNDERFLOW_VALUES) below fp16's range (UNDERFLOW_BELOW),
+    with the run's loss scale applied or not."""
+    return f"underflow_{values}{'_scaled' if scaled else ''}_{below}"
+
+
+def range_act_max(layer: str) -> str:
+    return f"range_act_max_layer{layer}"
+
+
+def range_grad_max(layer: str) -> str:
+    return f"range_grad_max_layer{layer}"
+
+
+RANGE_PREFIX = "range_"
+
+# The evaluate stage.
+TEST_ACCURACY = "test_accuracy"
+TEST_LOSS = "test_loss"
+MODEL_BYTES_FP32 = "model_bytes_fp32"
+MODEL_BYTES_FP16 = "model_bytes_fp16"
+FP16_STORED_TEST_ACCURACY = "fp16_stored_test_accuracy"
+
+
+def test_accuracy_of_class(label: int) -> str:
+    return f"test_accuracy_class_{label}"
+
+
+# The fields of the DVC plot files (plots/*.json) beside the metrics above.
+PLOT_EPOCH, PLOT_STEP = "epoch", "step"
+PLOT_LOSS, PLOT_ACCURACY = "loss", "accuracy"  # plots/train_epochs.json: EpochRecord's fields
+PLOT_LOG2_MAGNITUDE, PLOT_SHARE = "log2_magnitude", "share"  # plots/underflow_histogram.json
+PLOT_PREDICTED, PLOT_ACTUAL = "predicted", "actual"  # plots/confusion.json

@@ -1,0 +1,102 @@
+"""One MLflow run per stage, always ended (FINISHED, KILLED or FAILED), with its tags."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+
+from ..internals import system_metrics_monitor
+from ..interrupts import Interrupted, deferred, sigterm_raises
+from .health import TrackingError
+from .liveness import process_tags
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def run_tags() -> dict[str, str]:
+    tags = {"host": socket.gethostname()}
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def run_name(precision: str) -> str:
+    return f"{precision}-{os.environ.get('DVC_EXP_NAME') or 'workspace'}"
+
+
+SYSTEM_METRICS_INTERVAL_S = 1
+
+
+@contextmanager
+def node_system_metrics(run_id: str, node_id: str) -> Iterator[None]:
+    """Sample this machine's CPU, memory and GPUs into `run_id` as
+    `system/<node_id>/...`: each node of a distributed job logs its own."""
+    monitor = system_metrics_monitor(run_id, SYSTEM_METRICS_INTERVAL_S, node_id)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+@contextmanager
+def run_scope(system_metrics: bool = True, **start_run_kwargs) -> Iterator[mlflow.ActiveRun]:
+    """Start (or reopen, with run_id=...) a run and always end it:
+    FINISHED on success, KILLED on SIGINT/SIGTERM, FAILED on any error.
+
+    With `system_metrics`, MLflow samples CPU, memory (and GPU, where there is
+    one) every second, so the UI shows what each precision cost the machine.
+    """
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    with sigterm_raises():
+        try:
+            run = mlflow.start_run(log_system_metrics=system_metrics, **start_run_kwargs)
+            mlflow.set_tags(process_tags())  # this process owns the run now (a resume, or evaluate)
+        except MlflowException as error:
+            raise TrackingError(f"cannot start the MLflow run in {mlflow.get_tracking_uri()}: {error.message}; "
+                                "if the store was reset, rerun training with `dvc repro -f train`") from None
+        status = RunStatus.to_string(RunStatus.FAILED)
+        try:
+            yield run
+            status = RunStatus.to_string(RunStatus.FINISHED)
+        except (KeyboardInterrupt, Interrupted):
+            status = RunStatus.to_string(RunStatus.KILLED)
+            raise
+        except MlflowException as error:  # the store failed under us (a server or its database went away)
+            raise store_failed(error) from None
+        finally:
+            with deferred():  # a SIGTERM now (torchrun stopping a job's ranks) must not leave it RUNNING
+                try:
+                    mlflow.end_run(status=status)
+                except MlflowException as error:
+                    raise store_failed(error) from None
+
+
+def store_failed(error: MlflowException) -> TrackingError:
+    """The store's failure as one line that names it, for a stage to report and exit."""
+    uri = mlflow.get_tracking_uri()
+    kind = "server" if urllib.parse.urlsplit(uri).scheme in ("http", "https") else "store"
+    cause = (error.message.strip().splitlines() or [type(error).__name__])[0][:300]
+    return TrackingError(f"the MLflow tracking {kind} at {uri.split('?')[0]} failed ({cause}); "
+                         "the run is not recorded as finished: check it, then run the stage again")

@@ -1,0 +1,48 @@
+"""Whether the process of a RUNNING run is alive: a hard crash (SIGKILL, the
+OOM killer, a reboot) leaves its run RUNNING, and only its host can tell."""
+
+from __future__ import annotations
+
+import socket
+
+import psutil
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+
+def process_tags() -> dict[str, str]:
+    """Where this process runs: a run it leaves RUNNING (SIGKILL, the OOM
+    killer, a reboot) can then be told stale by a later stage on this host."""
+    me = psutil.Process()
+    return {"host": socket.gethostname(), "pid": str(me.pid), "process_start": f"{me.create_time():.2f}"}
+
+
+def process_state(tags: dict[str, str]) -> str:
+    """`alive` or `dead` for a run's process on this host (the same pid with the
+    same start time, or not); `unknown` on another host, or where not recorded."""
+    if tags.get("host") != socket.gethostname() or "pid" not in tags or "process_start" not in tags:
+        return "unknown"
+    try:
+        started = psutil.Process(int(tags["pid"])).create_time()
+    except psutil.NoSuchProcess:
+        return "dead"
+    return "alive" if abs(started - float(tags["process_start"])) < 0.05 else "dead"  # a reused pid is not it
+
+
+def mark_killed(client: MlflowClient, run_id: str, reason: str) -> None:
+    client.set_tag(run_id, "killed_reason", reason)
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
+def end_stale_runs(experiment_id: str, keep: str | None) -> list[str]:
+    """Mark KILLED the runs of the experiment left RUNNING by a process of this
+    host that no longer exists, except `keep` (the run a checkpoint continues)."""
+    client = MlflowClient()
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if run.info.run_id != keep and process_state(tags) == "dead":
+            mark_killed(client, run.info.run_id, f"its process (pid {tags['pid']} on {tags['host']}) ended without "
+                                                 f"ending the run: a hard crash (SIGKILL, out of memory, reboot)")
+            ended.append(run.info.run_id)
+    return ended
