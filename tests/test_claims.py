@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mnist_precision import claims
-from mnist_precision.report import Group, RunRecord, verdicts
+from mnist_precision.report.comparison import Group, RunRecord, verdicts
 
 CPU = "cpu (AMD EPYC; AVX512, features avx512f,avx512_bf16)"
 GPU = "cuda (NVIDIA H200; compute capability 9.0)"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_precision import params, precisions, report
+from mnist_precision import params, precisions
 from mnist_precision.model import build_mlp
 from mnist_precision.precision import PrecisionPolicy, fp8_kept_layers
 from mnist_precision.precisions import PRECISIONS
+from mnist_precision.report import comparison
 
 
 @pytest.mark.parametrize("name, dtype", [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)])
@@ -100,7 +101,7 @@ def test_unknown_precision_is_refused():
 
 def test_the_precisions_are_listed_once():
     assert params.PRECISIONS is precisions.NAMES == tuple(PRECISIONS)
-    assert report.NAMES is precisions.NAMES and report.BASELINE == precisions.BASELINE
+    assert comparison.NAMES is precisions.NAMES and comparison.BASELINE == precisions.BASELINE
 
 
 def fp16_step(policy: PrecisionPolicy, lr: float) -> tuple[torch.Tensor | None, torch.Tensor]:

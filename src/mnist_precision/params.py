@@ -15,6 +15,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -79,7 +80,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-# The schema: for each key, a checker that returns the cleaned value or raises.
+# The checkers: each returns the cleaned value or raises.
 def _int(minimum: int):
     def check(key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -159,33 +160,70 @@ def _name(key: str, value: Any) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class Key:
+    """One key of params.yaml: its checker, and what docs/parameters.md says of it."""
+
+    check: Callable[[str, Any], Any]
+    accepts: str
+    meaning: str
+
+
 SCHEMA: dict[str, Any] = {
-    "precision": _choice(PRECISIONS),
-    "loss_scale": _loss_scale,
-    "seed": _int(0),
-    "device": _choice(DEVICES),
+    "precision": Key(_choice(PRECISIONS), ", ".join(PRECISIONS),
+                     "what the run computes in ([precisions](precisions.md))"),
+    "loss_scale": Key(_loss_scale, "dynamic, none or a positive number",
+                      "fp16 only: the GradScaler, no scaling (the ablation), or a fixed scale"),
+    "seed": Key(_int(0), "an integer >= 0", "the weights' initialisation and the shuffling"),
+    "device": Key(_choice(DEVICES), ", ".join(DEVICES), "auto: CUDA where a GPU is visible, else the CPU"),
     "train": {
-        "epochs": _int(1),
-        "batch_size": _int(1),
-        "lr": _positive_float,
-        "hidden": _hidden,
-        "compile": _bool,
-        "processes": _processes,
-        "grad_comm": _choice(GRAD_COMM),
-        "checkpoint_every": _int(0),
-        "threads": _threads,
-        "max_steps": _max_steps,
+        "epochs": Key(_int(1), "an integer >= 1", "passes over the 60,000 training images"),
+        "batch_size": Key(_int(1), "an integer >= 1", "the global batch, whatever the number of processes"),
+        "lr": Key(_positive_float, "a finite positive number", "SGD's learning rate"),
+        "hidden": Key(_hidden, "a non-empty list of integers >= 1",
+                      "the hidden layers' widths: [256] is Linear(784, 256), ReLU, Linear(256, 10)"),
+        "compile": Key(_bool, "true or false", "torch.compile the model (on a GPU with CUDA graphs)"),
+        "processes": Key(_processes, "an integer >= 1, or auto",
+                         "data-parallel processes through torchrun and DDP; auto: one per visible GPU"),
+        "grad_comm": Key(_choice(GRAD_COMM), ", ".join(GRAD_COMM),
+                         "the precision gradients travel in between processes: fp32, or the run's own"),
+        "checkpoint_every": Key(_int(0), "an integer >= 0",
+                                "write a checkpoint every this many epochs; 0: only when stopped"),
+        "threads": Key(_threads, "an integer >= 1, or auto",
+                       "intra-op threads; auto: the cores shared among this repository's running experiments"),
+        "max_steps": Key(_max_steps, "an integer >= 1, or null",
+                         "at most this many steps in each epoch, for smoke runs; null: whole epochs"),
     },
     "evaluate": {
-        "batch_size": _int(1),
+        "batch_size": Key(_int(1), "an integer >= 1", "the test set's batch (no effect on the result)"),
     },
     "diagnostics": {
-        "every_steps": _int(0),
+        "every_steps": Key(_int(0), "an integer >= 0",
+                           "measure the numerics every this many steps, on rank 0; 0: never"),
     },
     "mlflow": {
-        "experiment": _name,
+        "experiment": Key(_name, "a non-empty string", "the MLflow experiment the runs go to"),
     },
 }
+
+
+def reference(defaults: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(key, accepted values, the value in `defaults`, meaning) for every key of
+    the schema: the rows of docs/parameters.md."""
+    flat = flatten(defaults)
+    rows = []
+
+    def walk(schema: dict[str, Any], prefix: str) -> None:
+        for name, entry in schema.items():
+            if isinstance(entry, dict):
+                walk(entry, f"{prefix}{name}.")
+            else:
+                key = f"{prefix}{name}"
+                rows.append((key, entry.accepts, yaml.safe_dump(flat.get(key), default_flow_style=True)
+                             .removesuffix("\n...\n").strip(), entry.meaning))
+
+    walk(SCHEMA, "")
+    return rows
 
 
 def _validate(tree: Any, schema: dict[str, Any], errors: list[str], prefix: str = "") -> dict[str, Any]:
@@ -201,15 +239,15 @@ def _validate(tree: Any, schema: dict[str, Any], errors: list[str], prefix: str 
             known = ", ".join(f"{prefix}{k}" for k in schema)
             errors.append(f"unknown key '{prefix}{key}' in params.yaml{hint} (known keys: {known})")
     clean: dict[str, Any] = {}
-    for key, check in schema.items():
+    for key, entry in schema.items():
         name = f"{prefix}{key}"
         if key not in tree:
             errors.append(f"params.yaml is missing the key '{name}'")
-        elif isinstance(check, dict):
-            clean[key] = _validate(tree[key], check, errors, prefix=f"{name}.")
+        elif isinstance(entry, dict):
+            clean[key] = _validate(tree[key], entry, errors, prefix=f"{name}.")
         else:
             try:
-                clean[key] = check(name, tree[key])
+                clean[key] = entry.check(name, tree[key])
             except ParamsError as error:
                 errors.append(str(error))
     return clean
