@@ -71,8 +71,11 @@ def run_scope(system_metrics: bool = True, **start_run_kwargs) -> Iterator[mlflo
         mlflow.set_system_metrics_samples_before_logging(1)
     with sigterm_raises():
         try:
-            run = mlflow.start_run(log_system_metrics=system_metrics, **start_run_kwargs)
-            mlflow.set_tags(process_tags())  # this process owns the run now (a resume, or evaluate)
+            # The run is created with the tags of the process that owns it (or,
+            # resumed, gets them at once): a SIGKILL right after its creation
+            # must leave a run that the next stage can tell stale.
+            tags = start_run_kwargs.pop("tags", {}) | process_tags()
+            run = mlflow.start_run(log_system_metrics=system_metrics, tags=tags, **start_run_kwargs)
         except MlflowException as error:
             raise TrackingError(f"cannot start the MLflow run in {mlflow.get_tracking_uri()}: {error.message}; "
                                 "if the store was reset, rerun training with `dvc repro -f train`") from None
