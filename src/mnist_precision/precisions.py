@@ -83,7 +83,6 @@ LOSS_SCALES = ("dynamic", "none")  # or a fixed positive number
 FP8_DIVISOR = 16
 
 
-
 def parse_loss_scale(value: str | float) -> str | float:
     """`dynamic`, `none` or a fixed positive number; ValueError otherwise."""
     if value in LOSS_SCALES:

@@ -181,6 +181,22 @@ def epoch_length(samples: int, batch_size: int, max_steps: int | None) -> tuple[
     return max_steps, max_steps * batch_size
 
 
+def epoch_sums(progress: Progress, world: World, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The epoch's loss sum, correct count and skipped count, as device tensors.
+
+    The sums stay on the device during the epoch: adding to them does not wait
+    for it. A resumed epoch starts from the sums it stopped at, in the same
+    dtype, so that it adds up bit for bit as an uninterrupted one. In a
+    distributed job each rank sums its shares, and rank 0 carries what was
+    summed before a stop (the checkpoint holds the sums of all ranks).
+    (torch.full fills on the device; torch.tensor would copy from the host and wait.)
+    """
+    carried = world.is_main
+    return (torch.full((), progress.loss_sum if carried else 0.0, dtype=torch.float32, device=device),
+            torch.full((), progress.correct if carried else 0, dtype=torch.int64, device=device),
+            torch.full((), progress.skipped, dtype=torch.int64, device=device))  # the same on every rank
+
+
 def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, epochs: int,
               stop: StopRequest | None = None, diagnostics: Diagnostics | None = None,
               max_steps: int | None = None) -> EpochRecord:
@@ -194,16 +210,7 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
     elif diagnostics is not None and progress.diagnostics is not None:
         diagnostics.load_state_dict(progress.diagnostics)
     started = time.perf_counter()
-    # The sums stay on the device during the epoch: adding to them does not wait
-    # for it. A resumed epoch starts from the sums it stopped at, in the same
-    # dtype, so that it adds up bit for bit as an uninterrupted one. In a
-    # distributed job each rank sums its shares, and rank 0 carries what was
-    # summed before a stop (the checkpoint holds the sums of all ranks).
-    # (torch.full fills on the device; torch.tensor would copy from the host and wait.)
-    carried = world.is_main
-    loss_sum = torch.full((), progress.loss_sum if carried else 0.0, dtype=torch.float32, device=device)
-    correct = torch.full((), progress.correct if carried else 0, dtype=torch.int64, device=device)
-    skipped = torch.full((), progress.skipped, dtype=torch.int64, device=device)  # the same on every rank
+    loss_sum, correct, skipped = epoch_sums(progress, world, device)
 
     def progress_now() -> Progress:
         world.sum_(loss_sum)
