@@ -4,7 +4,9 @@ the same answer as one process, one MLflow run per job, and its faults.
 Batch 256 (235 steps an epoch, the last one short): the one-process and the
 two-process runs sum each step's gradient in another order, and those
 rounding differences grow with the steps (after 938 steps of batch 64 they
-reach about 1.1e-6; after 235 steps of batch 256, about 3e-7).
+reach about 1.1e-6; after 235 steps of batch 256, about 3e-7; after 470 steps
+of batch 256, half of them in another world size, 1.6e-6 on an Intel Xeon's
+AVX-512 kernels, where the AMD EPYC's had stayed under 1e-6).
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from mnist_precision.precision import PrecisionPolicy
 pytestmark = pytest.mark.slow
 
 BATCH = 256
-FP32_TOLERANCE = 1e-6  # absolute, on every weight
+FP32_TOLERANCE = 1e-6  # absolute, on every weight, after one epoch
+# Two epochs, the second resumed in another world size: twice the steps for the
+# orders of summation to part (a skipped or repeated step moves weights ~1e-3).
+TWO_EPOCH_FP32_TOLERANCE = 4e-6
 # Autocast rounds every product to 11 (fp16) or 8 (bf16) significant bits, so
 # the two orders of summation part further, and the difference grows alike.
 HALF_WEIGHT_TOLERANCE = {"fp16": 1e-3, "bf16": 1e-2}
@@ -172,7 +177,7 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_rerun_resumes(tmp_path, mn
     a = torch.load(whole.root / "models" / "model.pt", weights_only=True)
     for resumed in (stage.root, alone):
         b = torch.load(resumed / "models" / "model.pt", weights_only=True)
-        assert max((a[k] - b[k]).abs().max().item() for k in a) <= FP32_TOLERANCE, resumed
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= TWO_EPOCH_FP32_TOLERANCE, resumed
 
 
 def test_a_rank_killed_fails_the_job_naming_the_rank(tmp_path, mnist_data):

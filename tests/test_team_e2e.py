@@ -79,7 +79,7 @@ def runs_on(server: Server) -> list:
 
 @pytest.mark.needs_postgres
 def test_a_sweep_split_across_two_machines_meets_in_one_server(tmp_path, mnist_mirror):
-    """8 experiments (fp32, bf16 x 4 seeds), 2 clones x 2 queue workers at once,
+    """4 experiments (fp32, bf16 x 2 seeds), 2 clones x 2 queue workers at once,
     against one server that restarts in the middle: every run FINISHED with
     every epoch, and a third clone pulls every experiment."""
     folder = Path(tempfile.mkdtemp(prefix="mnist-precision-team-"))
@@ -90,7 +90,7 @@ def test_a_sweep_split_across_two_machines_meets_in_one_server(tmp_path, mnist_m
         seed, origin = published(tmp_path, mnist_mirror, epochs=2)
         client_env = {"MLFLOW_TRACKING_URI": server.uri, **ADMIN, "OMP_NUM_THREADS": "1"}
         machines = [clone(origin, tmp_path / name, seed.env | client_env) for name in ("machine-a", "machine-b")]
-        for machine, seeds in zip(machines, ("0,1", "2,3")):
+        for machine, seeds in zip(machines, ("0", "1")):
             machine.run("dvc", "exp", "run", "--queue", "-S", "precision=fp32,bf16", "-S", f"seed={seeds}")
         for machine in machines:
             machine.run("dvc", "queue", "start", "--jobs", "2")
@@ -104,25 +104,25 @@ def test_a_sweep_split_across_two_machines_meets_in_one_server(tmp_path, mnist_m
 
         for machine in machines:
             status = wait_for_queue(machine, timeout=900)
-            assert status.count("Success") == 4, status
+            assert status.count("Success") == 2, status
             machine.run("dvc", "exp", "push", "origin", "-A")
         runs = runs_on(server)
-        assert len(runs) == 8
+        assert len(runs) == 4
         for run, steps in runs:
             assert run.info.status == "FINISHED", run.info
             assert sorted(steps) == [1, 2], (run.info.run_name, steps)
             assert run.data.tags["host"] and run.data.metrics["test_accuracy"] > 0.85
         assert sorted((r.data.params["precision"], r.data.params["seed"]) for r, _ in runs) == sorted(
-            (p, str(s)) for p in ("fp32", "bf16") for s in range(4))
+            (p, str(s)) for p in ("fp32", "bf16") for s in range(2))
 
         third = clone(origin, tmp_path / "machine-c", seed.env | client_env)
         third.run("dvc", "exp", "pull", "origin", "-A")
         shown = json.loads(third.run("dvc", "exp", "show", "--json", "-A").stdout)
         experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
-        assert len(experiments) == 8, shown
+        assert len(experiments) == 4, shown
         report = third.run("mnist-precision", "report").stdout
         assert "Group 1:" in report
-        assert "from 8 finished runs" in (third.root / "reports" / "precision.md").read_text()
+        assert "from 4 finished runs" in (third.root / "reports" / "precision.md").read_text()
     finally:
         try:
             for machine in locals().get("machines", []):
