@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import platform
-
 import torch
 
+from .environment import cpu_features, cpu_name
 from .errors import UserError
 from .precision import torchao_float8
 from .metrics import PEAK_GPU_MEMORY_MB, PEAK_RSS_MB
 from .precisions import PRECISIONS
-
-
-# The CPU features that decide how fast each precision runs (/proc/cpuinfo's names).
-CPU_FEATURES = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
 
 
 class DeviceError(UserError, RuntimeError):
@@ -56,13 +51,7 @@ def resolve_device(requested: str, precision: str) -> torch.device:
 
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name as /proc/cpuinfo gives it."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def peak_memory_metrics(device: torch.device) -> dict[str, float]:
@@ -73,16 +62,6 @@ def peak_memory_metrics(device: torch.device) -> dict[str, float]:
     import resource
 
     return {PEAK_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def cpu_features() -> tuple[str, ...]:
-    """Which of CPU_FEATURES this CPU has (none where /proc/cpuinfo is not there)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = set(next(line for line in info if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return ()
-    return tuple(feature for feature in CPU_FEATURES if feature in flags)
 
 
 def capability_params(device: torch.device) -> dict[str, str]:

@@ -6,6 +6,8 @@ from .errors import UserError
 
 PARAMS = Path("params.yaml")
 DATA_DIR = Path("data/mnist")
+# Where the stages run (the environment stage writes it; train and evaluate depend on it).
+ENVIRONMENT = Path("environment.json")
 MODEL = Path("models/model.pt")
 MLFLOW_RUN = Path("models/mlflow_run.json")
 # Not a DVC output (DVC deletes those before it reruns a stage): it must outlive a stopped run.

@@ -1,0 +1,7 @@
+"""DVC stage `environment` (see dvc.yaml); the work is in mnist_precision.environment_stage."""
+
+from mnist_precision.entry import run_stage
+from mnist_precision.environment_stage import main
+
+if __name__ == "__main__":
+    run_stage("environment", main)
