@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mnist_precision import claims
-from mnist_precision.report.comparison import Group, RunRecord, verdicts
+from mnist_precision.report.comparison import Group, RunRecord, device_label, group_runs, verdicts
 
 CPU = "cpu (AMD EPYC; AVX512, features avx512f,avx512_bf16)"
 GPU = "cuda (NVIDIA H200; compute capability 9.0)"
@@ -29,7 +29,7 @@ def test_each_claim_is_answered_from_the_numbers_of_the_device():
     text = claims.section([cpu], verdicts)
     assert f"- Yes, on {CPU}: the weights stored in fp16 take 0.50x the bytes of fp32" in text
     assert "differs by -0.0001 on average" in text
-    assert "- On a GPU: not measured, no GPU runs in this store" in text
+    assert "- On a GPU: not measured, no GPU runs or crossover map in this store" in text
     assert "fp16 0.11x (slower)" in text and "bf16-true 1.48x (faster)" in text
     assert "1 of 2 variants with enough seeds kept fp32's test accuracy" in text
     assert "bf16-true -0.0600 [" in text and "], lower" in text
@@ -48,3 +48,19 @@ def test_the_answers_turn_with_the_numbers():
     same = group(GPU, {"fp32": [(0.91, 100.0, None)], "fp16": [(0.91, 102.0, None)]})
     assert "fp16 1.02x (about the same)" in claims.section([same], verdicts)
     assert "Not measured: no fp16-true or bf16-true runs" in claims.section([same], verdicts)
+
+
+def test_runs_of_another_torch_or_cuda_are_another_group_named_by_it():
+    cpu = {"device_resolved": "cpu", "device_name": "AMD EPYC", "cpu_capability": "AVX2", "cpu_features": "none",
+           "threads": "2", "torch_version": "2.14.1", "cuda_version": "13.0"}
+    gpu = {"device_resolved": "cuda", "device_name": "NVIDIA H200", "cuda_compute_capability": "9.0",
+           "torch_version": "2.14.1", "cuda_version": "13.0"}
+    assert device_label(cpu) == "cpu (AMD EPYC; AVX2, features none, 2 threads; torch 2.14.1)"
+    assert device_label(gpu) == "cuda (NVIDIA H200; compute capability 9.0; torch 2.14.1, CUDA 13.0)"
+    assert device_label(cpu | {"cuda_version": "12.8"}) == device_label(cpu)  # the CPU runs no CUDA kernel
+    labels = {device_label(cpu), device_label(cpu | {"torch_version": "2.13.0"}),
+              device_label(gpu), device_label(gpu | {"cuda_version": "12.8"})}
+    records = [RunRecord(run_id=label, precision="fp32", seed=0, device=label, config=(), test_accuracy=0.9,
+                         samples_per_s=1.0, peak_memory_mb=None, peak_memory_kind=None, model_bytes_fp32=None,
+                         model_bytes_fp16=None) for label in labels]
+    assert sorted(group.device for group in group_runs(records)) == sorted(labels)

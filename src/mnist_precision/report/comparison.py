@@ -132,14 +132,18 @@ def variant(params: dict[str, str]) -> str:
 
 
 def device_label(params: dict[str, str]) -> str:
-    """The device, what it offers for each precision, and the threads the run
-    used: runs on CPUs of other features, or with other thread counts, are
-    other groups, since these decide the speed."""
+    """The device, what it offers for each precision, the threads the run used,
+    and the software whose kernels it ran (torch, and CUDA on a GPU): runs that
+    differ in any of these are other groups, since these decide the speed."""
     offers = (f"compute capability {params['cuda_compute_capability']}" if "cuda_compute_capability" in params
               else f"{params['cpu_capability']}, features {params.get('cpu_features', 'none')}"
               if "cpu_capability" in params else "features not recorded")
     threads = f", {params['threads']} threads" if "threads" in params else ""
-    return f"{params.get('device_resolved', '?')} ({params.get('device_name', 'unknown device')}; {offers}{threads})"
+    software = f"torch {params.get('torch_version', 'not recorded')}"
+    if params.get("device_resolved", "").startswith("cuda"):
+        software += f", CUDA {params.get('cuda_version', 'not recorded')}"
+    return (f"{params.get('device_resolved', '?')} ({params.get('device_name', 'unknown device')}; "
+            f"{offers}{threads}; {software})")
 
 
 def group_runs(records: list[RunRecord]) -> list[Group]:
@@ -172,3 +176,23 @@ def download_json(run_id: str, artifact: str):
     except MlflowException:  # a run from before the diagnostics
         return None
     return json.loads(Path(local).read_text())
+
+
+def crossover_maps(client: MlflowClient, experiment: str) -> list[tuple[str, dict]]:
+    """The newest crossover map of each device and software, with its run id,
+    from `<experiment>-benchmarks` (`mnist-precision crossover`)."""
+    found = client.get_experiment_by_name(f"{experiment}-benchmarks")
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"],
+                              filter_string="attributes.status = 'FINISHED' and tags.benchmark = 'crossover'")
+    maps, seen = [], set()
+    for run in runs:
+        key = (run.data.params.get("device"), run.data.params.get("software"))
+        artifact = next((a.path for a in client.list_artifacts(run.info.run_id, "crossover")
+                         if a.path.endswith(".json")), None)
+        crossover = download_json(run.info.run_id, artifact) if artifact and key not in seen else None
+        if crossover:
+            maps.append((run.info.run_id, crossover))
+            seen.add(key)
+    return maps
