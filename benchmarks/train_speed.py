@@ -57,6 +57,7 @@ from mnist_precision.model import build_mlp
 from mnist_precision.params import load
 from mnist_precision.precision import PrecisionError, PrecisionPolicy
 from mnist_precision.precisions import BASELINE, NAMES as PRECISIONS, PRECISIONS as TABLE
+from mnist_precision.timing import Clock, training_flops_per_sample
 from mnist_precision.training import TrainStep, make_optimizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -107,35 +108,6 @@ GPU_FULL = Sizes(
     wide=Config("wide", (4096, 4096), 4096, warmup=20, steps=200),
     seed_loader_steps=300, ceiling_n=8192, repeats=5, train_samples=None, row_budget_s=20,
 )
-
-
-def training_flops_per_sample(hidden: tuple[int, ...]) -> int:
-    """Matmul FLOPs of one training sample: forward (2 per weight), weight
-    gradients (2 per weight), and input gradients for every layer but the
-    first, whose input (the image) needs none."""
-    widths = [28 * 28, *hidden, 10]
-    weights = [a * b for a, b in zip(widths, widths[1:])]
-    return 2 * sum(weights) + 2 * sum(weights) + 2 * sum(weights[1:])
-
-
-class Clock:
-    """Wall time on the CPU; CUDA events on a GPU, so that queued kernels count."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def time(self, work) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            work()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1000
-        started = time.perf_counter()
-        work()
-        return time.perf_counter() - started
 
 
 class PeakMemory:

@@ -12,12 +12,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 
-from .stats import Interval
+from .crossover.verdict import sentences
+from .stats import FASTER, SLOWER, Interval
 
 HALF_STORAGE = 0.55  # stored bytes at most this share of fp32's: storage is halved
-# A throughput ratio measured without an interval (one seed) is called faster or
-# slower only beyond these (the machines are noisy).
-FASTER, SLOWER = 1.05, 0.95
 TRUE_HALF = ("fp16-true", "bf16-true")
 
 
@@ -52,16 +50,22 @@ def storage(groups, mean: Callable) -> str:
     return "\n".join(lines) or "- Not measured: no run in this store recorded its model's size."
 
 
-def speed(groups, verdicts: Callable) -> str:
+def speed(groups, verdicts: Callable, maps: list[tuple[str, dict]] = ()) -> str:
+    """The training runs' throughput against fp32, then where each variant pays
+    by size on each device that has a crossover map (`maps`: run id, map)."""
     lines = []
     for group in groups:
         rows = verdicts(group)
         if rows:
             found = ", ".join(f"{v.precision} {v.throughput.estimate:.2f}x ({speed_word(v.throughput)})" for v in rows)
             lines.append(f"- On {group.device}: throughput against fp32: {found}.")
-    if not any(group.device.startswith("cuda") for group in groups):
-        lines.insert(0, "- On a GPU: not measured, no GPU runs in this store (benchmarks/gpu_check.sh measures "
-                        "them where one is lent). What the CPUs measured:")
+    for run_id, found in maps:
+        lines.append(f"- Crossover map on {found['device']} ({found['software']}; benchmark run {run_id}): "
+                     f"{'; '.join(sentences(found))}.")
+    on_gpu = any(g.device.startswith("cuda") for g in groups) or any(m["device"].startswith("cuda") for _, m in maps)
+    if not on_gpu:
+        lines.insert(0, "- On a GPU: not measured, no GPU runs or crossover map in this store "
+                        "(benchmarks/gpu_check.sh measures them where one is lent). What the CPUs measured:")
     return "\n".join(lines) or "- Not measured: no group has fp32 runs to compare with."
 
 
@@ -103,7 +107,7 @@ def pure_half(groups, verdicts: Callable, mean: Callable) -> str:
                                 "(dvc exp run -S precision=bf16-true).")
 
 
-def section(groups, verdicts: Callable) -> str:
+def section(groups, verdicts: Callable, maps: list[tuple[str, dict]] = ()) -> str:
     def mean(values):
         values = [v for v in values if v is not None]
         return statistics.fmean(values) if values else None
@@ -112,7 +116,7 @@ def section(groups, verdicts: Callable) -> str:
         "## The claims, measured", "",
         "Each claim of the mixed-precision tutorial, answered from the runs in this store, on the device named.", "",
         "**Half precision halves storage.**", storage(groups, mean), "",
-        "**It is faster on GPUs.**", speed(groups, verdicts), "",
+        "**It is faster on GPUs.**", speed(groups, verdicts, maps), "",
         "**It keeps accuracy \"in many cases\".**", accuracy(groups, verdicts), "",
         "**Half precision in general, not only mixed.**", pure_half(groups, verdicts, mean), "",
     ])

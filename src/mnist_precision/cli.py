@@ -10,6 +10,7 @@ COMMANDS = {
     "report": "compare the precisions across seeds, from the MLflow runs (--help for options)",
     "server": "start a team's MLflow tracking server on PostgreSQL, with authentication (--help for options)",
     "runs": "list the runs a hard crash left RUNNING (--stale), or end them (--mark-killed RUN_ID ...)",
+    "crossover": "time each precision against fp32 over widths and batch sizes: where it pays (--help for options)",
 }
 
 
@@ -23,6 +24,8 @@ def main() -> None:
         from . import report as command
     elif args.command == "runs":
         from . import runs as command
+    elif args.command == "crossover":
+        from .crossover import command
     else:
         from . import server as command
     run_stage(args.command, lambda: command.main(rest))

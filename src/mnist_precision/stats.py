@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 from scipy import stats
 
+# A throughput ratio measured without an interval (one seed, one timing) is
+# called faster or slower only beyond these (the machines are noisy).
+FASTER, SLOWER = 1.05, 0.95
+
 
 @dataclass(frozen=True)
 class Interval:

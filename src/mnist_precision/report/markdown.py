@@ -15,7 +15,7 @@ from ..precisions import BASELINE
 from ..stats import Interval
 from ..tracking.store import configure
 from . import figures as draw
-from .comparison import Group, ReportError, collect, group_runs, verdicts
+from .comparison import Group, ReportError, collect, crossover_maps, group_runs, verdicts
 
 
 def _interval(interval: Interval, fmt: str) -> str:
@@ -100,7 +100,8 @@ def write_report(experiment: str, out: Path) -> tuple[str, list[Path], list[Grou
     if found is None:
         raise ReportError(f"no MLflow experiment named {experiment!r} in {store.uri}: run the pipeline first "
                           "(dvc repro, or dvc exp run --queue ... && dvc queue start)")
-    groups = group_runs(collect(MlflowClient(), found.experiment_id))
+    client = MlflowClient()
+    groups = group_runs(collect(client, found.experiment_id))
     if not groups:
         raise ReportError(f"experiment {experiment!r} has no finished runs with test metrics: run the pipeline first")
     sections, figures = [], []
@@ -114,6 +115,7 @@ def write_report(experiment: str, out: Path) -> tuple[str, list[Path], list[Grou
             "averaged together: each group below is one device and one configuration.", "",
             "A difference is within noise when its 95% confidence interval across seeds contains zero. "
             "Too few seeds (fewer than 2 per precision) give an estimate without an interval.", ""]
-    markdown = "\n".join(head + [claims.section(groups, verdicts)] + sections)
+    maps = crossover_maps(client, experiment)
+    markdown = "\n".join(head + [claims.section(groups, verdicts, maps)] + sections)
     atomic_write_bytes(out, markdown.encode())
     return markdown, figures, groups
