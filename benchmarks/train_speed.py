@@ -33,6 +33,7 @@ ratios documented in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -359,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also time the reference network with train.compile (CUDA graphs on a GPU)")
     parser.add_argument("--skip-stage", action="store_true",
                         help="do not time the train stage (where MLflow is not installed)")
+    parser.add_argument("--row-budget", type=float,
+                        help="timed seconds per row, all repeats together (default 20; 3 with --quick)")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help=f"run with glibc keeping freed memory ({' '.join(f'{k}={v}' for k, v in KEEP_FREED_MEMORY.items())})")
     args = parser.parse_args(argv)
@@ -368,6 +371,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = resolve_device(args.device, BASELINE)
     sizes = QUICK if args.quick else GPU_FULL if device.type == "cuda" else FULL
+    if args.row_budget is not None:
+        sizes = dataclasses.replace(sizes, row_budget_s=args.row_budget)
     clock = Clock(device)
     download_mnist(args.data)
     data = load_split(args.data, "train", device)

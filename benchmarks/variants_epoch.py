@@ -1,6 +1,6 @@
 """One epoch of the reference recipe in every precision the device runs, side by side in one process.
 
-    python benchmarks/variants_epoch.py [--device cpu|cuda] [--epochs 1] [--every 50]
+    python benchmarks/variants_epoch.py [--device cpu|cuda] [--epochs 1] [--every 50] [--max-steps N]
 
 The train stage's own loop (`training.train`, with the numerics measured every
 `--every` steps) and the evaluate stage's own evaluation, for each precision in
@@ -34,12 +34,13 @@ COLUMNS = ("underflow_act_grads_flushed", "underflow_act_grads_scaled_flushed", 
            "lost_updates")
 
 
-def one_variant(name: str, device: torch.device, train_split, test_split, epochs: int, every: int) -> dict:
+def one_variant(name: str, device: torch.device, train_split, test_split, epochs: int, every: int,
+                max_steps: int | None = None) -> dict:
     torch.manual_seed(0)
     policy = PrecisionPolicy(name, device.type)
     model = build_mlp([256]).to(device)
     with policy.numerics():
-        result = train(model, train_split, policy, TrainParams(epochs, 64, 0.01, (256,), False), 0,
+        result = train(model, train_split, policy, TrainParams(epochs, 64, 0.01, (256,), False, max_steps=max_steps), 0,
                        diagnose_every=every)
         tested = evaluate(model, test_split, policy, 1000)
     figures = result.epochs[-1].diagnostics.figures
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--data", type=Path, default=REPO_ROOT / paths.DATA_DIR)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--every", type=int, default=50, help="diagnostics.every_steps")
+    parser.add_argument("--max-steps", type=int, help="at most this many steps an epoch (train.max_steps; a dry run)")
     args = parser.parse_args(argv)
     download_mnist(args.data)
     device = resolve_device(args.device, "fp32")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except (DeviceError, PrecisionError) as error:
             skipped[name] = str(error).split(";")[0]
             continue
-        rows.append(one_variant(name, device, train_split, test_split, args.epochs, args.every))
+        rows.append(one_variant(name, device, train_split, test_split, args.epochs, args.every, args.max_steps))
         print(f"  {name}: done", file=sys.stderr)
     fp32 = next(row for row in rows if row["precision"] == "fp32")
     print("| precision | test accuracy | samples/s | vs fp32 | act. grads < 2^-24 | the same × loss scale "

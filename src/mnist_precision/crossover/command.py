@@ -26,7 +26,7 @@ from ..params import load
 from ..precision import PrecisionError
 from ..precisions import BASELINE, NAMES
 from .measure import REPEATS, Cell, time_grid
-from .output import write
+from .output import read, write
 
 BENCHMARK_TAG = "mnist_precision.run_type"  # the report's SUMMARY_TAG: "benchmark" here
 
@@ -98,7 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="crossover", help="the files' name (default crossover)")
     parser.add_argument("--experiment", help="MLflow experiment stem (default: mlflow.experiment of params.yaml)")
     parser.add_argument("--no-log", action="store_true", help="write the files only; log nothing to MLflow")
+    parser.add_argument("--from-json", type=Path, metavar="FILE",
+                        help="time nothing: write the Markdown and heatmaps of a map measured elsewhere (its JSON)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        result = read(args.from_json)
+        finish(args, result)
+        return
     if args.budget <= 0:
         raise UserError(f"--budget {args.budget:g}: give a number of seconds above 0")
     if args.threads is not None:
@@ -124,6 +130,11 @@ def main(argv: list[str] | None = None) -> None:
               "elapsed_s": time.monotonic() - started, "repeats": REPEATS, "widths": args.widths, "batches": args.batches,
               "modes": modes, "skipped": skipped, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "cells": [cell.as_dict() for cell in cells]}
+    finish(args, result)
+
+
+def finish(args: argparse.Namespace, result: dict) -> None:
+    """Write the map's files and, unless --no-log, log them as a benchmark run."""
     files = write(result, args.out, args.name)
     print(f"Wrote {', '.join(str(path) for path in files)}")
     if not args.no_log:
