@@ -6,7 +6,9 @@
 - README.md's findings table, from the JSON the benchmarks wrote: every
   ```json block of benchmarks/results/*.md is one run of
   `benchmarks/train_speed.py` on one machine, newest first in each file, and
-  the table has the newest run of each machine as a column;
+  the table has the newest run of each machine as a column; below it, where
+  each precision pays, read from each crossover map (crossover_*.json) with
+  the thresholds of `mnist_precision.crossover.verdict`;
 - docs/parameters.md, from the params schema that validates params.yaml
   (`mnist_precision.params.SCHEMA`), with params.yaml's values as defaults.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from mnist_precision.atomic import atomic_write_bytes
+from mnist_precision.crossover.verdict import sentences
 from mnist_precision.params import reference
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -84,12 +87,26 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def crossover_lines() -> list[str]:
+    """One line per crossover map in benchmarks/results: its device and where each variant pays."""
+    lines = []
+    for path in sorted(RESULTS.glob("crossover_*.json")):
+        found = json.loads(path.read_text())
+        lines.append(f"- [{found['device']}](benchmarks/results/{path.with_suffix('.md').name}), "
+                     f"{found['software']}: {'; '.join(sentences(found))}.")
+    if lines:
+        lines.insert(0, "\nWhere each precision starts to pay, by hidden width and batch size "
+                        "(`mnist-precision crossover`, one training step against fp32's, 95% intervals):\n")
+    return lines
+
+
 def with_table(readme: str) -> str:
     if BEGIN not in readme or END not in readme:
         raise SystemExit(f"{README}: the markers {BEGIN!r} and {END!r} are missing: put them where the table goes")
     before, rest = readme.split(BEGIN, 1)
     _, after = rest.split(END, 1)
-    return f"{before}{BEGIN}\n{table()}\n{END}{after}"
+    generated = "\n".join([table(), *crossover_lines()])
+    return f"{before}{BEGIN}\n{generated}\n{END}{after}"
 
 
 def parameters_page() -> str:
