@@ -329,6 +329,17 @@ def time_imports() -> float:
     return time.perf_counter() - started
 
 
+def stage_figures(data_dir: Path, device_param: str) -> dict[str, float]:
+    """The train stage's wall time beside its training loop, against `import torch, mlflow`."""
+    import_s = time_imports()
+    (wall, loop), (again_wall, again_loop) = time_stage(data_dir, device_param)
+    return {"stage_overhead_ratio": (wall - loop) / import_s,
+            "stage_overhead_ratio_existing_store": (again_wall - again_loop) / import_s,
+            "stage_wall_s": wall, "stage_training_loop_s": loop,
+            "stage_existing_store_wall_s": again_wall, "stage_existing_store_training_loop_s": again_loop,
+            "import_torch_mlflow_s": import_s}
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device_name(device)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
@@ -402,9 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
     diagnostics_cost = {p: time_diagnostics(sizes.reference, p, data, clock, sizes, every) for p in (BASELINE, "bf16")}
     if device.type == "cpu":
         data_parallel = time_data_parallel(args.data, sizes.reference.steps // 2)
-    if not args.skip_stage:
-        import_s = time_imports()
-        (stage_wall, stage_loop), (again_wall, again_loop) = time_stage(args.data, device.type)
+    stage = {} if args.skip_stage else stage_figures(args.data, device.type)
 
     speed = {(r["config"], r["precision"]): r["samples_per_s"] for r in rows}
     flops = {(r["config"], r["precision"]): r["model_tflops"] * 1e12 for r in rows}
@@ -422,14 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
         **{f"diagnostics_every_{every}_{p}_epoch_overhead": cost for p, cost in diagnostics_cost.items()},
         "skipped_precisions": ", ".join(skipped) or "none",
     }
-    if not args.skip_stage:
-        figures |= {
-            "stage_overhead_ratio": (stage_wall - stage_loop) / import_s,
-            "stage_overhead_ratio_existing_store": (again_wall - again_loop) / import_s,
-            "stage_wall_s": stage_wall,
-            "stage_training_loop_s": stage_loop,
-            "import_torch_mlflow_s": import_s,
-        }
+    figures |= stage
     if device.type == "cpu":
         figures |= {"data_parallel_1_process_samples_per_s": data_parallel[1],
                     "data_parallel_2_processes_samples_per_s": data_parallel[2],
@@ -452,11 +454,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"data-parallel, reference fp32 step: {data_parallel[1]:,.0f} samples/s in 1 process "
               f"({torch.get_num_threads()} threads), {data_parallel[2]:,.0f} in 2 processes under torchrun "
               f"(1 thread each, DDP over gloo): {data_parallel[2] / data_parallel[1]:.2f}x")
-    if not args.skip_stage:
-        print(f"train stage, 1 epoch: {stage_wall:.2f} s wall with a fresh MLflow store, {again_wall:.2f} s with an "
-              f"existing one, of which {stage_loop:.2f} s and {again_loop:.2f} s in the training loop; "
-              f"`import torch, mlflow`: {import_s:.2f} s; overhead ratios {figures['stage_overhead_ratio']:.2f} "
-              f"(fresh store) and {figures['stage_overhead_ratio_existing_store']:.2f} (existing store)")
+    if stage:
+        print(f"train stage, 1 epoch: {stage['stage_wall_s']:.2f} s wall with a fresh MLflow store, "
+              f"{stage['stage_existing_store_wall_s']:.2f} s with an existing one, of which "
+              f"{stage['stage_training_loop_s']:.2f} s and {stage['stage_existing_store_training_loop_s']:.2f} s in "
+              f"the training loop; `import torch, mlflow`: {stage['import_torch_mlflow_s']:.2f} s; overhead ratios "
+              f"{stage['stage_overhead_ratio']:.2f} (fresh store) and {stage['stage_overhead_ratio_existing_store']:.2f} "
+              "(existing store)")
     print(json.dumps(figures))
     return figures
 

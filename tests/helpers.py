@@ -52,11 +52,12 @@ class Project:
     root: Path
     env: dict[str, str]
 
-    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """`args` in the project's root, with `env` added to the project's environment; it must exit 0."""
         # Output goes to files, not pipes: `dvc queue start` leaves workers
         # behind that inherit its output, and a pipe would stay open with them.
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            code = subprocess.run(args, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL,
+            code = subprocess.run(args, cwd=self.root, env=self.env | (env or {}), stdin=subprocess.DEVNULL,
                                   stdout=out, stderr=err, timeout=timeout).returncode
             out.seek(0), err.seek(0)
             result = subprocess.CompletedProcess(args, code, out.read(), err.read())
@@ -133,15 +134,30 @@ def running_queue(project: Project, jobs: int = 1) -> Iterator[None]:
         stop_queue(project)
 
 
+def queue_files(project: Project) -> list[tuple[str, int]]:
+    """The files of DVC's celery queue (its broker's messages, its tasks' results), with their mtimes."""
+    celery = project.root / ".dvc" / "tmp" / "exps" / "celery"
+    return sorted((str(path), path.stat().st_mtime_ns) for path in celery.rglob("*") if path.is_file()) \
+        if celery.is_dir() else []
+
+
 def wait_for_queue(project: Project, timeout: float = 600) -> str:
     """The queue's status once nothing is queued or running, with the logs of
-    the experiments that failed appended (what a failed assertion should show)."""
+    the experiments that failed appended (what a failed assertion should show).
+
+    `dvc queue status` costs a core about a second and a half: it is asked
+    again when the queue's files change (a task taken or done), or every 15 s,
+    not every few seconds, which took that core from the experiments."""
     deadline = time.monotonic() + timeout
+    seen, asked = None, 0.0
     while time.monotonic() < deadline:
-        status = project.run("dvc", "queue", "status").stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            return status + "".join(failed_logs(project, status))
-        time.sleep(3)
+        files = queue_files(project)
+        if files != seen or time.monotonic() - asked > 15:
+            seen, asked = files, time.monotonic()
+            status = project.run("dvc", "queue", "status").stdout
+            if not any(word in status for word in ("Queued", "Running")):
+                return status + "".join(failed_logs(project, status))
+        time.sleep(1)
     pytest.fail(f"the DVC queue did not finish in {timeout} s:\n{status}")
 
 

@@ -1,11 +1,10 @@
-"""The speed harness runs (quick mode, tiny sizes) and reports every documented figure.
+"""The speed harness reports every documented figure (with test_gpu_check.py) and its malloc settings work.
 
 Timing targets are the benchmark's business, never asserted here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -25,28 +24,21 @@ DOCUMENTED_KEYS = {
 }
 
 
+# Figures the harness writes only where MLflow is installed (the train stage's
+# overhead); tests/test_gpu_check.py checks every other documented figure in
+# the JSON of its dry run, which runs the harness in --quick mode.
+STAGE_KEYS = {"stage_overhead_ratio", "stage_overhead_ratio_existing_store"}
+
+
 @pytest.mark.slow
-def test_quick_harness_reports_every_documented_figure(tmp_path, mnist_mirror):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MNIST_"))}
-    if mnist_mirror:
-        env["MNIST_MIRROR"] = mnist_mirror
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "train_speed.py"), "--quick", "--device", "cpu",
-         "--data", str(tmp_path / "mnist")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    figures = json.loads(lines[-1])
-    assert DOCUMENTED_KEYS <= set(figures)
-    for key, value in figures.items():
-        if key not in ("device", "quick", "malloc", "skipped_precisions"):
-            assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
-    assert "| reference | bf16 |" in result.stdout and "| seed-loader | fp32 |" in result.stdout
-    assert "| reference | bf16-true |" in result.stdout and "| wide | fp16-true |" in result.stdout
-    # No GPU here: the GPU-only precisions are named as skipped, with the reason.
-    assert figures["skipped_precisions"] == "tf32, fp8"
-    assert "skipped fp8: precision fp8 runs only on NVIDIA GPUs of compute capability 8.9" in result.stdout
+def test_the_harness_times_the_train_stage_against_its_imports(mnist_data):
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from train_speed import stage_figures
+
+    figures = stage_figures(mnist_data, "cpu")
+    assert STAGE_KEYS <= set(figures)
+    assert all(math.isfinite(value) and value > 0 for value in figures.values()), figures
+    assert figures["stage_wall_s"] > figures["stage_training_loop_s"]
     documented = (REPO_ROOT / "benchmarks" / "README.md").read_text()
     assert all(f"`{key}`" in documented for key in DOCUMENTED_KEYS)
 
@@ -57,7 +49,7 @@ from mnist_precision.model import build_mlp
 from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.training import TrainStep, make_optimizer
 model = build_mlp([4096, 4096])
-step = TrainStep(model, PrecisionPolicy("bf16", "cpu"), make_optimizer(model, lr=0.01))
+step = TrainStep(model, PrecisionPolicy("fp32", "cpu"), make_optimizer(model, lr=0.01))
 images, labels = torch.randn(64, 784), torch.randint(0, 10, (64,))
 faults = []
 for _ in range(6):

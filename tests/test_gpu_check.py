@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import pytest
 
 from helpers import REPO_ROOT, SHARED_MNIST
+from test_benchmark import DOCUMENTED_KEYS, STAGE_KEYS
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +64,18 @@ def test_the_dry_run_passes_on_a_bare_machine_and_writes_the_files_a_gpu_run_bri
     assert " skipped in " in log and " error" not in log  # the GPU tests import and collect; without CUDA they skip
     assert "s in all; files in" in log
 
+    # The speed harness (--quick): every documented figure but the stage's, which needs MLflow.
     figures = json.loads((out / "gpu.json").read_text())
-    assert figures["skipped_precisions"] == "tf32, fp8" and figures["reference_bf16_vs_fp32"] > 0
+    assert DOCUMENTED_KEYS - STAGE_KEYS <= set(figures)
+    for key, value in figures.items():
+        if key not in ("device", "quick", "malloc", "skipped_precisions"):
+            assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+    speed = (out / "gpu.md").read_text()
+    assert "| reference | bf16 |" in speed and "| seed-loader | fp32 |" in speed
+    assert "| reference | bf16-true |" in speed and "| wide | fp16-true |" in speed
+    # No GPU here: the GPU-only precisions are named as skipped, with the reason.
+    assert figures["skipped_precisions"] == "tf32, fp8"
+    assert "skipped fp8: precision fp8 runs only on NVIDIA GPUs of compute capability 8.9" in speed
     crossover = json.loads((out / "crossover_gpu.json").read_text())
     assert {c["precision"] for c in crossover["cells"]} == {"fp16", "bf16", "fp16-true", "bf16-true"}
     assert "## bf16, eager" in (out / "crossover_gpu.md").read_text()

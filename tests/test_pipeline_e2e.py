@@ -7,7 +7,7 @@ absent, from the public mirrors.
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import pytest
 import yaml
@@ -23,6 +23,7 @@ def project(tmp_path_factory, mnist_mirror) -> Project:
     return make_project(tmp_path_factory.mktemp("project"), mnist_mirror)
 
 MIN_TEST_ACCURACY = 0.90  # one epoch of the reference recipe reaches about 0.91
+NOTHING_RERUN = {"Stage 'train' didn't change, skipping", "Stage 'evaluate' didn't change, skipping"}
 
 
 def assert_evaluated(project: Project, precision: str) -> None:
@@ -42,7 +43,8 @@ def assert_evaluated(project: Project, precision: str) -> None:
 def test_repro_then_fp16_experiment(project):
     project.run("dvc", "repro")
     lock = yaml.safe_load((project.root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "train", "evaluate"}
+    assert set(lock["stages"]) == {"download", "environment", "train", "evaluate"}
+    assert "environment.json" in {dep["path"] for dep in lock["stages"]["train"]["deps"]}
     assert lock["stages"]["train"]["params"]["params.yaml"]["precision"] == "fp32"
     assert_evaluated(project, "fp32")
     project.run("git", "add", "-A")
@@ -78,7 +80,8 @@ def test_repro_then_fp16_experiment(project):
     assert by_precision["fp16"].data.tags["dvc.baseline_rev"]
 
     out = project.run("dvc", "repro").stdout
-    assert "Data and pipelines are up to date." in out
+    # The environment is checked on every repro; the same machine retrains nothing.
+    assert "Running stage 'environment'" in out and NOTHING_RERUN <= set(out.splitlines()), out
 
     # A maintainer edits a module that train and evaluate import (but download does not).
     device_py = project.root / "src" / "mnist_precision" / "device.py"
@@ -87,36 +90,36 @@ def test_repro_then_fp16_experiment(project):
     try:
         status = project.run("dvc", "status", "--json").stdout
         changed = yaml.safe_load(status)
-        assert set(changed) == {"train", "evaluate"}, status
+        assert set(changed) == {"environment", "train", "evaluate"}, status
+        assert changed["environment"] == ["always changed"]
     finally:
         device_py.write_text(original)
 
 
-def test_queued_experiments_land_in_the_repository_store(project):
-    # seed=1: new params, so DVC's run cache cannot stand in for a real run.
-    for precision in ("fp32", "fp16"):
-        project.run("dvc", "exp", "run", "--queue", "-S", f"precision={precision}", "-S", "seed=1")
-    with running_queue(project):
-        status = wait_for_queue(project)
-    assert status.count("Success") == 2, status
+def test_another_cpu_capability_reruns_train_and_evaluate_and_the_first_comes_back(project):
+    """PyTorch's own switch of the kernels it dispatches to, as another machine would have."""
+    project.run("git", "checkout", "--", ".")  # the committed fp32 baseline, as test one left it
+    project.run("dvc", "checkout")
+    first = (project.root / "environment.json").read_text()
+    native = json.loads(first)["cpu_capability"]
 
+    out = project.run("dvc", "repro", env={"ATEN_CPU_CAPABILITY": "default"}).stdout
+    assert {"Running stage 'train':", "Running stage 'evaluate':"} <= set(out.splitlines()), out
+    assert project.json("environment.json")["cpu_capability"] == "DEFAULT"
     client, _, runs = project.mlflow_runs()
-    queued = [run for run in runs if run.data.params["seed"] == "1"]
-    assert sorted(run.data.params["precision"] for run in queued) == ["fp16", "fp32"]
-    for run in queued:
-        assert run.info.status == "FINISHED"
-        assert run.info.run_name == f"{run.data.params['precision']}-{run.data.tags['dvc.exp_name']}"
-        assert run.data.metrics["test_accuracy"] >= MIN_TEST_ACCURACY
-        # The artifacts survive DVC deleting its temporary copy of the repository.
-        assert run.info.artifact_uri.startswith((project.root / "mlartifacts").as_uri())
-        assert Path(run.info.artifact_uri.removeprefix("file://"), "params.yaml").is_file()
+    assert sorted(run.data.params["cpu_capability"] for run in runs if run.data.params["precision"] == "fp32") == \
+        sorted([native, "DEFAULT"])
+
+    out = project.run("dvc", "repro").stdout  # back on this machine's own kernels
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in out, out  # its run, not a new one
+    assert (project.root / "environment.json").read_text() == first
+    assert project.run("dvc", "status").stdout.count("always changed") == 1  # nothing else differs
 
 
 CPU_VARIANTS = (("bf16", "dynamic"), ("fp16-true", "dynamic"), ("bf16-true", "dynamic"), ("fp16", "none"))
 
 
 def test_every_variant_that_runs_on_the_cpu_runs_as_an_experiment(project):
-    project.run("dvc", "queue", "remove", "--success")  # the queue's status lists this test's tasks only
     for precision, loss_scale in CPU_VARIANTS:
         project.run("dvc", "exp", "run", "--queue", "-S", f"precision={precision}", "-S", f"loss_scale={loss_scale}",
                     "-S", "seed=2")
@@ -131,6 +134,8 @@ def test_every_variant_that_runs_on_the_cpu_runs_as_an_experiment(project):
     for (precision, loss_scale), run in variants.items():
         assert run.info.status == "FINISHED", precision
         assert run.data.metrics["test_accuracy"] >= 0.85, (precision, run.data.metrics["test_accuracy"])
+        # 2 cores shared by the experiments running when it started (1 or 2 of them)
+        assert run.data.params["threads"] in ("1", "2") and "cores shared by" in run.data.params["threads_from"]
         assert ("grad_scale_final" in run.data.metrics) is False  # no GradScaler in any of them
         assert 0 <= run.data.metrics["lost_updates"] <= 1 and "underflow_act_grads_flushed" in run.data.metrics
         scales = client.get_metric_history(run.info.run_id, "loss_scale")

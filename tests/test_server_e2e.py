@@ -97,13 +97,13 @@ def test_wrong_or_missing_credentials_fail_before_training(server, tmp_path, mni
     assert "epoch" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_sigterm_stops_every_component_and_a_restart_reuses_the_data(reachable_tmp):
-    data = reachable_tmp / "data"
-    first = Server(data, free_port()).wait_ready()
-    assert len(first.descendants()) >= 2  # postgres (and its workers), the MLflow server
-    assert first.stop(signal.SIGTERM) == 0
+def test_sigterm_stops_every_component_and_a_restart_reuses_the_data(server):
+    """The last test of the shared server: it stops it, then starts another on its data."""
+    data = server.log.parent / "data"
+    assert len(server.descendants()) >= 2  # postgres (and its workers), the MLflow server
+    assert server.stop(signal.SIGTERM) == 0
     assert no_postgres_of(data)
-    assert "MLflow tracking server and PostgreSQL stopped" in first.log.read_text()
+    assert "MLflow tracking server and PostgreSQL stopped" in server.log.read_text()
 
     again = Server(data, free_port()).wait_ready()  # the same cluster, database and admin user
     assert again.stop(signal.SIGINT) == 0

@@ -4,6 +4,7 @@ against one tracking server (restarted in the middle), pulled together in a thir
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import ADMIN, S3_KEYS, Project, Server, free_port, make_project, stop_queue, wait_for_queue
 
@@ -47,7 +49,7 @@ def test_a_dvc_remote_carries_data_and_models_between_clones(tmp_path, mnist_mir
     seed.run("git", "add", "-A")
     seed.run("git", "commit", "-q", "-m", "fp32 baseline")
     seed.run("git", "push", "-q", "origin", "main")
-    seed.run("dvc", "push")  # to the folder, the default remote
+    seed.run("dvc", "push", "--run-cache")  # to the folder, the default remote
     seed.run("dvc", "push", "-r", "s3")
 
     for remote in ("shared", "s3"):
@@ -56,7 +58,29 @@ def test_a_dvc_remote_carries_data_and_models_between_clones(tmp_path, mnist_mir
         assert sorted(p.name for p in (machine.root / "data" / "mnist").iterdir()) == sorted(
             p.name for p in (seed.root / "data" / "mnist").iterdir())
         assert (machine.root / "models" / "model.pt").read_bytes() == (seed.root / "models" / "model.pt").read_bytes()
-        assert "Data and pipelines are up to date." in machine.run("dvc", "repro").stdout
+        out = machine.run("dvc", "repro").stdout  # the same kind of machine: nothing to redo
+        assert {"Stage 'train' didn't change, skipping", "Stage 'evaluate' didn't change, skipping"} <= \
+            set(out.splitlines()), out
+
+    # A machine whose PyTorch dispatches to other kernels (ATEN_CPU_CAPABILITY, as
+    # another CPU would): the run-cache it pulled is keyed by the seed's
+    # environment, so it is not this machine's answer, and it trains.
+    other = clone(origin, tmp_path / "machine-other-cpu", seed.env)
+    other.run("dvc", "pull", "--run-cache")
+    seeds_environment = hashlib.md5((seed.root / "environment.json").read_bytes()).hexdigest()
+    assert train_run_cache_environments(other.root) == [seeds_environment]
+    out = other.run("dvc", "exp", "run", env={"ATEN_CPU_CAPABILITY": "default"}).stdout
+    assert "Running stage 'train':" in out.splitlines() and "is cached" not in out, out
+    assert other.json("environment.json")["cpu_capability"] == "DEFAULT"
+    assert hashlib.md5((other.root / "environment.json").read_bytes()).hexdigest() != seeds_environment
+
+
+def train_run_cache_environments(root: Path) -> list[str]:
+    """The environment.json hash of every run-cache entry of the train stage in this clone's DVC cache."""
+    entries = [yaml.safe_load(path.read_text()) for path in (root / ".dvc" / "cache" / "runs").rglob("*")
+               if path.is_file()]
+    return [dep["md5"] for entry in entries if any(out["path"] == "models/model.pt" for out in entry["outs"])
+            for dep in entry["deps"] if dep["path"] == "environment.json"]
 
 
 def runs_on(server: Server) -> list:
@@ -91,7 +115,9 @@ def test_a_sweep_split_across_two_machines_meets_in_one_server(tmp_path, mnist_m
         client_env = {"MLFLOW_TRACKING_URI": server.uri, **ADMIN, "OMP_NUM_THREADS": "1"}
         machines = [clone(origin, tmp_path / name, seed.env | client_env) for name in ("machine-a", "machine-b")]
         for machine, seeds in zip(machines, ("0", "1")):
-            machine.run("dvc", "exp", "run", "--queue", "-S", "precision=fp32,bf16", "-S", f"seed={seeds}")
+            # Two epochs of 300 steps: the server's restart falls between epochs, not learning.
+            machine.run("dvc", "exp", "run", "--queue", "-S", "precision=fp32,bf16", "-S", f"seed={seeds}",
+                        "-S", "train.max_steps=300")
         for machine in machines:
             machine.run("dvc", "queue", "start", "--jobs", "2")
 
