@@ -51,12 +51,12 @@ import yaml
 
 from mnist_precision import paths
 from mnist_precision.data import MEAN, STD, Split, load_split, shuffled_batches
-from mnist_precision.device import DeviceError, device_name, resolve_device
+from mnist_precision.device import device_name, refusal, resolve_device
 from mnist_precision.diagnostics import Diagnostics
 from mnist_precision.download import download_mnist
 from mnist_precision.model import build_mlp
 from mnist_precision.params import load
-from mnist_precision.precision import PrecisionError, PrecisionPolicy
+from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.precisions import BASELINE, NAMES as PRECISIONS, PRECISIONS as TABLE
 from mnist_precision.timing import Clock, training_flops_per_sample
 from mnist_precision.training import TrainStep, make_optimizer
@@ -230,15 +230,6 @@ def time_diagnostics(config: Config, precision: str, data: Split, clock: Clock, 
     return (measured_s - plain_s) / (every * plain_s)
 
 
-def runnable(precision: str, device: torch.device) -> str | None:
-    """Why this device does not run the precision, or None where it does."""
-    try:
-        resolve_device(device.type, precision)
-    except (DeviceError, PrecisionError) as error:
-        return str(error).split(";")[0]
-    return None
-
-
 def time_seed_loader(data_dir: Path, device: torch.device, steps: int, clock: Clock, repeats: int) -> dict:
     """The tutorial's pipeline: PIL images through ToTensor and Normalize, one
     sample at a time, collated by a DataLoader; the same model and optimizer."""
@@ -392,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
     malloc = " ".join(f"{k}={os.environ[k]}" for k in KEEP_FREED_MEMORY if k in os.environ) or "glibc's defaults"
     print(f"# Training speed on {device_description(device)}; malloc: {malloc}", flush=True)
 
-    skipped = {name: why for name in PRECISIONS if (why := runnable(name, device))}
+    skipped = {name: why for name in PRECISIONS if (why := refusal(name, device.type))}
     timed = [name for name in PRECISIONS if name not in skipped]
     ceilings = {}
     for name, (dtype, tf32) in CEILINGS.items():

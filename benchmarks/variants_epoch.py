@@ -20,12 +20,12 @@ import torch
 
 from mnist_precision import paths
 from mnist_precision.data import load_split
-from mnist_precision.device import DeviceError, device_name, resolve_device
+from mnist_precision.device import device_name, refusal, resolve_device
 from mnist_precision.download import download_mnist
 from mnist_precision.evaluation import evaluate
 from mnist_precision.model import build_mlp
 from mnist_precision.params import TrainParams
-from mnist_precision.precision import PrecisionError, PrecisionPolicy
+from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.precisions import NAMES
 from mnist_precision.training import train
 
@@ -64,10 +64,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"torch {torch.__version__}, diagnostics every {args.every} steps\n")
     rows, skipped = [], {}
     for name in NAMES:
-        try:
-            resolve_device(device.type, name)
-        except (DeviceError, PrecisionError) as error:
-            skipped[name] = str(error).split(";")[0]
+        if why := refusal(name, device.type):
+            skipped[name] = why
             continue
         rows.append(one_variant(name, device, train_split, test_split, args.epochs, args.every, args.max_steps))
         print(f"  {name}: done", file=sys.stderr)

@@ -6,7 +6,7 @@ import torch
 
 from .environment import cpu_features, cpu_name
 from .errors import UserError
-from .precision import torchao_float8
+from .precision import PrecisionError, torchao_float8
 from .metrics import PEAK_GPU_MEMORY_MB, PEAK_RSS_MB
 from .precisions import PRECISIONS
 
@@ -47,6 +47,16 @@ def resolve_device(requested: str, precision: str) -> torch.device:
                 f"{torch.cuda.get_device_name()} has none: use fp16 or fp32"
             )
     return torch.device(requested)
+
+
+def refusal(precision: str, device_type: str) -> str | None:
+    """Why a device of this type does not run the precision (the refusal's
+    first clause, without its advice), or None where it does."""
+    try:
+        resolve_device(device_type, precision)
+    except (DeviceError, PrecisionError) as error:
+        return str(error).split(";")[0]
+    return None
 
 
 def device_name(device: torch.device) -> str:

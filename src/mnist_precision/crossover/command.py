@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 from .. import paths
-from ..device import DeviceError, capability_params, device_name, resolve_device
+from ..device import capability_params, device_name, refusal, resolve_device
 from ..errors import UserError
 from ..params import load
-from ..precision import PrecisionError
 from ..precisions import BASELINE, NAMES
 from .measure import REPEATS, Cell, time_grid
 from .output import read, write
@@ -43,16 +42,9 @@ def sizes(text: str) -> list[int]:
 
 def runnable(device: torch.device) -> tuple[list[str], dict[str, str]]:
     """The variants this device runs, and why it does not run the others."""
-    run, skipped = [], {}
-    for precision in NAMES:
-        if precision == BASELINE:
-            continue
-        try:
-            resolve_device(device.type, precision)
-            run.append(precision)
-        except (DeviceError, PrecisionError) as error:
-            skipped[precision] = str(error).split(";")[0]
-    return run, skipped
+    variants = [name for name in NAMES if name != BASELINE]
+    skipped = {name: why for name in variants if (why := refusal(name, device.type))}
+    return [name for name in variants if name not in skipped], skipped
 
 
 def describe(device: torch.device) -> tuple[str, str]:
