@@ -27,9 +27,6 @@ from ..precisions import BASELINE, NAMES
 from .measure import REPEATS, Cell, time_grid
 from .output import read, write
 
-BENCHMARK_TAG = "mnist_precision.run_type"  # the report's SUMMARY_TAG: "benchmark" here
-
-
 def sizes(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",")]
@@ -59,15 +56,16 @@ def describe(device: torch.device) -> tuple[str, str]:
 
 
 def log_benchmark(experiment: str, result: dict, files: list[Path]) -> str:
-    import mlflow
+    import mlflow  # here, not above: a bare GPU machine runs the command with --no-log and no MLflow
 
+    from ..report.comparison import SUMMARY_TAG
     from ..tracking.lifecycle import run_scope
     from ..tracking.store import configure, get_or_create_experiment
 
     store = configure()
     target = get_or_create_experiment(f"{experiment}-benchmarks", store)
     with run_scope(system_metrics=False, experiment_id=target, run_name=f"crossover-{time.strftime('%Y%m%d-%H%M%S')}",
-                   tags={BENCHMARK_TAG: "benchmark", "benchmark": "crossover", "device": result["device"]}) as run:
+                   tags={SUMMARY_TAG: "benchmark", "benchmark": "crossover", "device": result["device"]}) as run:
         mlflow.log_params({"device": result["device"], "software": result["software"], "budget_s": result["budget_s"],
                            "widths": result["widths"], "batches": result["batches"]})
         mlflow.log_metrics({f"crossover/{c['precision']}/{c['mode']}/w{c['width']}_b{c['batch']}": c["ratio"]

@@ -189,9 +189,11 @@ def crossover_maps(client: MlflowClient, experiment: str) -> list[tuple[str, dic
     maps, seen = [], set()
     for run in runs:
         key = (run.data.params.get("device"), run.data.params.get("software"))
+        if key in seen:  # an older map of a device already mapped
+            continue
         artifact = next((a.path for a in client.list_artifacts(run.info.run_id, "crossover")
                          if a.path.endswith(".json")), None)
-        crossover = download_json(run.info.run_id, artifact) if artifact and key not in seen else None
+        crossover = download_json(run.info.run_id, artifact) if artifact else None
         if crossover:
             maps.append((run.info.run_id, crossover))
             seen.add(key)
