@@ -24,7 +24,8 @@ from mnist_precision.distributed import device_of, joined
 from mnist_precision.model import build_mlp
 from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.precisions import BASELINE
-from mnist_precision.training import TrainStep, make_optimizer
+from mnist_precision.optimizers import make_optimizer
+from mnist_precision.training import TrainStep
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ from mnist_precision import paths  # noqa: E402
 from mnist_precision.data import load_split  # noqa: E402
 from mnist_precision.model import build_mlp  # noqa: E402
 from mnist_precision.recorder import log_model  # noqa: E402
-from mnist_precision.training import TrainStep, make_optimizer  # noqa: E402
+from mnist_precision.optimizers import make_optimizer  # noqa: E402
+from mnist_precision.training import TrainStep  # noqa: E402
 from mnist_precision.precision import PrecisionPolicy  # noqa: E402
 from mnist_precision.tracking.lifecycle import run_scope  # noqa: E402
 from mnist_precision.tracking.store import configure, get_or_create_experiment  # noqa: E402

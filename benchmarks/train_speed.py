@@ -59,7 +59,8 @@ from mnist_precision.params import load
 from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.precisions import BASELINE, NAMES as PRECISIONS, PRECISIONS as TABLE
 from mnist_precision.timing import Clock, training_flops_per_sample
-from mnist_precision.training import TrainStep, make_optimizer
+from mnist_precision.optimizers import make_optimizer
+from mnist_precision.training import TrainStep
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The matrix products each precision's ceiling is measured with: its dtype, and TF32 on or off.

@@ -47,7 +47,8 @@ PAGE_FAULTS_OF_A_LATER_STEP = """
 import resource, torch
 from mnist_precision.model import build_mlp
 from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.training import TrainStep, make_optimizer
+from mnist_precision.optimizers import make_optimizer
+from mnist_precision.training import TrainStep
 model = build_mlp([4096, 4096])
 step = TrainStep(model, PrecisionPolicy("fp32", "cpu"), make_optimizer(model, lr=0.01))
 images, labels = torch.randn(64, 784), torch.randint(0, 10, (64,))

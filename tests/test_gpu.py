@@ -14,7 +14,8 @@ from mnist_precision.device import peak_memory_metrics, resolve_device
 from mnist_precision.model import build_mlp
 from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.precisions import NAMES
-from mnist_precision.training import SYNC_EVERY, TrainState, TrainStep, make_optimizer, run_epoch
+from mnist_precision.optimizers import make_optimizer
+from mnist_precision.training import SYNC_EVERY, TrainState, TrainStep, run_epoch
 
 pytestmark = pytest.mark.gpu
 

@@ -10,7 +10,8 @@ from mnist_precision import metrics as m
 from mnist_precision.diagnostics import Diagnostics
 from mnist_precision.model import build_mlp
 from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.training import TrainStep, make_optimizer
+from mnist_precision.optimizers import make_optimizer
+from mnist_precision.training import TrainStep
 
 NAMES = {value for value in vars(m).values() if isinstance(value, str)}
 

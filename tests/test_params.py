@@ -44,7 +44,7 @@ def test_every_precision_is_accepted(precision):
 @pytest.mark.parametrize(
     "key, value, expected",
     [
-        ("precision", "fp64", ["precision", "'fp64'", "fp32, fp16, bf16, fp16-true, bf16-true, tf32, fp8"]),
+        ("precision", "fp64", ["precision", "'fp64'", "fp32, fp16, bf16, fp16-true, bf16-true, fp16-true-sr, bf16-true-sr, tf32, fp8"]),
         ("loss_scale", "static", ["loss_scale", "dynamic (the GradScaler), none (no scaling) or a fixed", "'static'"]),
         ("loss_scale", 0, ["loss_scale", "positive number", "0"]),
         ("loss_scale", True, ["loss_scale", "True"]),
@@ -67,6 +67,11 @@ def test_every_precision_is_accepted(precision):
         ("train.grad_comm", "fp16", ["train.grad_comm must be fp32 or the run's precision (fp32)", "'fp16'"]),
         ("train.max_steps", 0, ["train.max_steps", ">= 1 per epoch, or null for whole epochs", "0"]),
         ("train.max_steps", "few", ["train.max_steps", "null", "'few'"]),
+        ("optimizer", "adam", ["optimizer", "sgd, adamw", "'adam'"]),
+        ("train.weight_decay", -0.1, ["train.weight_decay", ">= 0", "-0.1"]),
+        ("train.betas", [0.9], ["train.betas", "two numbers in [0, 1)", "[0.9]"]),
+        ("train.betas", [0.9, 1.0], ["train.betas", "[0.9, 0.999]", "[0.9, 1.0]"]),
+        ("train.eps", 0, ["train.eps", "positive", "0"]),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, expected):
@@ -130,7 +135,7 @@ def test_train_stage_refuses_bad_params_before_any_work(tmp_path):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "train: error: precision must be one of fp32, fp16, bf16, fp16-true, bf16-true, tf32, fp8; got 'fp64'" \
+    assert "train: error: precision must be one of fp32, fp16, bf16, fp16-true, bf16-true, fp16-true-sr, bf16-true-sr, tf32, fp8; got 'fp64'" \
         in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no store, no outputs
@@ -162,14 +167,17 @@ def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path):
 
 def test_every_bad_value_is_reported_at_once():
     tree = with_value("precision", "fp64")
-    tree["train"] |= {"lr": -1, "epochs": 0, "batchsize": 3}
+    tree["train"] |= {"lr": -1, "epochs": 0, "batchsize": 3, "betas": [0.9, 2], "eps": -1e-8}
+    tree["optimizer"] = "lamb"
     del tree["seed"]
     with pytest.raises(ParamsError) as error:
         parse(tree)
     message = str(error.value)
-    assert message.startswith("params.yaml has 5 problems:\n")
+    assert message.startswith("params.yaml has 8 problems:\n")
     for fragment in ("precision must be one of", "missing the key 'seed'", "train.epochs must be an integer >= 1",
-                     "train.lr must be a positive number, got -1", "unknown key 'train.batchsize'"):
+                     "train.lr must be a positive number, got -1", "unknown key 'train.batchsize'",
+                     "optimizer must be one of sgd, adamw; got 'lamb'", "train.betas must be a list of two",
+                     "train.eps must be a positive number, got -1e-08"):
         assert fragment in message
 
 

@@ -95,7 +95,7 @@ def test_fp8_converts_the_linear_layers_that_fit_and_keeps_the_others():
 
 
 def test_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match="fp32, fp16, bf16, fp16-true, bf16-true, tf32, fp8"):
+    with pytest.raises(ValueError, match="fp32, fp16, bf16, fp16-true, bf16-true, fp16-true-sr, bf16-true-sr, tf32, fp8"):
         PrecisionPolicy("fp64", "cpu")
 
 

@@ -12,7 +12,8 @@ from mnist_precision.data import Split, batches
 from mnist_precision.model import build_mlp
 from mnist_precision.params import TrainParams
 from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.training import DivergenceError, Stopped, TrainStep, make_optimizer, train
+from mnist_precision.optimizers import SGD, OptimizerChoice, make_optimizer
+from mnist_precision.training import DivergenceError, Stopped, TrainStep, train
 
 
 def toy_split(n: int = 512) -> Split:
@@ -27,10 +28,11 @@ def recipe(**overrides) -> TrainParams:
     return TrainParams(**dict(epochs=3, batch_size=64, lr=0.01, hidden=(32,), compile=False) | overrides)
 
 
-def run(precision: str, seed: int = 0, **overrides):
+def run(precision: str, seed: int = 0, optimizer: OptimizerChoice = SGD, **overrides):
     torch.manual_seed(0)
     model = build_mlp([32])
-    result = train(model, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(**overrides), seed)
+    result = train(model, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(**overrides), seed,
+                   optimizer=optimizer)
     return model, result
 
 
@@ -126,18 +128,26 @@ class StopAfter:
         return self.calls < 0
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+ADAMW = OptimizerChoice("adamw")
+
+
+@pytest.mark.parametrize("precision, optimizer", [("fp32", SGD), ("fp16", SGD), ("fp32", ADAMW),
+                                                  ("fp16-true-sr", SGD), ("bf16-true-sr", ADAMW)])
 @pytest.mark.parametrize("stop_at", [5, 8, 16])  # mid-epoch, at an epoch boundary, later
-def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(precision, stop_at):
-    reference, expected = run(precision)
+def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(precision, optimizer, stop_at):
+    """Stochastic rounding's random stream too: it is saved with the optimizer."""
+    reference, expected = run(precision, optimizer=optimizer)
 
     torch.manual_seed(0)
     model = build_mlp([32])
     with pytest.raises(Stopped) as stopped:
-        train(model, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, stop=StopAfter(stop_at))
+        train(model, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, stop=StopAfter(stop_at),
+              optimizer=optimizer)
     state = stopped.value.checkpoint
     assert state["progress"]["step"] == stop_at
-    assert state["optimizer"]["param_groups"][0]["lr"] == 0.01  # torch.optim's own state_dict
+    torch_state = state["optimizer"]["optimizer"] if precision.endswith("-sr") else state["optimizer"]
+    assert torch_state["param_groups"][0]["lr"] == 0.01  # torch.optim's own state_dict
+    assert ("generator" in state["optimizer"]) == precision.endswith("-sr")
     assert ("scale" in state["precision"]["scaler"]) == (precision == "fp16")
 
     buffer = io.BytesIO()  # through the file format the stage uses
@@ -146,7 +156,8 @@ def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(precisio
     checkpoint = torch.load(buffer, weights_only=True)
 
     resumed = build_mlp([32])  # other initial weights: all must come from the checkpoint
-    result = train(resumed, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, resume=checkpoint)
+    result = train(resumed, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, resume=checkpoint,
+                   optimizer=optimizer)
     for p, q in zip(reference.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
     assert [(e.loss, e.accuracy, e.skipped_steps) for e in result.epochs] == \

@@ -6,7 +6,8 @@ The schema, in one place:
     format         "mnist-precision-checkpoint/<version>"
     fingerprint    the params that shape training (see `fingerprint`)
     mlflow_run_id  the run that a resume continues
-    state          `TrainState.state_dict()`: model, optimizer, precision
+    state          `TrainState.state_dict()`: model, optimizer (with stochastic
+                   rounding's random stream, for the "-sr" precisions), precision
                    policy (the GradScaler), and progress (epoch, step, the
                    shuffling generator at the start of the epoch, its sums)
 
@@ -28,7 +29,8 @@ from .params import Params
 
 FORMAT_NAME = "mnist-precision-checkpoint"
 # 3: the state of TrainState, with torch.optim's optimizer state (2 had none).
-FORMAT = f"{FORMAT_NAME}/3"
+# 4: the optimizer in the fingerprint; stochastic rounding's random stream in the optimizer's state.
+FORMAT = f"{FORMAT_NAME}/4"
 
 
 class CheckpointError(UserError):
@@ -41,7 +43,15 @@ def fingerprint(params: Params, device: torch.device) -> dict[str, Any]:
     return {"precision": params.precision, "loss_scale": params.loss_scale, "seed": params.seed, "device": device.type,
             "train.batch_size": params.train.batch_size, "train.lr": params.train.lr,
             "train.hidden": list(params.train.hidden), "train.compile": params.train.compile,
-            "train.grad_comm": params.train.grad_comm, "train.max_steps": params.train.max_steps}
+            "train.grad_comm": params.train.grad_comm, "train.max_steps": params.train.max_steps,
+            "optimizer": params.optimizer} | adamw_fingerprint(params)
+
+
+def adamw_fingerprint(params: Params) -> dict[str, Any]:
+    if params.optimizer != "adamw":
+        return {}
+    return {"train.weight_decay": params.train.weight_decay, "train.betas": list(params.train.betas),
+            "train.eps": params.train.eps}
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,10 @@ def resolve_device(requested: str, precision: str) -> torch.device:
                 "device is 'cuda' but PyTorch sees no CUDA GPU on this machine; "
                 "set device: auto (or cpu) in params.yaml, or run with -S device=cpu"
             )
-        if precision in ("bf16", "bf16-true") and not torch.cuda.is_bf16_supported(including_emulation=False):
+        wants_bf16 = "bfloat16" in (PRECISIONS[precision].autocast_dtype, PRECISIONS[precision].param_dtype)
+        if wants_bf16 and not torch.cuda.is_bf16_supported(including_emulation=False):
             raise DeviceError(
-                f"precision bf16 needs a GPU with native bfloat16 support; "
+                f"precision {precision} needs a GPU with native bfloat16 support; "
                 f"{torch.cuda.get_device_name()} has none: use fp16 or fp32"
             )
     return torch.device(requested)

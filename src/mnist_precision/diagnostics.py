@@ -15,6 +15,16 @@ On every `every_steps`-th step, around the real step:
   stored weight unchanged after rounding: why mixed precision keeps fp32
   master weights.
 - **Loss scale.** The GradScaler's scale after each sampled step (1 without one).
+- **The update, against fp32's.** Where no loss scale is in the gradients:
+  an fp32 shadow of the step (the same weights, the optimizer's state
+  widened to fp32, the same gradients) gives the update fp32 arithmetic
+  makes. The update bias is the applied update's shortfall along it
+  (-1: every update lost, as round-to-nearest loses the small ones; about 0
+  under stochastic rounding); the weight drift is how far the stored weights
+  end from the shadow's, relative to the update. The shadow starts from the
+  stored weights at each sampled step: a one-step drift, not one carried
+  across the run. For AdamW, the share of the shadow's second moment that
+  the stored dtype flushes to zero or keeps only as a subnormal.
 - **Range.** Per layer, the largest absolute activation and activation
   gradient (times the loss scale, as the run holds it), to set against the
   compute dtype's largest finite value.
@@ -26,6 +36,8 @@ run: a run with diagnostics ends with the same weights, bit for bit.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -91,6 +103,23 @@ def log2_histogram(values: torch.Tensor) -> torch.Tensor:
     return torch.bincount((exponent - 1).clamp(low, high) - low, minlength=high - low + 1)
 
 
+def update_sums(before: torch.Tensor, after: torch.Tensor, shadow: torch.Tensor) -> torch.Tensor:
+    """[sum(sign(u) * (a - u)), sum(|u|), |stored - shadow|^2, |u|^2] for the
+    applied update a = after - before and the intended one u = shadow - before."""
+    intended, applied = shadow - before.float(), after.float() - before.float()
+    miss = applied - intended
+    return torch.stack([(intended.sign() * miss).sum(), intended.abs().sum(), miss.square().sum(),
+                        intended.square().sum()]).double()
+
+
+def stored_underflow_counts(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[non-zero, 0 in `dtype`, below `dtype`'s smallest normal] counts of the fp32 `values`."""
+    nonzero = values != 0
+    stored = values.to(dtype)
+    return torch.stack([nonzero.sum(), (nonzero & (stored == 0)).sum(),
+                        (nonzero & (values.abs() < torch.finfo(dtype).smallest_normal)).sum()])
+
+
 def share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
@@ -98,9 +127,16 @@ def share(part: float, whole: float) -> float:
 class Diagnostics:
     """The measurements of one run: `sample` on the steps `due` says, `end_epoch` once an epoch."""
 
-    def __init__(self, reference: nn.Module, every_steps: int):
+    def __init__(self, reference: nn.Module, every_steps: int,
+                 shadow_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
+                 optimizer_state: Callable[[object], dict] | None = None, eps_survives: bool | None = None):
+        """`shadow_optimizer` builds the run's optimizer over fp32 tensors, and
+        `optimizer_state` reads the run's optimizer's torch.optim state_dict:
+        with both, the update is measured against fp32's. `eps_survives`: for
+        AdamW, whether its eps is non-zero where it is added."""
         # An fp32 copy of the network's architecture: the replica of each sampled step.
         self.reference, self.every_steps = reference, every_steps
+        self.shadow_optimizer, self.optimizer_state, self.eps_survives = shadow_optimizer, optimizer_state, eps_survives
         self.layers = [name for name, module in reference.named_children()]
         self._outputs: dict[str, torch.Tensor] = {}
         for name, module in reference.named_children():
@@ -132,11 +168,38 @@ class Diagnostics:
                 global_count: int | None, number: int):
         """Run the training step `step` (a `training.TrainStep`) on the batch
         and measure it as step `number`; returns what the step returns."""
-        before, used_scale = self.snapshot(model), []
-        result = step(images, labels, global_count,
-                      before_update=lambda: used_scale.append(step.policy.scale_tensor()))
+        before, used_scale, optimizer_state = self.snapshot(model), [], []
+
+        def before_update() -> None:
+            used_scale.append(step.policy.scale_tensor())
+            if self.shadow_optimizer is not None and used_scale[0] is None:  # gradients the update uses as they are
+                optimizer_state.append(copy.deepcopy(self.optimizer_state(step.optimizer)))
+
+        result = step(images, labels, global_count, before_update=before_update)
+        gradients = [parameter.grad for parameter in model.parameters()]
         self.sample(model, before, images, labels, number, used_scale[0], result[2])
+        if optimizer_state:
+            self.sample_update(model, before, gradients, optimizer_state[0])
         return result
+
+    def sample_update(self, model: nn.Module, before: list[torch.Tensor], gradients: list[torch.Tensor | None],
+                      optimizer_state: dict) -> None:
+        """The step's update against the fp32 shadow's, from the same weights,
+        optimizer state (as it was before the step) and gradients."""
+        shadow = list(self.reference.parameters())
+        with torch.no_grad():
+            for weight, old, gradient in zip(shadow, before, gradients):
+                weight.copy_(old)
+                weight.grad = None if gradient is None else gradient.float()
+        optimizer = self.shadow_optimizer(shadow)
+        optimizer.load_state_dict(optimizer_state)
+        optimizer.step()
+        stored = next(model.parameters()).dtype
+        for weight, old, parameter in zip(shadow, before, model.parameters()):
+            self._add("update", update_sums(old, parameter.detach(), weight.detach()))
+            moment = optimizer.state[weight].get("exp_avg_sq")
+            if moment is not None:
+                self._add("second_moment", stored_underflow_counts(moment, stored))
 
     def _add(self, key: str, value: torch.Tensor, reduce: str = "sum") -> None:
         if key not in self.sums:
@@ -180,6 +243,19 @@ class Diagnostics:
 
     def end_epoch(self) -> EpochNumerics:
         """The epoch's figures (pooled over its sampled steps), and a fresh start for the next."""
+        record = EpochNumerics(self.figures_so_far(), self.loss_scales())
+        if self.histogram is not None:
+            counts, scale = self.histogram
+            record.histogram = Histogram(HISTOGRAM_EXPONENTS[0], counts.tolist(), scale.item())
+        self.reset()
+        return record
+
+    def loss_scales(self) -> list[list[float]]:
+        scales = torch.stack([scale for _, scale in self.scales]).tolist() if self.scales else []
+        return [[step, value] for (step, _), value in zip(self.scales, scales)]
+
+    def figures_so_far(self) -> dict[str, float]:
+        """The figures of the epoch in progress, pooled over its sampled steps so far."""
         # One read of the device for all the sums (counts stay exact in float64 below 2^53).
         flat = torch.cat([value.reshape(-1).double() for value in self.sums.values()]).tolist() if self.sums else []
         sums, at = {}, 0
@@ -197,14 +273,17 @@ class Diagnostics:
         if "lost_updates" in sums:
             intended, lost = sums["lost_updates"]
             figures[m.LOST_UPDATES] = share(lost, intended)
-        figures |= {key: value for key, value in sums.items() if key.startswith(m.RANGE_PREFIX)}
-        scales = torch.stack([scale for _, scale in self.scales]).tolist() if self.scales else []
-        record = EpochNumerics(figures, [[step, value] for (step, _), value in zip(self.scales, scales)])
-        if self.histogram is not None:
-            counts, scale = self.histogram
-            record.histogram = Histogram(HISTOGRAM_EXPONENTS[0], counts.tolist(), scale.item())
-        self.reset()
-        return record
+        if "update" in sums:
+            shortfall, size, miss_squared, size_squared = sums["update"]
+            figures[m.UPDATE_BIAS] = share(shortfall, size)
+            figures[m.WEIGHT_DRIFT] = share(miss_squared, size_squared) ** 0.5
+        if "second_moment" in sums:
+            nonzero, flushed, subnormal = sums["second_moment"]
+            figures[m.SECOND_MOMENT_FLUSHED] = share(flushed, nonzero)
+            figures[m.SECOND_MOMENT_SUBNORMAL] = share(subnormal, nonzero)
+        if self.eps_survives is not None:
+            figures[m.ADAMW_EPS_SURVIVES] = float(self.eps_survives)
+        return figures | {key: value for key, value in sums.items() if key.startswith(m.RANGE_PREFIX)}
 
     def state_dict(self) -> dict:
         """The sums of the epoch in progress (for a checkpoint)."""

@@ -25,6 +25,15 @@ SAMPLED_STEPS = "sampled_steps"
 LOST_UPDATES = "lost_updates"
 UNDERFLOW_VALUES = ("weights", "weight_grads", "act_grads")
 UNDERFLOW_BELOW = ("flushed", "subnormal")  # below fp16's smallest subnormal, or its smallest normal
+# Where no loss scale stands between the gradients and the update: the update
+# the weights received against the one fp32 arithmetic makes from the same
+# weights, optimizer state and gradients.
+UPDATE_BIAS = "update_bias"  # sum(sign(intended) * (applied - intended)) / sum(|intended|): -1 all lost, 0 unbiased
+WEIGHT_DRIFT = "weight_drift"  # |stored - fp32 shadow| / |intended update| after the step (L2 norms)
+# AdamW: the second moment fp32 computes, as the run's stored dtype holds it.
+SECOND_MOMENT_FLUSHED = "second_moment_flushed"  # share of its non-zero values that become 0
+SECOND_MOMENT_SUBNORMAL = "second_moment_subnormal"  # share below the stored dtype's smallest normal
+ADAMW_EPS_SURVIVES = "adamw_eps_survives"  # 1: eps is non-zero in the dtype AdamW adds it in; 0: it became 0
 
 
 def underflow(values: str, below: str, scaled: bool = False) -> str:

@@ -27,6 +27,7 @@ from .precisions import parse_loss_scale
 
 DEVICES = ("auto", "cpu", "cuda")
 GRAD_COMM = ("fp32", "fp16", "bf16")
+OPTIMIZERS = ("sgd", "adamw")  # torch.optim.SGD (the tutorial's) or torch.optim.AdamW
 
 
 class ParamsError(UserError, ValueError):
@@ -45,6 +46,10 @@ class TrainParams:
     checkpoint_every: int = 1  # write a checkpoint every this many epochs; 0: only when stopped
     threads: int | str = "auto"  # intra-op threads: a count, or auto (this process's share of the cores)
     max_steps: int | None = None  # at most this many steps in each epoch; None: whole epochs
+    # AdamW's own (PyTorch's defaults); plain SGD takes none of them.
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class EvaluateParams:
 class Params:
     precision: str
     loss_scale: str | float  # dynamic, none or a fixed number (fp16 only)
+    optimizer: str  # sgd or adamw
     seed: int
     device: str
     train: TrainParams
@@ -98,6 +104,19 @@ def _positive_float(key: str, value: Any) -> float:
     if value != value or value == float("inf"):
         raise ParamsError(f"{key} must be a finite positive number, got {value!r}")
     return float(value)
+
+
+def _non_negative_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ParamsError(f"{key} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _betas(key: str, value: Any) -> tuple[float, float]:
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value)):
+        raise ParamsError(f"{key} must be a list of two numbers in [0, 1) such as [0.9, 0.999], got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _choice(allowed: tuple[str, ...]):
@@ -174,12 +193,15 @@ SCHEMA: dict[str, Any] = {
                      "what the run computes in ([precisions](precisions.md))"),
     "loss_scale": Key(_loss_scale, "dynamic, none or a positive number",
                       "fp16 only: the GradScaler, no scaling (the ablation), or a fixed scale"),
-    "seed": Key(_int(0), "an integer >= 0", "the weights' initialisation and the shuffling"),
+    "optimizer": Key(_choice(OPTIMIZERS), ", ".join(OPTIMIZERS),
+                     "torch.optim.SGD (the tutorial's) or torch.optim.AdamW (train.weight_decay, betas, eps)"),
+    "seed": Key(_int(0), "an integer >= 0",
+                "the weights' initialisation, the shuffling and stochastic rounding's random stream"),
     "device": Key(_choice(DEVICES), ", ".join(DEVICES), "auto: CUDA where a GPU is visible, else the CPU"),
     "train": {
         "epochs": Key(_int(1), "an integer >= 1", "passes over the 60,000 training images"),
         "batch_size": Key(_int(1), "an integer >= 1", "the global batch, whatever the number of processes"),
-        "lr": Key(_positive_float, "a finite positive number", "SGD's learning rate"),
+        "lr": Key(_positive_float, "a finite positive number", "the optimizer's learning rate"),
         "hidden": Key(_hidden, "a non-empty list of integers >= 1",
                       "the hidden layers' widths: [256] is Linear(784, 256), ReLU, Linear(256, 10)"),
         "compile": Key(_bool, "true or false", "torch.compile the model (on a GPU with CUDA graphs)"),
@@ -193,6 +215,10 @@ SCHEMA: dict[str, Any] = {
                        "intra-op threads; auto: the cores shared among this repository's running experiments"),
         "max_steps": Key(_max_steps, "an integer >= 1, or null",
                          "at most this many steps in each epoch, for smoke runs; null: whole epochs"),
+        "weight_decay": Key(_non_negative_float, "a finite number >= 0", "AdamW's decoupled weight decay"),
+        "betas": Key(_betas, "two numbers in [0, 1)", "AdamW's moment decay rates"),
+        "eps": Key(_positive_float, "a finite positive number",
+                   "AdamW's term added to the root of the second moment (0 in float16 below 2^-25)"),
     },
     "evaluate": {
         "batch_size": Key(_int(1), "an integer >= 1", "the test set's batch (no effect on the result)"),
@@ -276,6 +302,7 @@ def parse(tree: Any) -> Params:
     return Params(
         precision=clean["precision"],
         loss_scale=clean["loss_scale"],
+        optimizer=clean["optimizer"],
         seed=clean["seed"],
         device=clean["device"],
         train=TrainParams(**clean["train"]),

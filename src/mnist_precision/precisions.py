@@ -23,6 +23,9 @@ class Precision:
     # The dtype of the weights, their gradients and the optimizer: fp32 master
     # weights for the mixed precisions, half for the "-true" ones.
     param_dtype: str = "float32"
+    # Each update computed in fp32 and rounded to `param_dtype` stochastically
+    # (expected value: the exact update), not to the nearest value.
+    stochastic_rounding: bool = False
     tf32: bool = False  # fp32 matmuls and convolutions through TF32 tensor cores
     fp8: bool = False  # torchao's float8 training for the linear layers that fit it
     # The oldest NVIDIA GPU that runs it, as a compute capability; None: any device.
@@ -64,6 +67,16 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("bf16-true", None, False,
               "the model, its gradients and the optimizer all in bfloat16: no fp32 master weights",
               native_on_cpu=("avx512_bf16", "amx_bf16"), param_dtype="bfloat16",
+              no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
+                                    "where fp32's would not"),
+    Precision("fp16-true-sr", None, False,
+              "as fp16-true, but each update computed in fp32 and rounded to float16 stochastically",
+              native_on_cpu=("avx512_fp16", "amx_fp16"), param_dtype="float16", stochastic_rounding=True,
+              no_loss_scale_because="it has no fp32 master weights to unscale the gradients into; "
+                                    "use fp16 for a loss scale"),
+    Precision("bf16-true-sr", None, False,
+              "as bf16-true, but each update computed in fp32 and rounded to bfloat16 stochastically",
+              native_on_cpu=("avx512_bf16", "amx_bf16"), param_dtype="bfloat16", stochastic_rounding=True,
               no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
                                     "where fp32's would not"),
     Precision("tf32", None, False,

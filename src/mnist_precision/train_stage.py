@@ -14,6 +14,7 @@ from .device import capability_params, device_name, missing_native_support, reso
 from .distributed import World, device_of, joined, launch, processes_wanted, under_torchrun
 from .interrupts import Interrupted, StopRequest
 from .model import build_mlp
+from .optimizers import OptimizerChoice, eps_warning
 from .params import Params, load
 from .precision import PrecisionPolicy, fp8_kept_layers, torch_dtype
 from .recorder import NoRecorder, Recorder
@@ -69,6 +70,10 @@ def train_stage(params: Params, device: torch.device, world: World) -> None:
     if missing:
         recorder.say(f"warning: {params.precision} is not native here ({missing}): its matrix products take "
                      "a slow path, and it will likely run slower than fp32")
+    optimizer = OptimizerChoice.of(params)
+    eps = eps_warning(optimizer, policy)
+    if eps:
+        recorder.say(f"warning: {eps}")
     torch.manual_seed(params.seed)
     resume = world.broadcast(recorder.resume_point())
     data = load_split(paths.require(paths.DATA_DIR, "download"), "train", device)
@@ -90,7 +95,7 @@ def train_stage(params: Params, device: torch.device, world: World) -> None:
         try:
             result = train(model, data, policy, params.train, params.seed, world=world, on_epoch=recorder.epoch,
                            on_checkpoint=recorder.checkpoint, stop=stop, resume=resume.state if resume else None,
-                           diagnose_every=params.diagnostics_every)
+                           diagnose_every=params.diagnostics_every, optimizer=optimizer)
         except DivergenceError as error:
             recorder.diverged(error)
             raise

@@ -1,4 +1,4 @@
-"""The training loop: SGD on the reference recipe, under a precision policy.
+"""The training loop: the reference recipe (SGD or AdamW) under a precision policy.
 
 `TrainState` holds everything that a resumed run needs (PyTorch's
 `state_dict` convention), `run_epoch` runs one epoch of steps, and `train`
@@ -13,17 +13,20 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import metrics as m
 from .data import Split, shuffled_batches
 from .distributed import World
 from .errors import UserError
 from .diagnostics import Diagnostics, EpochNumerics
 from .interrupts import StopRequest
 from .model import build_mlp
+from .optimizers import SGD, OptimizerChoice, eps_warning, make_optimizer, torch_optimizer, torch_state
 from .params import TrainParams
 from .precision import PrecisionPolicy
 
@@ -36,11 +39,37 @@ SYNC_EVERY = 50
 
 
 class DivergenceError(UserError, RuntimeError):
-    def __init__(self, epoch: int, step: int, loss: float):
-        super().__init__(
-            f"training diverged: the loss became {loss} at step {step} (epoch {epoch}); lower train.lr"
-        )
-        self.epoch, self.step, self.loss = epoch, step, loss
+    def __init__(self, epoch: int, step: int, loss: float, causes: tuple[str, ...] = ()):
+        seen = f"; the numerics show {'; '.join(causes)}" if causes else "; lower train.lr"
+        super().__init__(f"training diverged: the loss became {loss} at step {step} (epoch {epoch}){seen}")
+        self.epoch, self.step, self.loss, self.causes = epoch, step, loss, causes
+
+    def because(self, causes: tuple[str, ...]) -> DivergenceError:
+        """The same divergence, naming the numeric causes the run saw."""
+        return DivergenceError(self.epoch, self.step, self.loss, causes) if causes else self
+
+
+# A loss scale below this has collapsed: the GradScaler halved it on overflow after overflow.
+COLLAPSED_SCALE = 1.0
+
+
+def numeric_causes(policy: PrecisionPolicy, optimizer: OptimizerChoice,
+                   diagnostics: Diagnostics | None) -> tuple[str, ...]:
+    """What the numerics saw that makes a run diverge, each with its fix."""
+    causes = []
+    eps = eps_warning(optimizer, policy)
+    if eps:
+        causes.append(f"AdamW's eps flushed to zero ({eps})")
+    figures = diagnostics.figures_so_far() if diagnostics is not None else {}
+    if figures.get(m.SECOND_MOMENT_FLUSHED):
+        causes.append(f"AdamW's second moment underflowed ({figures[m.SECOND_MOMENT_FLUSHED]:.1%} of its non-zero "
+                      f"values flushed to zero in {policy.precision.param_dtype} on the sampled steps): "
+                      f"use {policy.name}-sr or a mixed precision, whose optimizer state is fp32")
+    scale = policy.scale()
+    if scale is not None and scale < COLLAPSED_SCALE:
+        causes.append(f"the loss scale collapsed to {scale:g}: the gradients overflow fp16 even unscaled; "
+                      f"lower train.lr or use bf16")
+    return tuple(causes)
 
 
 @dataclass
@@ -82,15 +111,8 @@ class TrainResult:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The recipe's plain SGD. `fused=True` (CPU and CUDA) lets the GradScaler
-    hand it the scale and the overflow flag as tensors, so an fp16 step never
-    waits for the GPU to say whether it overflowed."""
-    return torch.optim.SGD(model.parameters(), lr=lr, fused=True)
-
-
 class TrainStep:
-    """One SGD step under a precision policy: the unit the training loop runs
+    """One optimizer step under a precision policy: the unit the training loop runs
     and the benchmark times. Returns the logits, the loss and whether the
     GradScaler skipped the update (a device tensor, or None without a scaler).
 
@@ -146,9 +168,10 @@ class Progress:
 class TrainState:
     """Everything a resumed run needs to end bitwise where an uninterrupted one would."""
 
-    def __init__(self, model: nn.Module, policy: PrecisionPolicy, lr: float, seed: int):
+    def __init__(self, model: nn.Module, policy: PrecisionPolicy, lr: float, seed: int,
+                 optimizer: OptimizerChoice = SGD):
         self.model, self.policy = policy.convert_module(model), policy
-        self.optimizer = make_optimizer(model, lr)
+        self.optimizer = make_optimizer(model, lr, optimizer, policy, seed)
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         self.progress = Progress()
 
@@ -264,10 +287,20 @@ def check_loss(value: float, scaled: bool, progress: Progress, bar: tqdm, batch_
                         samples_s=f"{(bar.format_dict['rate'] or 0) * batch_size:.0f}")
 
 
+def make_diagnostics(params: TrainParams, policy: PrecisionPolicy, optimizer: OptimizerChoice, every_steps: int,
+                     device: torch.device) -> Diagnostics:
+    """The numerics of this run, measured on an fp32 replica and an fp32 shadow of its optimizer."""
+    return Diagnostics(build_mlp(params.hidden).to(device), every_steps,
+                       shadow_optimizer=partial(torch_optimizer, lr=params.lr, choice=optimizer),
+                       optimizer_state=torch_state,
+                       eps_survives=eps_warning(optimizer, policy) is None if optimizer.name == "adamw" else None)
+
+
 def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainParams, seed: int, *,
           world: World = World(), on_epoch: Callable[[EpochRecord], None] = lambda record: None,
           stop: StopRequest | None = None, resume: dict | None = None, diagnose_every: int = 0,
-          on_checkpoint: Callable[[dict], None] = lambda state: None) -> TrainResult:
+          on_checkpoint: Callable[[dict], None] = lambda state: None, optimizer: OptimizerChoice = SGD,
+          ) -> TrainResult:
     """Train for `params.epochs` epochs, or continue from `resume` (the state
     that `Stopped` carried) so that the end state is the same, bit for bit, as
     if training had never stopped. In a distributed job every rank calls it,
@@ -275,17 +308,20 @@ def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainP
     steps (0: never), rank 0 measures the step's numerics (`diagnostics`).
     Every `params.checkpoint_every` epochs but the last, `on_checkpoint` gets
     the state to continue from (the state a stop carries, at an epoch's end)."""
-    state = TrainState(model, policy, params.lr, seed)
+    state = TrainState(model, policy, params.lr, seed, optimizer)
     if resume is not None:
         state.load_state_dict(resume)
     step = TrainStep(model, policy, state.optimizer, compile=params.compile, world=world, grad_comm=params.grad_comm)
     diagnostics = None
     if diagnose_every and world.is_main:
-        diagnostics = Diagnostics(build_mlp(params.hidden).to(data.images.device), diagnose_every)
+        diagnostics = make_diagnostics(params, policy, optimizer, diagnose_every, data.images.device)
     model.train()
     while state.progress.epoch <= params.epochs:
-        record = run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics,
-                           params.max_steps)
+        try:
+            record = run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics,
+                               params.max_steps)
+        except DivergenceError as error:
+            raise error.because(numeric_causes(policy, optimizer, diagnostics)) from None
         on_epoch(record)
         if params.checkpoint_every and record.epoch % params.checkpoint_every == 0 and record.epoch < params.epochs:
             state.progress.epoch_generator_state = state.generator.get_state()  # the next epoch's order

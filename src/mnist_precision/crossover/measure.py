@@ -21,7 +21,8 @@ from ..model import build_mlp
 from ..precision import PrecisionPolicy
 from ..stats import ratio_of_means
 from ..timing import Clock, training_flops_per_sample
-from ..training import TrainStep, make_optimizer
+from ..optimizers import make_optimizer
+from ..training import TrainStep
 
 REPEATS = 5  # turns of fp32 and the variant in a timed cell
 TIMED, ONCE, NOT_TIMED = "timed", "timed once", "not timed"
