@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mnist_precision import claims
-from mnist_precision.report.comparison import Group, RunRecord, device_label, group_runs, verdicts
+from mnist_precision.report.comparison import Group, RunRecord, config_of, device_label, group_runs, verdicts
 
 CPU = "cpu (AMD EPYC; AVX512, features avx512f,avx512_bf16)"
 GPU = "cuda (NVIDIA H200; compute capability 9.0)"
@@ -33,7 +33,7 @@ def test_each_claim_is_answered_from_the_numbers_of_the_device():
     assert "fp16 0.11x (slower)" in text and "bf16-true 1.48x (faster)" in text
     assert "1 of 2 variants with enough seeds kept fp32's test accuracy" in text
     assert "bf16-true -0.0600 [" in text and "], lower" in text
-    assert f"- No, on {CPU}: bf16-true lost 83.0% of its non-zero updates to rounding" in text
+    assert f"- No, on {CPU} with sgd: bf16-true lost 83.0% of its non-zero updates to rounding" in text
     assert "(fp32: 0.0100%)" in text
 
 
@@ -44,10 +44,10 @@ def test_the_answers_turn_with_the_numbers():
     assert "On a GPU: not measured" not in text
     assert "fp16-true 3.00x (faster)" in text  # one seed: called by the margin, not by an interval
     assert "0 of 0 variants with enough seeds" in text and "+0.0000, too few seeds to tell" in text
-    assert f"- Undecided (too few seeds), on {GPU}: fp16-true recorded no lost-update share" in text
+    assert f"- Undecided (too few seeds), on {GPU} with sgd: fp16-true recorded no lost-update share" in text
     same = group(GPU, {"fp32": [(0.91, 100.0, None)], "fp16": [(0.91, 102.0, None)]})
     assert "fp16 1.02x (about the same)" in claims.section([same], verdicts)
-    assert "Not measured: no fp16-true or bf16-true runs" in claims.section([same], verdicts)
+    assert "Not measured: no fp16-true, bf16-true or -sr runs" in claims.section([same], verdicts)
 
 
 def test_runs_of_another_torch_or_cuda_are_another_group_named_by_it():
@@ -64,3 +64,37 @@ def test_runs_of_another_torch_or_cuda_are_another_group_named_by_it():
                          samples_per_s=1.0, peak_memory_mb=None, peak_memory_kind=None, model_bytes_fp32=None,
                          model_bytes_fp16=None) for label in labels]
     assert sorted(group.device for group in group_runs(records)) == sorted(labels)
+
+
+def test_pure_half_is_answered_per_optimizer_and_for_stochastic_rounding():
+    sgd = group(CPU, {"fp32": [(0.91, 100.0, 0.0001)] * 3, "bf16-true": [(0.90, 90.0, 0.83), (0.905, 90.0, 0.84),
+                                                                       (0.902, 90.0, 0.82)],
+                      "bf16-true-sr": [(0.91, 60.0, 0.80), (0.912, 60.0, 0.79), (0.909, 60.0, 0.81)]})
+    for name, bias in (("fp32", 0.0), ("bf16-true", -0.49), ("bf16-true-sr", 0.001)):
+        for run in sgd.runs[name].values():
+            run.update_bias = bias
+    adamw = group(CPU, {"fp32": [(0.96, 80.0, 0.0)] * 2, "fp16-true": [(0.95, 10.0, 0.1), (0.955, 10.0, 0.1)]})
+    adamw.config = (("optimizer", "adamw"),)
+    for run in adamw.runs["fp16-true"].values():
+        run.second_moment_flushed = 0.27
+    text = claims.section([sgd, adamw], verdicts)
+    assert f"on {CPU} with sgd: bf16-true lost 83.0% of its non-zero updates to rounding, update bias -0.490" in text
+    assert "bf16-true-sr lost 80.0% of its non-zero updates to rounding, update bias +0.001" in text
+    assert ("  - Stochastic rounding: bf16-true-sr's update bias +0.001 against bf16-true's -0.490 (applied on "
+            "average: |bias| < 0.05 counts as unbiased); its test accuracy closer to fp32's by +0.0080.") in text
+    assert f"on {CPU} with adamw: fp16-true lost 10.0% of its non-zero updates to rounding, 27.0% of AdamW's " \
+           "second moment flushed to zero" in text
+
+
+def test_runs_of_another_optimizer_are_another_group():
+    base = {"train.hidden": "[256]", "train.batch_size": "64", "train.epochs": "1", "train.lr": "0.01",
+            "train.compile": "False", "train.weight_decay": "0.01", "train.betas": "[0.9, 0.999]", "train.eps": "1e-08"}
+    before_the_param = config_of(base)  # logged before `optimizer` existed: SGD
+    assert before_the_param == config_of(base | {"optimizer": "sgd"})
+    assert dict(config_of(base | {"optimizer": "adamw"}))["train.eps"] == "1e-08"
+    assert "train.eps" not in dict(before_the_param)  # SGD's groups are not split by AdamW's hyperparameters
+    records = [RunRecord(run_id=o, precision="fp32", seed=0, device=CPU, config=config_of(base | {"optimizer": o}),
+                         test_accuracy=0.9, samples_per_s=1.0, peak_memory_mb=None, peak_memory_kind=None,
+                         model_bytes_fp32=None, model_bytes_fp16=None) for o in ("sgd", "adamw")]
+    assert sorted(g.optimizer for g in group_runs(records)) == ["adamw", "sgd"]
+    assert [g.title().endswith("optimizer adamw") for g in group_runs(records)].count(True) == 1

@@ -116,28 +116,31 @@ def test_another_cpu_capability_reruns_train_and_evaluate_and_the_first_comes_ba
     assert project.run("dvc", "status").stdout.count("always changed") == 1  # nothing else differs
 
 
-CPU_VARIANTS = (("bf16", "dynamic"), ("fp16-true", "dynamic"), ("bf16-true", "dynamic"), ("fp16", "none"))
+# (precision, loss_scale, optimizer): every precision the CPU runs but the baseline (fp32, committed) and fp8.
+CPU_VARIANTS = (("bf16", "dynamic", "sgd"), ("fp16-true", "dynamic", "sgd"), ("bf16-true", "dynamic", "sgd"),
+                ("fp16", "none", "sgd"), ("bf16-true-sr", "dynamic", "adamw"), ("fp16-true-sr", "dynamic", "sgd"))
 
 
 def test_every_variant_that_runs_on_the_cpu_runs_as_an_experiment(project):
-    for precision, loss_scale in CPU_VARIANTS:
+    for precision, loss_scale, optimizer in CPU_VARIANTS:
         project.run("dvc", "exp", "run", "--queue", "-S", f"precision={precision}", "-S", f"loss_scale={loss_scale}",
-                    "-S", "seed=2")
+                    "-S", f"optimizer={optimizer}", "-S", "seed=2")
     with running_queue(project, jobs=2):
         status = wait_for_queue(project, timeout=900)
     assert status.count("Success") == len(CPU_VARIANTS), status
 
     client, experiment, runs = project.mlflow_runs()
-    variants = {(run.data.params["precision"], run.data.params["loss_scale"]): run
+    variants = {(run.data.params["precision"], run.data.params["loss_scale"], run.data.params["optimizer"]): run
                 for run in runs if run.data.params["seed"] == "2"}
     assert sorted(variants) == sorted(CPU_VARIANTS)
-    for (precision, loss_scale), run in variants.items():
+    for (precision, loss_scale, optimizer), run in variants.items():
         assert run.info.status == "FINISHED", precision
         assert run.data.metrics["test_accuracy"] >= 0.85, (precision, run.data.metrics["test_accuracy"])
         # 2 cores shared by the experiments running when it started (1 or 2 of them)
         assert run.data.params["threads"] in ("1", "2") and "cores shared by" in run.data.params["threads_from"]
         assert ("grad_scale_final" in run.data.metrics) is False  # no GradScaler in any of them
         assert 0 <= run.data.metrics["lost_updates"] <= 1 and "underflow_act_grads_flushed" in run.data.metrics
+        assert ("second_moment_flushed" in run.data.metrics) == (optimizer == "adamw")
         scales = client.get_metric_history(run.info.run_id, "loss_scale")
         assert [m.step for m in scales] == [200, 400, 600, 800] and {m.value for m in scales} == {1.0}
         models = client.search_logged_models([experiment.experiment_id],
@@ -145,8 +148,12 @@ def test_every_variant_that_runs_on_the_cpu_runs_as_an_experiment(project):
         assert [m.name for m in models] == ["model"]
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/diagnostics.json", "plots/loss_scale.json", "plots/underflow_histogram.json"} <= plots
-    dtypes = {precision: run.data.params["compute_dtype"] for (precision, _), run in variants.items()}
-    assert dtypes == {"bf16": "bfloat16", "fp16-true": "float16", "bf16-true": "bfloat16", "fp16": "float16"}
+    dtypes = {precision: run.data.params["compute_dtype"] for (precision, _, _), run in variants.items()}
+    assert dtypes == {"bf16": "bfloat16", "fp16-true": "float16", "bf16-true": "bfloat16", "fp16": "float16",
+                      "bf16-true-sr": "bfloat16", "fp16-true-sr": "float16"}
     # What rounding to half does to the stored weights' updates, measured in the real runs.
-    lost = {precision: run.data.metrics["lost_updates"] for (precision, _), run in variants.items()}
-    assert lost["bf16-true"] > lost["fp16-true"] > lost["bf16"]
+    metrics = {precision: run.data.metrics for (precision, _, _), run in variants.items()}
+    assert metrics["bf16-true"]["lost_updates"] > metrics["fp16-true"]["lost_updates"] > metrics["bf16"]["lost_updates"]
+    # Round-to-nearest loses a share of each update; stochastic rounding applies it on average.
+    assert metrics["bf16-true"]["update_bias"] < -0.3 and abs(metrics["fp16-true-sr"]["update_bias"]) < 0.05
+    assert metrics["bf16-true-sr"]["adamw_eps_survives"] == 1.0

@@ -160,12 +160,14 @@ def test_report_compares_each_reduced_precision_with_fp32(project):
     assert "from 12 finished runs" in report  # the killed run is not one of them
     figures = sorted((project.root / "reports").glob("group*.png"))
     assert [f.name for f in figures] == ["group1-accuracy.png", "group1-costs.png", "group1-loss-scale.png",
-                                         "group1-loss.png", "group1-lost-updates.png", "group1-underflow.png"]
+                                         "group1-loss.png", "group1-lost-updates.png", "group1-second-moment.png",
+                                         "group1-underflow.png", "group1-update-bias.png"]
     claims = report.split("## The claims, measured", 1)[1].split("## Group 1", 1)[0]
     assert "**Half precision halves storage.**\n- Yes, on cpu (" in claims
     assert "- On a GPU: not measured, no GPU runs or crossover map in this store" in claims and "fp16 0." in claims
     assert "- Crossover map on cpu (" in claims and "bf16-true (eager) pays" in claims
-    assert "Not measured: no fp16-true or bf16-true runs in this store" in claims
+    assert "Not measured: no fp16-true, bf16-true or -sr runs in this store" in claims
+    assert "| update bias | AdamW's second moment flushed |" in report and "| +0.000 | not recorded |" in report
     # The fp16 runs' activation gradients, against fp16's range, from the run's own histogram artifact.
     assert "Activation gradients of one sampled step against fp16's range (run " in report
     assert "(fp16, seed 0), its last sampled step)" in report

@@ -13,10 +13,11 @@ import statistics
 from collections.abc import Callable
 
 from .crossover.verdict import sentences
+from .precisions import BASELINE, PRECISIONS
 from .stats import FASTER, SLOWER, Interval
 
 HALF_STORAGE = 0.55  # stored bytes at most this share of fp32's: storage is halved
-TRUE_HALF = ("fp16-true", "bf16-true")
+UNBIASED = 0.05  # an update bias smaller than this: the updates are applied on average
 
 
 def speed_word(ratio: Interval) -> str:
@@ -85,26 +86,59 @@ def accuracy(groups, verdicts: Callable) -> str:
 
 
 def pure_half(groups, verdicts: Callable, mean: Callable) -> str:
+    """Per group (so per optimizer): the half-stored variants' lost updates,
+    update bias and accuracy, then what stochastic rounding changed."""
     lines = []
     for group in groups:
-        rows = {v.precision: v for v in verdicts(group) if v.precision in TRUE_HALF}
+        rows = {v.precision: v for v in verdicts(group) if v.precision in PRECISIONS
+                and PRECISIONS[v.precision].param_dtype != "float32"}
         if not rows:
             continue
-        lost = {name: mean([run.lost_updates for run in group.runs[name].values() if run.lost_updates is not None])
-                for name in ("fp32", *rows) if name in group.runs}
-        parts = []
-        for name, verdict in rows.items():
-            share = f"lost {lost[name]:.1%} of its non-zero updates to rounding" if lost.get(name) is not None else \
-                "recorded no lost-update share"
-            parts.append(f"{name} {share}, test accuracy against fp32 {accuracy_word(verdict.accuracy)}")
-        reference = f" (fp32: {lost['fp32']:.4%})" if lost.get("fp32") is not None else ""
+        figures = {name: {key: mean([getattr(run, key) for run in group.runs[name].values()])
+                          for key in ("lost_updates", "update_bias", "second_moment_flushed")}
+                   for name in (BASELINE, *rows) if name in group.runs}
+        reference = figures.get(BASELINE, {}).get("lost_updates")
         lower = any(v.accuracy.has_interval and v.accuracy.high < 0 for v in rows.values())
         kept = all(v.accuracy.has_interval and v.accuracy.high >= 0 for v in rows.values())
         answer = "No" if lower else "Here, yes" if kept else "Undecided (too few seeds)"
-        lines.append(f"- {answer}, on {group.device}: {'; '.join(parts)}{reference}. Without fp32 master weights "
-                     "an update smaller than half the weight's spacing in half precision is rounded away.")
-    return "\n".join(lines) or ("- Not measured: no fp16-true or bf16-true runs in this store "
+        parts = "; ".join(half_variant(name, verdict, figures[name]) for name, verdict in rows.items())
+        lines.append(f"- {answer}, on {group.device} with {group.optimizer}: {parts}"
+                     f"{f' (fp32: {reference:.4%})' if reference is not None else ''}. Without fp32 master "
+                     "weights an update smaller than half the weight's spacing in half precision is rounded "
+                     "away, unless it is rounded stochastically.")
+        lines += [f"  - {sentence}" for sentence in stochastic_rounding(rows, figures)]
+    return "\n".join(lines) or ("- Not measured: no fp16-true, bf16-true or -sr runs in this store "
                                 "(dvc exp run -S precision=bf16-true).")
+
+
+def half_variant(name: str, verdict, figures: dict) -> str:
+    lost, bias, moment = figures["lost_updates"], figures["update_bias"], figures["second_moment_flushed"]
+    said = [f"lost {lost:.1%} of its non-zero updates to rounding" if lost is not None else
+            "recorded no lost-update share"]
+    if bias is not None:
+        said.append(f"update bias {bias:+.3f}")
+    if moment is not None:
+        said.append(f"{moment:.1%} of AdamW's second moment flushed to zero")
+    return f"{name} {', '.join(said)}, test accuracy against fp32 {accuracy_word(verdict.accuracy)}"
+
+
+def stochastic_rounding(rows: dict, figures: dict) -> list[str]:
+    """For each "-sr" variant beside its round-to-nearest twin: is the update
+    unbiased (|bias| < UNBIASED), and did it keep more accuracy?"""
+    sentences = []
+    for name, verdict in rows.items():
+        nearest = name.removesuffix("-sr")
+        if not PRECISIONS[name].stochastic_rounding or nearest not in rows:
+            continue
+        bias, twin_bias = figures[name]["update_bias"], figures[nearest]["update_bias"]
+        if bias is None or twin_bias is None:
+            continue
+        unbiased = "applied on average" if abs(bias) < UNBIASED else "still biased"
+        closer = verdict.accuracy.estimate - rows[nearest].accuracy.estimate
+        sentences.append(f"Stochastic rounding: {name}'s update bias {bias:+.3f} against {nearest}'s "
+                         f"{twin_bias:+.3f} ({unbiased}: |bias| < {UNBIASED} counts as unbiased); its test "
+                         f"accuracy {'closer to' if closer > 0 else 'no closer to'} fp32's by {closer:+.4f}.")
+    return sentences
 
 
 def section(groups, verdicts: Callable, maps: list[tuple[str, dict]] = ()) -> str:

@@ -1,8 +1,8 @@
 """The comparison: the finished runs, their groups, and each precision's verdict against fp32.
 
-Runs are grouped by device and configuration (runs from different devices or
-configurations are never averaged together), and within a group by precision
-and seed.
+Runs are grouped by device and configuration, the optimizer included (runs
+from different devices, configurations or optimizers are never averaged
+together), and within a group by precision and seed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from .quiet import no_progress_bar
 SUMMARY_TAG = "mnist_precision.run_type"
 # What makes two runs comparable, besides precision and seed.
 CONFIG_PARAMS = ("train.hidden", "train.batch_size", "train.epochs", "train.lr", "train.compile")
+# The optimizer too (runs from before the param trained with SGD), and AdamW's hyperparameters.
+ADAMW_PARAMS = ("train.weight_decay", "train.betas", "train.eps")
 
 
 class ReportError(UserError):
@@ -49,8 +51,11 @@ class RunRecord:
     # The last epoch's share of activation gradients below 2^-24, unscaled and times the run's loss scale.
     act_grads_flushed: float | None = None
     act_grads_scaled_flushed: float | None = None
+    update_bias: float | None = None  # the last epoch's, where no loss scale was in the gradients
+    second_moment_flushed: float | None = None  # the last epoch's, AdamW only
     loss_by_epoch: dict[int, float] = field(default_factory=dict)
     lost_updates_by_epoch: dict[int, float] = field(default_factory=dict)
+    update_bias_by_epoch: dict[int, float] = field(default_factory=dict)
     loss_scale_by_step: dict[int, float] = field(default_factory=dict)
 
 
@@ -60,6 +65,10 @@ class Group:
     config: tuple[tuple[str, str], ...]
     runs: dict[str, dict[int, RunRecord]] = field(default_factory=lambda: defaultdict(dict))
     superseded: int = 0  # older runs of a (precision, seed) already present
+
+    @property
+    def optimizer(self) -> str:
+        return dict(self.config).get("optimizer", "sgd")
 
     def title(self) -> str:
         return f"{self.device}; " + ", ".join(f"{k.removeprefix('train.')} {v}" for k, v in self.config)
@@ -107,7 +116,7 @@ def collect(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
             precision=variant(params),
             seed=int(params["seed"]),
             device=device_label(params),
-            config=tuple((key, params.get(key, "?")) for key in CONFIG_PARAMS),
+            config=config_of(params),
             test_accuracy=metrics[m.TEST_ACCURACY],
             samples_per_s=metrics[m.SAMPLES_PER_S],
             peak_memory_mb=metrics.get(memory_kind) if memory_kind else None,
@@ -118,11 +127,21 @@ def collect(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
             lost_updates=metrics.get(m.LOST_UPDATES),
             act_grads_flushed=metrics.get(m.underflow("act_grads", "flushed")),
             act_grads_scaled_flushed=metrics.get(m.underflow("act_grads", "flushed", scaled=True)),
+            update_bias=metrics.get(m.UPDATE_BIAS),
+            second_moment_flushed=metrics.get(m.SECOND_MOMENT_FLUSHED),
             loss_by_epoch=history(m.TRAIN_LOSS),
             lost_updates_by_epoch=history(m.LOST_UPDATES) if m.LOST_UPDATES in metrics else {},
+            update_bias_by_epoch=history(m.UPDATE_BIAS) if m.UPDATE_BIAS in metrics else {},
             loss_scale_by_step=history(m.LOSS_SCALE) if m.LOSS_SCALE in metrics else {},
         ))
     return records
+
+
+def config_of(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """What the run's group must share with it: the training recipe and the optimizer."""
+    optimizer = params.get("optimizer", "sgd")
+    keys = CONFIG_PARAMS + (ADAMW_PARAMS if optimizer == "adamw" else ())
+    return tuple((key, params.get(key, "?")) for key in keys) + (("optimizer", optimizer),)
 
 
 def variant(params: dict[str, str]) -> str:

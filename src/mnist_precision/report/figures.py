@@ -15,7 +15,7 @@ from ..atomic import atomic_path  # noqa: E402
 from ..diagnostics import FP16_SMALLEST_NORMAL, FP16_SMALLEST_SUBNORMAL  # noqa: E402
 from .comparison import Group, RunRecord, download_json  # noqa: E402
 
-FIGURES = ("loss", "accuracy", "costs", "underflow", "loss-scale", "lost-updates")
+FIGURES = ("loss", "accuracy", "costs", "underflow", "loss-scale", "lost-updates", "update-bias", "second-moment")
 
 
 def draw(group: Group, index: int, out_dir: Path) -> tuple[dict[str, Path], str]:
@@ -27,6 +27,8 @@ def draw(group: Group, index: int, out_dir: Path) -> tuple[dict[str, Path], str]
     caption = plot_underflow(group, paths["underflow"])
     plot_loss_scale(group, paths["loss-scale"])
     plot_lost_updates(group, paths["lost-updates"])
+    plot_update_bias(group, paths["update-bias"])
+    plot_second_moment(group, paths["second-moment"])
     return paths, caption
 
 
@@ -97,6 +99,54 @@ def plot_lost_updates(group: Group, path: Path) -> None:
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set(xlabel="epoch", ylabel="share of non-zero updates lost",
              title="Updates rounded away by the stored weights' precision")
+    _save(figure, path)
+
+
+def _mean_curve(axes, curves: list[dict[int, float]], **style) -> bool:
+    """The mean across seeds of per-epoch curves, over the epochs every seed reached; False if none."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return False
+    x = sorted(set.intersection(*(set(c) for c in curves)))
+    axes.plot(x, [statistics.fmean(c[e] for c in curves) for e in x], marker="o", **style)
+    return True
+
+
+def plot_update_bias(group: Group, path: Path) -> None:
+    """Round-to-nearest against stochastic rounding: the update bias beside the lost updates, per epoch."""
+    figure, (bias, lost) = plt.subplots(1, 2, figsize=(12, 4))
+    plotted = False
+    for precision in group.precisions():
+        runs = group.runs[precision].values()
+        style = {"label": precision, "linestyle": "--" if precision.split(" ")[0].endswith("-sr") else "-"}
+        if _mean_curve(bias, [run.update_bias_by_epoch for run in runs], **style):
+            _mean_curve(lost, [run.lost_updates_by_epoch for run in runs], **style)
+            plotted = True
+    if plotted:
+        bias.axhline(0, color="black", linewidth=0.8)
+        bias.legend()
+        lost.legend()
+    else:
+        _no_data(bias, "an update bias")
+    for axes in (bias, lost):
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    bias.set(xlabel="epoch", ylabel="update bias (-1: all lost, 0: unbiased)",
+             title="The applied update against fp32's")
+    lost.set(xlabel="epoch", ylabel="share of non-zero updates lost", title="Updates lost (dashed: stochastic rounding)")
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_second_moment(group: Group, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    shares = {p: group.values(p, "second_moment_flushed") for p in group.precisions()}
+    shares = {p: statistics.fmean(v.values()) for p, v in shares.items() if v}
+    if shares:
+        axes.bar(list(shares), list(shares.values()), color="tab:red")
+    else:
+        _no_data(axes, "AdamW's second moment (optimizer: adamw)")
+    axes.set(ylabel="share of non-zero values flushed to 0 (last epoch, mean across seeds)",
+             title="AdamW's second moment as the stored dtype holds it")
     _save(figure, path)
 
 

@@ -55,6 +55,8 @@ def group_section(index: int, group: Group, out_dir: Path) -> tuple[str, list[Pa
               f"Activation gradients of one sampled step against fp16's range ({underflow_caption}):", "",
               f"![underflow]({figures['underflow'].name})", "", f"![loss scale]({figures['loss-scale'].name})", "",
               f"![lost updates]({figures['lost-updates'].name})", "",
+              f"![update bias]({figures['update-bias'].name})", "",
+              f"![second moment]({figures['second-moment'].name})", "",
               "Shares in the last epoch, mean across seeds:", "", *numerics_table(group), ""]
     return "\n".join(lines), list(figures.values())
 
@@ -82,13 +84,15 @@ def costs_table(group: Group) -> list[str]:
 
 def numerics_table(group: Group) -> list[str]:
     lines = ["| variant | updates lost to rounding | activation gradients below 2^-24 | "
-             "the same, times the run's loss scale |",
-             "| --- | ---: | ---: | ---: |"]
+             "the same, times the run's loss scale | update bias | AdamW's second moment flushed |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for p in group.precisions():
         cells = []
-        for field in ("lost_updates", "act_grads_flushed", "act_grads_scaled_flushed"):
+        for field in ("lost_updates", "act_grads_flushed", "act_grads_scaled_flushed", "update_bias",
+                      "second_moment_flushed"):
             values = list(group.values(p, field).values())
-            cells.append(f"{statistics.fmean(values):.4%}" if values else "not recorded")
+            number = "{:+.3f}" if field == "update_bias" else "{:.4%}"
+            cells.append(number.format(statistics.fmean(values)) if values else "not recorded")
         lines.append(f"| {p} | {' | '.join(cells)} |")
     return lines
 
