@@ -45,7 +45,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_mlp((256,)).to(device)
         policy = PrecisionPolicy(args.precision, device.type)
-        step = TrainStep(model, policy, make_optimizer(model, 0.01), world=world)
+        step = TrainStep(model, policy, make_optimizer(model, policy, 0.01), world=world)
         generator = torch.Generator(device=device).manual_seed(0)
 
         def run(n: int) -> None:

@@ -47,7 +47,8 @@ lap("import the project (mlflow.pytorch, mlflow.models, tqdm)")
 def main() -> None:
     data_dir = (Path(__file__).resolve().parents[1] / paths.DATA_DIR).resolve()
     model = build_mlp([256])
-    TrainStep(model, PrecisionPolicy("fp32", "cpu"), make_optimizer(model, lr=0.01))
+    policy = PrecisionPolicy("fp32", "cpu")
+    TrainStep(model, policy, make_optimizer(model, policy, 0.01))
     lap("build the model and the training step")
     with tempfile.TemporaryDirectory() as work:
         os.chdir(work)

@@ -17,8 +17,10 @@ over `shuffled_batches`, as the train stage runs it) after warm-up, on:
 - ceiling:     a large matrix multiply in each dtype: what the machine achieves;
 - data-parallel: on the CPU, the reference step in one plain process and in
                2 processes under torchrun (DDP over gloo), by ddp_steps.py;
+- reference-adamw: the reference network with AdamW instead of SGD, every precision;
 - diagnostics: what measuring the numerics on a sampled step costs, as a share
-               of an epoch at params.yaml's diagnostics.every_steps.
+               of an epoch at params.yaml's diagnostics.every_steps (fp32, bf16,
+               bf16-true-sr, and fp32 with AdamW, whose fp32 shadow steps too).
 
 Every precision the device runs is timed; those it refuses (tf32 and fp8 off
 the GPUs that have them) are listed as skipped.
@@ -52,15 +54,14 @@ import yaml
 from mnist_precision import paths
 from mnist_precision.data import MEAN, STD, Split, load_split, shuffled_batches
 from mnist_precision.device import device_name, refusal, resolve_device
-from mnist_precision.diagnostics import Diagnostics
 from mnist_precision.download import download_mnist
 from mnist_precision.model import build_mlp
-from mnist_precision.params import load
+from mnist_precision.params import TrainParams, load
 from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.precisions import BASELINE, NAMES as PRECISIONS, PRECISIONS as TABLE
 from mnist_precision.timing import Clock, training_flops_per_sample
-from mnist_precision.optimizers import make_optimizer
-from mnist_precision.training import TrainStep
+from mnist_precision.optimizers import SGD, OptimizerChoice, make_optimizer
+from mnist_precision.training import TrainStep, make_diagnostics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The matrix products each precision's ceiling is measured with: its dtype, and TF32 on or off.
@@ -70,6 +71,9 @@ CEILINGS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
 CEILING_OF = {name: "tf32" if TABLE[name].tf32 else
               {"float16": "fp16", "bfloat16": "bf16"}.get(TABLE[name].autocast_dtype or TABLE[name].param_dtype, "fp32")
               for name in PRECISIONS}
+ADAMW = OptimizerChoice("adamw")
+# What the diagnostics' cost is measured on: mixed, stochastic rounding, and AdamW's fp32 shadow.
+DIAGNOSED = ((BASELINE, SGD), ("bf16", SGD), ("bf16-true-sr", SGD), (BASELINE, ADAMW))
 # glibc's malloc, told through its own environment variables (mallopt(3)) to
 # keep freed memory in the heap: no mmap for big blocks, no trimming.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)}
@@ -168,12 +172,14 @@ class BareUpdate:
 
 
 def time_training(config: Config, precision: str, data: Split, clock: Clock, sizes: Sizes,
-                  compile: bool = False, bare_update: bool = False) -> dict:
+                  compile: bool = False, bare_update: bool = False, optimizer: OptimizerChoice = SGD) -> dict:
     device = data.images.device
     torch.manual_seed(0)
     policy = PrecisionPolicy(precision, device.type)
     model = policy.convert_module(build_mlp(config.hidden).to(device))
-    optimizer = BareUpdate(model.parameters(), lr=0.01) if bare_update else make_optimizer(model, lr=0.01)
+    optimizer_name = optimizer.name
+    optimizer = (BareUpdate(model.parameters(), lr=0.01) if bare_update
+                 else make_optimizer(model, policy, 0.01, optimizer))
     step = TrainStep(model, policy, optimizer, compile=compile)
     batches = endless_batches(data, config.batch_size, seed=0)
 
@@ -196,22 +202,25 @@ def time_training(config: Config, precision: str, data: Split, clock: Clock, siz
             seconds = min(clock.time(lambda: run(steps)) for _ in range(repeats))
     samples_per_s = steps * config.batch_size / seconds
     flops = training_flops_per_sample(config.hidden) * samples_per_s
-    name = config.name + ("-compiled" if compile else "") + ("-bare-update" if bare_update else "")
+    name = (config.name + ("-compiled" if compile else "") + ("-bare-update" if bare_update else "")
+            + (f"-{optimizer_name}" if optimizer_name != "sgd" else ""))
     return {"config": name, "precision": precision,
             "hidden": list(config.hidden), "batch_size": config.batch_size, "timed_steps": steps,
             "samples_per_s": samples_per_s, "ms_per_step": 1000 * seconds / steps,
             "model_tflops": flops / 1e12, "peak_memory_mb": memory.peak_mb}
 
 
-def time_diagnostics(config: Config, precision: str, data: Split, clock: Clock, sizes: Sizes, every: int) -> float:
+def time_diagnostics(config: Config, precision: str, data: Split, clock: Clock, sizes: Sizes, every: int,
+                     optimizer: OptimizerChoice = SGD) -> float:
     """The share of an epoch's time that measuring every `every`-th step adds:
     a measured step's extra time over a plain one, divided by `every` plain steps."""
     device = data.images.device
     torch.manual_seed(0)
     policy = PrecisionPolicy(precision, device.type)
     model = policy.convert_module(build_mlp(config.hidden).to(device))
-    step = TrainStep(model, policy, make_optimizer(model, lr=0.01))
-    diagnostics = Diagnostics(build_mlp(config.hidden).to(device), every)
+    step = TrainStep(model, policy, make_optimizer(model, policy, 0.01, optimizer))
+    recipe = TrainParams(1, config.batch_size, 0.01, config.hidden, False)
+    diagnostics = make_diagnostics(recipe, policy, optimizer, every, device)
     batches = endless_batches(data, config.batch_size, seed=0)
     steps = max(5, config.steps // 20)
 
@@ -247,7 +256,8 @@ def time_seed_loader(data_dir: Path, device: torch.device, steps: int, clock: Cl
         loader = DataLoader(dataset, batch_size=64, shuffle=True)
         torch.manual_seed(0)
         model = build_mlp((256,)).to(device)
-        step = TrainStep(model, PrecisionPolicy(BASELINE, device.type), make_optimizer(model, lr=0.01))
+        policy = PrecisionPolicy(BASELINE, device.type)
+        step = TrainStep(model, policy, make_optimizer(model, policy, 0.01))
 
         def run(n: int):
             done = 0
@@ -401,8 +411,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         for precision in timed:
             rows.append(time_training(sizes.reference, precision, data, clock, sizes, compile=True))
+    for precision in timed:  # AdamW beside SGD's rows above
+        rows.append(time_training(sizes.reference, precision, data, clock, sizes, optimizer=ADAMW))
+        print(f"  reference-adamw {precision}: {rows[-1]['samples_per_s']:,.0f} samples/s", file=sys.stderr)
     every = load(REPO_ROOT / paths.PARAMS).diagnostics_every
-    diagnostics_cost = {p: time_diagnostics(sizes.reference, p, data, clock, sizes, every) for p in (BASELINE, "bf16")}
+    diagnostics_cost = {f"{p}{'-adamw' if o is ADAMW else ''}": time_diagnostics(sizes.reference, p, data, clock,
+                                                                                sizes, every, o)
+                        for p, o in DIAGNOSED if p in timed}
     if device.type == "cpu":
         data_parallel = time_data_parallel(args.data, sizes.reference.steps // 2)
     stage = {} if args.skip_stage else stage_figures(args.data, device.type)
@@ -418,6 +433,7 @@ def main(argv: list[str] | None = None) -> dict:
         **{f"wide_{p}_ceiling_fraction": flops["wide", p] / ceilings[CEILING_OF[p]] for p in timed},
         **{f"{c}_{p}_vs_{BASELINE}": speed[c, p] / speed[c, BASELINE]
            for c in ("reference", "wide") for p in timed if p != BASELINE},
+        **{f"reference_{p}_adamw_vs_sgd": speed["reference-adamw", p] / speed["reference", p] for p in timed},
         "reference_fp32_torch_optim_vs_bare_update": speed["reference", BASELINE] / speed["reference-bare-update", BASELINE],
         **{f"ceiling_{p}_tflops": flops_ / 1e12 for p, flops_ in ceilings.items()},
         **{f"diagnostics_every_{every}_{p}_epoch_overhead": cost for p, cost in diagnostics_cost.items()},

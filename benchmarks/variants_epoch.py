@@ -1,6 +1,7 @@
 """One epoch of the reference recipe in every precision the device runs, side by side in one process.
 
     python benchmarks/variants_epoch.py [--device cpu|cuda] [--epochs 1] [--every 50] [--max-steps N]
+                                        [--optimizers sgd adamw]
 
 The train stage's own loop (`training.train`, with the numerics measured every
 `--every` steps) and the evaluate stage's own evaluation, for each precision in
@@ -27,25 +28,47 @@ from mnist_precision.model import build_mlp
 from mnist_precision.params import TrainParams
 from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.precisions import NAMES
-from mnist_precision.training import train
+from mnist_precision.optimizers import OptimizerChoice
+from mnist_precision.training import DivergenceError, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("underflow_act_grads_flushed", "underflow_act_grads_scaled_flushed", "underflow_weight_grads_flushed",
-           "lost_updates")
+           "lost_updates", "update_bias", "second_moment_flushed")
+# Each optimizer's learning rate here: the recipe's for SGD, AdamW's usual one for AdamW.
+LEARNING_RATES = {"sgd": 0.01, "adamw": 0.001}
 
 
-def one_variant(name: str, device: torch.device, train_split, test_split, epochs: int, every: int,
+def one_variant(name: str, optimizer: str, device: torch.device, train_split, test_split, epochs: int, every: int,
                 max_steps: int | None = None) -> dict:
     torch.manual_seed(0)
     policy = PrecisionPolicy(name, device.type)
     model = build_mlp([256]).to(device)
+    recipe = TrainParams(epochs, 64, LEARNING_RATES[optimizer], (256,), False, max_steps=max_steps)
+    row = {"precision": name, "optimizer": optimizer}
     with policy.numerics():
-        result = train(model, train_split, policy, TrainParams(epochs, 64, 0.01, (256,), False, max_steps=max_steps), 0,
-                       diagnose_every=every)
+        try:
+            result = train(model, train_split, policy, recipe, 0, diagnose_every=every,
+                           optimizer=OptimizerChoice(optimizer))
+        except DivergenceError as error:
+            return row | {"diverged": str(error)}
         tested = evaluate(model, test_split, policy, 1000)
     figures = result.epochs[-1].diagnostics.figures
-    return {"precision": name, "test_accuracy": tested.accuracy, "samples_per_s": result.samples_per_s,
-            "final_scale": result.final_scale, **{key: figures.get(key) for key in COLUMNS}}
+    return row | {"test_accuracy": tested.accuracy, "samples_per_s": result.samples_per_s,
+                  "final_scale": result.final_scale, **{key: figures.get(key) for key in COLUMNS}}
+
+
+def share(value: float | None, form: str = "{:.3%}") -> str:
+    return "not measured" if value is None else form.format(value)
+
+
+def table_row(row: dict, fp32: dict) -> str:
+    if "diverged" in row:
+        return f"| {row['precision']} | {row['optimizer']} | {row['diverged']} |" + " |" * 8
+    return (f"| {row['precision']} | {row['optimizer']} | {row['test_accuracy']:.4f} | {row['samples_per_s']:,.0f} | "
+            f"{row['samples_per_s'] / fp32['samples_per_s']:.2f}x | {share(row['underflow_act_grads_flushed'])} | "
+            f"{share(row['underflow_act_grads_scaled_flushed'])} | {share(row['underflow_weight_grads_flushed'])} | "
+            f"{share(row['lost_updates'])} | {share(row['update_bias'], '{:+.3f}')} | "
+            f"{share(row['second_moment_flushed'])} |")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -55,6 +78,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--every", type=int, default=50, help="diagnostics.every_steps")
     parser.add_argument("--max-steps", type=int, help="at most this many steps an epoch (train.max_steps; a dry run)")
+    parser.add_argument("--optimizers", nargs="+", default=["sgd", "adamw"], choices=tuple(LEARNING_RATES),
+                        help="each precision with each of them (lr: SGD 0.01, AdamW 0.001)")
     args = parser.parse_args(argv)
     download_mnist(args.data)
     device = resolve_device(args.device, "fp32")
@@ -63,21 +88,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"({torch.backends.cpu.get_cpu_capability() if device.type == 'cpu' else 'CUDA ' + torch.version.cuda}), "
           f"torch {torch.__version__}, diagnostics every {args.every} steps\n")
     rows, skipped = [], {}
-    for name in NAMES:
-        if why := refusal(name, device.type):
-            skipped[name] = why
-            continue
-        rows.append(one_variant(name, device, train_split, test_split, args.epochs, args.every, args.max_steps))
-        print(f"  {name}: done", file=sys.stderr)
-    fp32 = next(row for row in rows if row["precision"] == "fp32")
-    print("| precision | test accuracy | samples/s | vs fp32 | act. grads < 2^-24 | the same × loss scale "
-          "| weight grads < 2^-24 | updates lost |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for optimizer in args.optimizers:
+        for name in NAMES:
+            if why := refusal(name, device.type):
+                skipped[name] = why
+                continue
+            rows.append(one_variant(name, optimizer, device, train_split, test_split, args.epochs, args.every,
+                                    args.max_steps))
+            print(f"  {name}, {optimizer}: done", file=sys.stderr)
+    print("| precision | optimizer | test accuracy | samples/s | vs fp32 (same optimizer) | act. grads < 2^-24 "
+          "| the same × loss scale | weight grads < 2^-24 | updates lost | update bias | AdamW 2nd moment flushed |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['precision']} | {row['test_accuracy']:.4f} | {row['samples_per_s']:,.0f} | "
-              f"{row['samples_per_s'] / fp32['samples_per_s']:.2f}x | {row['underflow_act_grads_flushed']:.3%} | "
-              f"{row['underflow_act_grads_scaled_flushed']:.3%} | {row['underflow_weight_grads_flushed']:.3%} | "
-              f"{row['lost_updates']:.3%} |")
+        fp32 = next(r for r in rows if r["precision"] == "fp32" and r["optimizer"] == row["optimizer"])
+        print(table_row(row, fp32))
     for name, why in skipped.items():
         print(f"\nskipped {name}: {why}")
     print(json.dumps(rows))

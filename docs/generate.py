@@ -44,8 +44,15 @@ ROWS = [
     ("wide network, bf16 autocast", "wide_bf16_vs_fp32", "ratio"),
     ("wide network, `fp16-true`", "wide_fp16-true_vs_fp32", "ratio"),
     ("wide network, `bf16-true`", "wide_bf16-true_vs_fp32", "ratio"),
+    ("reference network, `fp16-true-sr` (stochastic rounding)", "reference_fp16-true-sr_vs_fp32", "ratio"),
+    ("reference network, `bf16-true-sr` (stochastic rounding)", "reference_bf16-true-sr_vs_fp32", "ratio"),
+    ("AdamW against SGD, reference fp32", "reference_fp32_adamw_vs_sgd", "ratio"),
+    ("AdamW against SGD, reference `bf16-true-sr`", "reference_bf16-true-sr_adamw_vs_sgd", "ratio"),
     ("diagnostics every 200 steps, fp32 epoch", "diagnostics_every_200_fp32_epoch_overhead", "overhead"),
     ("diagnostics every 200 steps, bf16 epoch", "diagnostics_every_200_bf16_epoch_overhead", "overhead"),
+    ("diagnostics every 200 steps, `bf16-true-sr` epoch", "diagnostics_every_200_bf16-true-sr_epoch_overhead",
+     "overhead"),
+    ("diagnostics every 200 steps, fp32 AdamW epoch", "diagnostics_every_200_fp32-adamw_epoch_overhead", "overhead"),
     ("DDP, 2 processes against 1 (reference fp32)", "data_parallel_2_vs_1_processes", "ratio"),
 ]
 

@@ -21,6 +21,9 @@ DOCUMENTED_KEYS = {
     "stage_overhead_ratio_existing_store", "device", "reference_fp16-true_vs_fp32", "reference_bf16-true_vs_fp32",
     "wide_fp16-true_vs_fp32", "wide_bf16-true_vs_fp32", "diagnostics_every_200_fp32_epoch_overhead",
     "diagnostics_every_200_bf16_epoch_overhead", "skipped_precisions",
+    "reference_bf16-true-sr_vs_fp32", "reference_fp16-true-sr_vs_fp32", "reference_fp32_adamw_vs_sgd",
+    "reference_bf16-true-sr_adamw_vs_sgd", "diagnostics_every_200_bf16-true-sr_epoch_overhead",
+    "diagnostics_every_200_fp32-adamw_epoch_overhead",
 }
 
 
@@ -50,7 +53,8 @@ from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.optimizers import make_optimizer
 from mnist_precision.training import TrainStep
 model = build_mlp([4096, 4096])
-step = TrainStep(model, PrecisionPolicy("fp32", "cpu"), make_optimizer(model, lr=0.01))
+policy = PrecisionPolicy("fp32", "cpu")
+step = TrainStep(model, policy, make_optimizer(model, policy, 0.01))
 images, labels = torch.randn(64, 784), torch.randint(0, 10, (64,))
 faults = []
 for _ in range(6):

@@ -24,11 +24,11 @@ def test_auto_picks_cuda():
     assert resolve_device("auto", "fp32").type == "cuda"
 
 
-@pytest.mark.parametrize("name", ["fp16-true", "bf16-true", "tf32", "fp8"])
+@pytest.mark.parametrize("name", ["fp16-true", "bf16-true", "fp16-true-sr", "bf16-true-sr", "tf32", "fp8"])
 def test_every_other_precision_learns_on_cuda(name):
     policy = policy_for(name)
     model = policy.convert_module(build_mlp([256]).cuda())
-    step = TrainStep(model, policy, make_optimizer(model, 0.01))
+    step = TrainStep(model, policy, make_optimizer(model, policy, 0.01))
     images, labels = torch.randn(64, 784, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
     losses = [step(images, labels)[1].item() for _ in range(20)]
     assert losses[-1] < losses[0]
@@ -39,7 +39,8 @@ def test_every_other_precision_learns_on_cuda(name):
 @pytest.mark.parametrize("compile", [False, True])
 def test_training_steps_on_cuda(name, dtype, compile):
     model = build_mlp([256]).cuda()
-    step = TrainStep(model, PrecisionPolicy(name, "cuda"), make_optimizer(model, 0.01), compile=compile)
+    policy = PrecisionPolicy(name, "cuda")
+    step = TrainStep(model, policy, make_optimizer(model, policy, 0.01), compile=compile)
     images, labels = torch.randn(64, 784, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
     losses = [step(images, labels)[1].item() for _ in range(20)]
     logits, _, _ = step(images, labels)

@@ -77,10 +77,13 @@ def test_the_dry_run_passes_on_a_bare_machine_and_writes_the_files_a_gpu_run_bri
     assert figures["skipped_precisions"] == "tf32, fp8"
     assert "skipped fp8: precision fp8 runs only on NVIDIA GPUs of compute capability 8.9" in speed
     crossover = json.loads((out / "crossover_gpu.json").read_text())
-    assert {c["precision"] for c in crossover["cells"]} == {"fp16", "bf16", "fp16-true", "bf16-true"}
+    assert {c["precision"] for c in crossover["cells"]} == {"fp16", "bf16", "fp16-true", "bf16-true", "fp16-true-sr",
+                                                            "bf16-true-sr"}
     assert "## bf16, eager" in (out / "crossover_gpu.md").read_text()
     variants = json.loads((out / "gpu_variants.md").read_text().strip().splitlines()[-1])
-    assert [row["precision"] for row in variants] == ["fp32", "fp16", "bf16", "fp16-true", "bf16-true"]
+    cpu_precisions = ["fp32", "fp16", "bf16", "fp16-true", "bf16-true", "fp16-true-sr", "bf16-true-sr"]
+    assert [(row["precision"], row["optimizer"]) for row in variants] == \
+        [(p, o) for o in ("sgd", "adamw") for p in cpu_precisions]
     assert '"world_size": 1' in log
 
     # Where the files land, the heatmaps are drawn from the JSON.

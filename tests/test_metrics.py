@@ -34,7 +34,7 @@ def test_the_numerics_of_an_epoch_are_named_by_metrics():
     torch.manual_seed(0)
     model = build_mlp([16])
     policy = PrecisionPolicy("fp16", "cpu")
-    step = TrainStep(model, policy, make_optimizer(model, lr=0.1))
+    step = TrainStep(model, policy, make_optimizer(model, policy, 0.1))
     diagnostics = Diagnostics(build_mlp([16]), every_steps=1)
     diagnostics.measure(step, model, torch.randn(8, 784), torch.randint(0, 10, (8,)), None, 1)
     figures = diagnostics.end_epoch().figures

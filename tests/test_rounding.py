@@ -143,7 +143,7 @@ def figures_of_one_step(precision: str, optimizer: OptimizerChoice, lr: float = 
     torch.manual_seed(0)
     model, policy = build_mlp([32]), PrecisionPolicy(precision, "cpu")
     policy.convert_module(model)
-    run_optimizer = make_optimizer(model, lr, optimizer, policy, seed=0)
+    run_optimizer = make_optimizer(model, policy, lr, optimizer)
     step = TrainStep(model, policy, run_optimizer)
     diagnostics = make_diagnostics(recipe(lr=lr), policy, optimizer, 1, torch.device("cpu"))
     split = toy_split(64)

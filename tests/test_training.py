@@ -37,7 +37,8 @@ def run(precision: str, seed: int = 0, optimizer: OptimizerChoice = SGD, **overr
 
 
 def step_for(model, precision: str, lr: float = 0.05, compile: bool = False) -> TrainStep:
-    return TrainStep(model, PrecisionPolicy(precision, "cpu"), make_optimizer(model, lr), compile=compile)
+    policy = PrecisionPolicy(precision, "cpu")
+    return TrainStep(model, policy, make_optimizer(model, policy, lr), compile=compile)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])

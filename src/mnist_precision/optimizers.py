@@ -50,11 +50,12 @@ def torch_optimizer(parameters, lr: float, choice: OptimizerChoice = SGD) -> tor
                              weight_decay=choice.weight_decay, **({"foreach": True} if half else {"fused": True}))
 
 
-def make_optimizer(model: nn.Module, lr: float, choice: OptimizerChoice = SGD,
-                   policy: PrecisionPolicy | None = None, seed: int = 0):
+def make_optimizer(model: nn.Module, policy: PrecisionPolicy, lr: float, choice: OptimizerChoice = SGD,
+                   seed: int = 0):
     """The run's optimizer over `model` (already converted by `policy`): the
-    torch.optim one, or for stochastic rounding that one stepping fp32 copies."""
-    if policy is not None and policy.precision.stochastic_rounding:
+    torch.optim one, or for stochastic rounding that one stepping fp32 copies
+    (the policy is required: without it a "-sr" run would round to nearest)."""
+    if policy.precision.stochastic_rounding:
         device = next(model.parameters()).device
         return StochasticRounding(model.parameters(), partial(torch_optimizer, lr=lr, choice=choice),
                                   rounding_generator(device, seed))

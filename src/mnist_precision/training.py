@@ -171,7 +171,7 @@ class TrainState:
     def __init__(self, model: nn.Module, policy: PrecisionPolicy, lr: float, seed: int,
                  optimizer: OptimizerChoice = SGD):
         self.model, self.policy = policy.convert_module(model), policy
-        self.optimizer = make_optimizer(model, lr, optimizer, policy, seed)
+        self.optimizer = make_optimizer(model, policy, lr, optimizer, seed)
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         self.progress = Progress()
 

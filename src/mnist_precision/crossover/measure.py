@@ -56,7 +56,7 @@ def make_step(precision: str, width: int, batch: int, device: torch.device, comp
     torch.manual_seed(0)
     policy = PrecisionPolicy(precision, device.type)
     model = policy.convert_module(build_mlp((width,)).to(device))
-    step = TrainStep(model, policy, make_optimizer(model, lr=0.01), compile=compile)
+    step = TrainStep(model, policy, make_optimizer(model, policy, 0.01), compile=compile)
     images, labels = torch.randn(batch, 28 * 28, device=device), torch.randint(0, 10, (batch,), device=device)
 
     def run():
