@@ -14,7 +14,7 @@ from mnist_precision.optimizers import OptimizerChoice, eps_warning, make_optimi
 from mnist_precision.params import load as load_params
 from mnist_precision.precision import PrecisionPolicy
 from mnist_precision.rounding import StochasticRounding, rounding_generator, stochastic_round
-from mnist_precision.training import DivergenceError, TrainStep, make_diagnostics, train
+from mnist_precision.training import DivergenceError, TrainStep, make_diagnostics, numeric_causes, train
 
 from helpers import REPO_ROOT
 from test_training import recipe, toy_split
@@ -112,7 +112,7 @@ def test_adamw_computes_in_half_for_true_half_and_in_fp32_elsewhere():
 def test_a_half_adamw_whose_eps_is_zero_is_named_with_a_value_that_survives():
     message = eps_warning(ADAMW, PrecisionPolicy("fp16-true", "cpu"))
     assert message.startswith("train.eps=1e-08 is 0.0 in float16")
-    assert "6.1e-05" in message and "fp16-true-sr" in message
+    assert "6.1e-05" in message and "a mixed precision" in message
     assert eps_warning(ADAMW, PrecisionPolicy("bf16-true", "cpu")) is None
     assert eps_warning(ADAMW, PrecisionPolicy("fp16-true-sr", "cpu")) is None  # computed in fp32
     assert eps_warning(ADAMW, PrecisionPolicy("fp16", "cpu")) is None  # fp32 master weights
@@ -128,6 +128,24 @@ def test_a_diverging_half_adamw_says_which_numeric_cause_the_diagnostics_saw():
     message = str(error.value)
     assert "the numerics show AdamW's eps flushed to zero (train.eps=1e-08 is 0.0 in float16" in message
     assert "AdamW's second moment underflowed" in message and "lower train.lr" not in message
+
+
+def test_a_second_moment_that_float16_flushes_is_named_as_the_cause():
+    """Under stochastic rounding eps survives (the update is computed in fp32),
+    but the second moment is stored in float16: a gradient of 1e-5 gives a
+    first moment of 1e-6 (float16 holds it) and a second moment of 1e-13 (0)."""
+    policy = PrecisionPolicy("fp16-true-sr", "cpu")
+    model = policy.convert_module(torch.nn.Linear(4, 4))
+    optimizer = make_optimizer(model, policy, 1e-3, ADAMW)
+    for parameter in model.parameters():
+        parameter.grad = torch.full_like(parameter, 1e-5)
+    optimizer.step()
+    [cause] = numeric_causes(policy, ADAMW, optimizer, diagnostics=None)
+    assert cause.startswith("AdamW's second moment underflowed (100.0% of the weights with a first moment have a "
+                            "second moment of 0 in float16, so their update is m / eps)")
+    assert "or a train.eps that bounds the update, such as 6.1e-05" in cause
+    fp32 = PrecisionPolicy("fp32", "cpu")
+    assert numeric_causes(fp32, ADAMW, make_optimizer(torch.nn.Linear(4, 4), fp32, 1e-3, ADAMW), None) == ()
 
 
 def test_resuming_with_another_optimizer_is_refused_naming_both(tmp_path):

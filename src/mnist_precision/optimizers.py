@@ -85,4 +85,16 @@ def eps_warning(choice: OptimizerChoice, policy: PrecisionPolicy) -> str | None:
     survives = torch.finfo(dtype).smallest_normal
     return (f"train.eps={choice.eps:g} is {became} in {policy.precision.param_dtype}, so AdamW divides by the root "
             f"of its second moment alone, which is 0 wherever that underflowed: set train.eps to at least "
-            f"{survives:.3g} ({policy.precision.param_dtype}'s smallest normal), or use {policy.name}-sr")
+            f"{survives:.3g} ({policy.precision.param_dtype}'s smallest normal), or use a mixed precision, "
+            f"whose optimizer is fp32")
+
+
+def flushed_second_moments(optimizer) -> float:
+    """The share of weights whose AdamW first moment is non-zero but whose
+    second moment, as stored, is 0: their update is m / eps, unbounded by the
+    gradients' history. 0 without AdamW."""
+    state = torch_state(optimizer)["state"].values()
+    pairs = [(s["exp_avg"], s["exp_avg_sq"]) for s in state if "exp_avg_sq" in s]
+    moving = sum(int((m != 0).sum()) for m, _ in pairs)
+    flushed = sum(int(((m != 0) & (v == 0)).sum()) for m, v in pairs)
+    return flushed / moving if moving else 0.0

@@ -26,7 +26,8 @@ from .errors import UserError
 from .diagnostics import Diagnostics, EpochNumerics
 from .interrupts import StopRequest
 from .model import build_mlp
-from .optimizers import SGD, OptimizerChoice, eps_warning, make_optimizer, torch_optimizer, torch_state
+from .optimizers import (SGD, OptimizerChoice, eps_warning, flushed_second_moments, make_optimizer, torch_optimizer,
+                         torch_state)
 from .params import TrainParams
 from .precision import PrecisionPolicy
 
@@ -53,18 +54,23 @@ class DivergenceError(UserError, RuntimeError):
 COLLAPSED_SCALE = 1.0
 
 
-def numeric_causes(policy: PrecisionPolicy, optimizer: OptimizerChoice,
+def numeric_causes(policy: PrecisionPolicy, choice: OptimizerChoice, optimizer,
                    diagnostics: Diagnostics | None) -> tuple[str, ...]:
-    """What the numerics saw that makes a run diverge, each with its fix."""
+    """What the numerics saw that makes a run diverge, each with its fix: from
+    the optimizer's state as it stands, and the diagnostics' sampled steps."""
     causes = []
-    eps = eps_warning(optimizer, policy)
+    eps = eps_warning(choice, policy)
     if eps:
         causes.append(f"AdamW's eps flushed to zero ({eps})")
     figures = diagnostics.figures_so_far() if diagnostics is not None else {}
-    if figures.get(m.SECOND_MOMENT_FLUSHED):
-        causes.append(f"AdamW's second moment underflowed ({figures[m.SECOND_MOMENT_FLUSHED]:.1%} of its non-zero "
-                      f"values flushed to zero in {policy.precision.param_dtype} on the sampled steps): "
-                      f"use {policy.name}-sr or a mixed precision, whose optimizer state is fp32")
+    stalled = flushed_second_moments(optimizer) if policy.param_dtype != torch.float32 else 0.0
+    if stalled or figures.get(m.SECOND_MOMENT_FLUSHED):
+        seen = (f"{stalled:.1%} of the weights with a first moment have a second moment of 0 in "
+                f"{policy.precision.param_dtype}, so their update is m / eps" if stalled else
+                f"{figures[m.SECOND_MOMENT_FLUSHED]:.1%} of its non-zero values flushed to zero on the sampled steps")
+        causes.append(f"AdamW's second moment underflowed ({seen}): use a mixed precision, whose optimizer state "
+                      f"is fp32, or a train.eps that bounds the update, such as "
+                      f"{torch.finfo(policy.param_dtype).smallest_normal:.3g}")
     scale = policy.scale()
     if scale is not None and scale < COLLAPSED_SCALE:
         causes.append(f"the loss scale collapsed to {scale:g}: the gradients overflow fp16 even unscaled; "
@@ -321,7 +327,7 @@ def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainP
             record = run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics,
                                params.max_steps)
         except DivergenceError as error:
-            raise error.because(numeric_causes(policy, optimizer, diagnostics)) from None
+            raise error.because(numeric_causes(policy, optimizer, state.optimizer, diagnostics)) from None
         on_epoch(record)
         if params.checkpoint_every and record.epoch % params.checkpoint_every == 0 and record.epoch < params.epochs:
             state.progress.epoch_generator_state = state.generator.get_state()  # the next epoch's order
