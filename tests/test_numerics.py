@@ -89,3 +89,6 @@ def test_fp16_true_adamw_loses_its_second_moment_and_with_the_default_eps_diverg
     assert figures(fp16)["adamw_eps_survives"] == 1.0 and fp16.test_accuracy > 0.8
     with pytest.raises(DivergenceError, match="AdamW's eps flushed to zero"):
         one_epoch("fp16-true", optimizer=ADAMW, lr=1e-3)
+    # Stochastic rounding computes the update in fp32 (eps survives) but stores the second moment in float16.
+    with pytest.raises(DivergenceError, match="AdamW's second moment underflowed"):
+        one_epoch("fp16-true-sr", optimizer=ADAMW, lr=1e-3)
