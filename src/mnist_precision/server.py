@@ -2,7 +2,8 @@
 
     MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=... \\
         mnist-precision server --data /srv/mlflow [--host 127.0.0.1] [--port 5000] \\
-        [--artifacts-destination s3://bucket/prefix]
+        [--artifacts-destination s3://bucket/prefix] [--tls-cert FILE --tls-key FILE] \\
+        [--allowed-host NAME] [--insecure-http]
 
 In the data folder: a PostgreSQL cluster (created on first use, reused
 after; its password generated and kept there), MLflow's schema migrated once
@@ -12,18 +13,23 @@ artifacts (a folder of the data folder, or `--artifacts-destination`), behind
 MLflow's basic-auth app. Its admin user is the one that MLflow's clients
 read from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD. Ctrl-C or
 SIGTERM stops the server, then PostgreSQL; a second server on the same data
-folder is refused.
+folder is refused. Beyond loopback it serves HTTPS (uvicorn's TLS, through
+`--uvicorn-opts`) or, with `--insecure-http`, plain HTTP with a warning; it
+answers only the Host names it is told (MLflow's `--allowed-hosts`).
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import ipaddress
 import os
 import pwd
 import secrets
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -56,8 +62,13 @@ class Layout:
         return self.root / "postgres"
 
     @property
+    def secrets(self) -> Path:
+        """The files that hold a secret: a folder only the server's user enters."""
+        return self.root / "secrets"
+
+    @property
     def db_password(self) -> Path:
-        return self.root / "postgres-password"
+        return self.secrets / "postgres-password"
 
     @property
     def artifacts(self) -> Path:
@@ -65,11 +76,20 @@ class Layout:
 
     @property
     def auth_config(self) -> Path:
-        return self.root / "basic_auth.ini"
+        return self.secrets / "basic_auth.ini"
 
     @property
     def secret_key(self) -> Path:
-        return self.root / "flask-secret-key"
+        return self.secrets / "flask-secret-key"
+
+    def prepare_secrets(self) -> None:
+        """The secrets folder at mode 0700, with the files an older version kept beside it moved in."""
+        self.secrets.mkdir(mode=0o700, exist_ok=True)
+        self.secrets.chmod(0o700)
+        for path in (self.db_password, self.auth_config, self.secret_key):
+            legacy = self.root / path.name
+            if legacy.exists() and not path.exists():
+                legacy.rename(path)
 
     @property
     def lock(self) -> Path:
@@ -114,8 +134,6 @@ def exclusive(layout: Layout) -> Iterator[None]:
 
 
 def free_tcp_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -171,8 +189,19 @@ class Postgres:
         self.layout.db_password.chmod(0o600)
 
     def uri(self, database: str) -> str:
-        password = self.layout.db_password.read_text().strip()
-        return f"postgresql+psycopg2://mlflow:{password}@127.0.0.1:{self.port}/{database}"
+        """The database's URI, without its password: a command line is visible
+        to every user (`ps`), so the password travels in PGPASSWORD (`env`)."""
+        return f"postgresql+psycopg2://mlflow@127.0.0.1:{self.port}/{database}"
+
+    def env(self) -> dict[str, str]:
+        """What a process needs to log in: libpq reads PGPASSWORD."""
+        return {"PGPASSWORD": self.layout.db_password.read_text().strip()}
+
+    def connect(self, database: str, **options):
+        import psycopg2
+
+        return psycopg2.connect(self.uri(database).replace("postgresql+psycopg2", "postgresql"),
+                                password=self.env()["PGPASSWORD"], **options)
 
     def start(self) -> None:
         self.layout.logs.mkdir(exist_ok=True)
@@ -192,15 +221,13 @@ class Postgres:
         import psycopg2
 
         try:
-            psycopg2.connect(self.uri("postgres").replace("postgresql+psycopg2", "postgresql"), connect_timeout=2).close()
+            self.connect("postgres", connect_timeout=2).close()
             return True
         except psycopg2.OperationalError:
             return False
 
     def create_databases(self) -> None:
-        import psycopg2
-
-        connection = psycopg2.connect(self.uri("postgres").replace("postgresql+psycopg2", "postgresql"))
+        connection = self.connect("postgres")
         connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
         try:
             with connection.cursor() as cursor:
@@ -227,48 +254,132 @@ def stop_process(process: subprocess.Popen | None, signum: int) -> None:
         process.wait()
 
 
-def migrate(uri: str) -> None:
+def migrate(postgres: Postgres) -> None:
     """MLflow's schema migrations, once, before any server process exists."""
-    result = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", postgres.uri("mlflow")],
+                            env=os.environ | postgres.env(), capture_output=True, text=True)
     if result.returncode != 0:
         raise ServerError(f"mlflow db upgrade failed: {result.stderr.strip()[-2000:]}")
 
 
-def start_mlflow(layout: Layout, postgres: Postgres, host: str, port: int, artifacts: str) -> subprocess.Popen:
+@dataclass(frozen=True)
+class Network:
+    """Where the server listens, over what, and which Host names it answers."""
+
+    host: str
+    port: int
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    extra_hosts: tuple[str, ...] = ()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def allowed_hosts(self) -> str:
+        """MLflow's --allowed-hosts (its guard against DNS rebinding): the
+        address served, loopback's names, this machine's names when every
+        interface is served, and the names given with --allowed-host; each
+        with and without the port."""
+        names = {self.host, *self.extra_hosts}
+        if self.host in ("0.0.0.0", "::"):
+            names |= {socket.gethostname(), socket.getfqdn()}
+        if is_loopback(self.host) or self.host in ("0.0.0.0", "::"):
+            names |= {"localhost", "127.0.0.1", "[::1]"}
+        names.discard("0.0.0.0")
+        names.discard("::")
+        return ",".join(sorted(name for base in names for name in (base, f"{base}:{self.port}")))
+
+    def uvicorn_options(self) -> list[str]:
+        if not self.tls_cert:
+            return []
+        return ["--uvicorn-opts", f"--ssl-certfile {self.tls_cert} --ssl-keyfile {self.tls_key}"]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def network(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, insecure_http: bool,
+            extra_hosts: tuple[str, ...] = ()) -> Network:
+    """The server's network settings, or a refusal: plain HTTP beyond loopback
+    sends every password in the clear, so it needs TLS or --insecure-http."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ServerError("give both --tls-cert FILE and --tls-key FILE (the certificate and its private key), "
+                          "or neither")
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            raise ServerError(f"{path} is not a readable file: --tls-cert and --tls-key take PEM files")
+    if not tls_cert and not is_loopback(host):
+        if not insecure_http:
+            raise ServerError(f"refusing to serve on {host} over plain HTTP: every client would send its password "
+                              "in the clear on each request. Give --tls-cert FILE --tls-key FILE to serve HTTPS, "
+                              "or --insecure-http on a network you trust")
+        print(f"warning: serving on {host} over plain HTTP (--insecure-http): passwords cross the network in the "
+              "clear", file=sys.stderr, flush=True)
+    return Network(host, port, tls_cert.resolve() if tls_cert else None, tls_key.resolve() if tls_key else None,
+                   extra_hosts)
+
+
+def wait_healthy(net: Network, process: subprocess.Popen, log: Path) -> None:
+    """Until the server answers on this machine. Over TLS the certificate is
+    not verified here: it names the host clients reach (not 127.0.0.1) and may
+    be signed by a CA this process does not know; the probe asks only whether
+    our own child answers."""
+    context = None
+    if net.tls_cert:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{net.url}/health", timeout=2, context=context):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_process(process, signal.SIGTERM)
+                raise ServerError(f"mlflow server did not start; see {log}:\n{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+
+
+def start_mlflow(layout: Layout, postgres: Postgres, net: Network, artifacts: str) -> subprocess.Popen:
     layout.auth_config.write_text(
         "[mlflow]\n"
-        "default_permission = READ\n"
+        "default_permission = NO_PERMISSIONS\n"
         f"database_uri = {postgres.uri('mlflow_auth')}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "grant_default_workspace_access = false\n")
-    layout.auth_config.chmod(0o600)  # it holds the database password
+    layout.auth_config.chmod(0o600)
     if not layout.secret_key.exists():  # signs the UI's CSRF tokens; kept, so sessions survive a restart
         layout.secret_key.touch(mode=0o600)
         layout.secret_key.write_text(secrets.token_hex(32))
     username, password = (os.environ[name] for name in CREDENTIALS)
-    env = os.environ | {"MLFLOW_AUTH_CONFIG_PATH": str(layout.auth_config), "MLFLOW_AUTH_ADMIN_USERNAME": username,
+    env = os.environ | postgres.env() | {"MLFLOW_AUTH_CONFIG_PATH": str(layout.auth_config),
+                                         "MLFLOW_AUTH_ADMIN_USERNAME": username,
                         "MLFLOW_AUTH_ADMIN_PASSWORD": password, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                         "MLFLOW_FLASK_SERVER_SECRET_KEY": layout.secret_key.read_text().strip()}
     log = open(layout.logs / "mlflow-server.log", "a")
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres.uri("mlflow"),
          "--serve-artifacts", "--artifacts-destination", artifacts, "--app-name", "basic-auth",
-         "--host", host, "--port", str(port), "--workers", "1"],
+         "--host", net.host, "--port", str(net.port), "--workers", "1", "--allowed-hosts", net.allowed_hosts(),
+         *net.uvicorn_options()],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2):
-                return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                stop_process(process, signal.SIGTERM)
-                tail = (layout.logs / "mlflow-server.log").read_text()[-2000:]
-                raise ServerError(f"mlflow server did not start; see {layout.logs / 'mlflow-server.log'}:\n{tail}")
-            time.sleep(0.5)
+    wait_healthy(net, process, layout.logs / "mlflow-server.log")
+    return process
 
 
-def serve(data: Path, host: str, port: int, artifacts_destination: str | None) -> None:
+def serve(data: Path, net: Network, artifacts_destination: str | None) -> None:
     missing = [name for name in CREDENTIALS if not os.environ.get(name)]
     if missing:
         raise ServerError(f"set {' and '.join(missing)} in the server's environment: they become the admin "
@@ -278,17 +389,21 @@ def serve(data: Path, host: str, port: int, artifacts_destination: str | None) -
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with exclusive(layout):
+            layout.prepare_secrets()
             postgres = Postgres(layout)
             postgres.initialize()
             mlflow_server = None
             try:
                 postgres.start()
                 postgres.create_databases()
-                migrate(postgres.uri("mlflow"))
+                migrate(postgres)
                 layout.artifacts.mkdir(exist_ok=True)
-                mlflow_server = start_mlflow(layout, postgres, host, port, artifacts_destination or str(layout.artifacts))
-                print(f"MLflow tracking server ready: export MLFLOW_TRACKING_URI=http://{host}:{port} "
-                      f"(with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD); Ctrl-C stops it", flush=True)
+                mlflow_server = start_mlflow(layout, postgres, net, artifacts_destination or str(layout.artifacts))
+                trust = (f", and MLFLOW_TRACKING_SERVER_CERT_PATH={net.tls_cert} where its CA is private"
+                         if net.tls_cert else "")
+                print(f"MLflow tracking server ready: export MLFLOW_TRACKING_URI={net.url} "
+                      f"(with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD{trust}); Ctrl-C stops it",
+                      flush=True)
                 while not stop:
                     if mlflow_server.poll() is not None or postgres.process.poll() is not None:
                         raise ServerError(f"a component stopped unexpectedly; see the logs in {layout.logs}")
@@ -303,10 +418,24 @@ def serve(data: Path, host: str, port: int, artifacts_destination: str | None) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mnist-precision server", description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["users"]:
+        from .server_users import main as users
+
+        return users(argv[1:])
+    parser = argparse.ArgumentParser(prog="mnist-precision server", description=__doc__.split("\n\n")[0],
+                                     epilog="mnist-precision server users add|grant ...: the server's users")
     parser.add_argument("--data", type=Path, required=True, help="the folder for the database, artifacts and logs")
     parser.add_argument("--host", default="127.0.0.1", help="the address to serve on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--artifacts-destination", help="where artifacts go (default: <data>/artifacts; or s3://...)")
+    parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM; with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    parser.add_argument("--insecure-http", action="store_true",
+                        help="serve plain HTTP on an address other than loopback (passwords in the clear)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="another Host name clients reach the server by (repeatable); the --host address, "
+                             "loopback's names and, on 0.0.0.0, this machine's names are allowed already")
     args = parser.parse_args(argv)
-    serve(args.data, args.host, args.port, args.artifacts_destination)
+    net = network(args.host, args.port, args.tls_cert, args.tls_key, args.insecure_http, tuple(args.allowed_host))
+    serve(args.data, net, args.artifacts_destination)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -19,6 +20,26 @@ class TrackingError(UserError):
     """The MLflow store cannot be reached, or lacks the run a stage needs."""
 
 
+CA_VARIABLE = "MLFLOW_TRACKING_SERVER_CERT_PATH"  # MLflow's own: the CA (or certificate) a client trusts
+
+
+def tls_context() -> ssl.SSLContext:
+    """Certificates verified as MLflow's client verifies them: against the
+    system's CAs, or the file MLFLOW_TRACKING_SERVER_CERT_PATH names."""
+    return ssl.create_default_context(cafile=os.environ.get(CA_VARIABLE) or None)
+
+
+def untrusted(error: BaseException) -> bool:
+    return isinstance(getattr(error, "reason", error), ssl.SSLCertVerificationError)
+
+
+def untrusted_error(uri: str, error: BaseException) -> TrackingError:
+    reason = getattr(error, "reason", error)
+    return TrackingError(f"the MLflow tracking server at {uri} presented a certificate this client does not trust "
+                         f"({reason.verify_message}): set {CA_VARIABLE} to the file of the CA that signed it "
+                         f"(or its certificate)")
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Before any work, check that the tracking server answers and takes our
     credentials. A server that is down (restarting, say) is waited for as
@@ -28,11 +49,14 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         return
     base = uri.rstrip("/")
     retries = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()
+    context = tls_context() if uri.startswith("https") else None
     for attempt in range(retries + 1):
         try:
-            with urllib.request.urlopen(base + "/health", timeout=timeout_s):
+            with urllib.request.urlopen(base + "/health", timeout=timeout_s, context=context):
                 break
         except (OSError, ValueError) as error:
+            if untrusted(error):  # no wait cures it
+                raise untrusted_error(uri, error) from None
             if attempt == retries:
                 raise TrackingError(
                     f"the MLflow tracking server at MLFLOW_TRACKING_URI={uri} is not reachable ({error}); "
@@ -47,7 +71,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         token = base64.b64encode(f"{username or ''}:{password or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context):
             pass
     except urllib.error.HTTPError as error:
         if error.code in (401, 403):

@@ -77,6 +77,8 @@ def run_scope(system_metrics: bool = True, **start_run_kwargs) -> Iterator[mlflo
             tags = start_run_kwargs.pop("tags", {}) | process_tags()
             run = mlflow.start_run(log_system_metrics=system_metrics, tags=tags, **start_run_kwargs)
         except MlflowException as error:
+            if forbidden(error):
+                raise not_permitted(start_run_kwargs.get("experiment_id")) from None
             raise TrackingError(f"cannot start the MLflow run in {mlflow.get_tracking_uri()}: {error.message}; "
                                 "if the store was reset, rerun training with `dvc repro -f train`") from None
         status = RunStatus.to_string(RunStatus.FAILED)
@@ -94,6 +96,22 @@ def run_scope(system_metrics: bool = True, **start_run_kwargs) -> Iterator[mlflo
                     mlflow.end_run(status=status)
                 except MlflowException as error:
                     raise store_failed(error) from None
+
+
+def forbidden(error: MlflowException) -> bool:
+    """The server's basic-auth app refused this user (HTTP 403)."""
+    return error.error_code == "PERMISSION_DENIED" or "403" in str(error.message)
+
+
+def not_permitted(experiment_id: str | None) -> TrackingError:
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(none)"
+    try:
+        name = mlflow.get_experiment(experiment_id).name if experiment_id else "the experiment"
+    except MlflowException:
+        name = f"experiment {experiment_id}"
+    return TrackingError(f"the MLflow tracking server at {mlflow.get_tracking_uri()} refused user {user!r} "
+                         f"(HTTP 403): logging a run needs the EDIT permission on {name!r}; its manager grants it "
+                         f"with `mnist-precision server users grant {user} {name} EDIT`")
 
 
 def store_failed(error: MlflowException) -> TrackingError:
