@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,6 +293,21 @@ class Server:
         self.output.close()
         assert not alive, f"left behind: {alive}"
         return code
+
+
+@contextlib.contextmanager
+def served(prefix: str, extra: Callable[[Path], tuple[str, ...]] = lambda folder: ()) -> Iterator[Server]:
+    """A server in a folder of its own (PostgreSQL's user must reach it), stopped
+    cleanly at the end; `extra(folder)` gives more options (files made there)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o711)
+    running = Server(folder / "data", free_port(), *extra(folder))
+    try:
+        yield running.wait_ready()
+        assert running.stop() == 0, running.log.read_text()
+    finally:
+        running.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "e2e-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -4,30 +4,21 @@ and the pipeline as its client."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 import psutil
 import pytest
 
-from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port, wait_for_epoch
+from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port, served, wait_for_epoch
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_postgres]
 
 @pytest.fixture(scope="module")
 def server():
-    folder = Path(tempfile.mkdtemp(prefix="mnist-precision-team-"))
-    folder.chmod(0o711)
-    running = Server(folder / "data", free_port())
-    try:
-        yield running.wait_ready()
-        assert running.stop() == 0, running.log.read_text()
-    finally:
-        running.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+    with served("mnist-precision-team-") as running:
+        yield running
 
 
 def no_postgres_of(data: Path) -> bool:

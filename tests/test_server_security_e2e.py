@@ -7,10 +7,8 @@ and the real train stage as its client.
 from __future__ import annotations
 
 import base64
-import shutil
 import ssl
 import subprocess
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import ADMIN, CLI, REPO_ROOT, Server, Stage, clean_env, free_port
+from helpers import ADMIN, CLI, REPO_ROOT, Stage, clean_env, served
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_postgres]
 
@@ -36,18 +34,16 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def tls_server():
-    folder = Path(tempfile.mkdtemp(prefix="mnist-precision-tls-"))
-    folder.chmod(0o711)
-    cert, key = make_certificate(folder)
-    port = free_port()
-    running = Server(folder / "data", port, "--tls-cert", str(cert), "--tls-key", str(key))
-    running.uri, running.cert = f"https://127.0.0.1:{port}", cert
-    try:
-        yield running.wait_ready()
-        assert running.stop() == 0, running.log.read_text()
-    finally:
-        running.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+    certificates = []
+
+    def tls_options(folder: Path) -> tuple[str, ...]:
+        certificates.extend(make_certificate(folder))
+        return "--tls-cert", str(certificates[0]), "--tls-key", str(certificates[1])
+
+    with served("mnist-precision-tls-", tls_options) as running:
+        running.uri = running.uri.replace("http://", "https://")
+        running.cert = certificates[0]
+        yield running
 
 
 def as_user(user: tuple[str, str], server) -> dict[str, str]:
