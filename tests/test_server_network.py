@@ -28,7 +28,8 @@ def test_tls_takes_a_certificate_and_its_key(tmp_path):
     key.write_text("-----BEGIN PRIVATE KEY-----\n")
     served = network("0.0.0.0", 5443, cert, key, insecure_http=False)
     assert served.url == "https://127.0.0.1:5443"
-    assert served.uvicorn_options() == ["--uvicorn-opts", f"--ssl-certfile {cert} --ssl-keyfile {key}"]
+    assert served.uvicorn_options() == ["--uvicorn-opts",
+                                        f"--timeout-graceful-shutdown 5 --ssl-certfile {cert} --ssl-keyfile {key}"]
 
 
 def test_the_allowed_host_names_follow_the_address_served():
