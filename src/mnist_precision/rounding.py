@@ -72,7 +72,6 @@ class StochasticRounding:
         self.work = [torch.zeros_like(p, dtype=torch.float32) for p in self.parameters]
         self.optimizer = make(self.work)
         self.generator = generator
-        self.unrounded: list[torch.Tensor] = self.work  # the last step's fp32 weights, before rounding
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for parameter in self.parameters:
