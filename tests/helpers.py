@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import http.server
 import json
@@ -68,11 +69,21 @@ class Project:
         return json.loads((self.root / relative).read_text())
 
     def mlflow_runs(self):
-        from mlflow import MlflowClient
-
-        client = MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
+        client = sqlite_client(self.root)
         experiment = client.get_experiment_by_name("mnist-precision")
-        return client, experiment, client.search_runs([experiment.experiment_id])
+        return client, experiment, client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def sqlite_client(root: Path):
+    """A client of the SQLite store in `root`, opened under the lock the stages
+    hold while they may create it: a client that opens a half-created store
+    runs MLflow's schema migrations beside the stage's, and one of them fails
+    ("Online migration expected to match one row ... 0 found")."""
+    from mlflow import MlflowClient
+
+    with open(root / "mlflow.db.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")  # which creates the store, if it must
 
 
 def project_files() -> list[str]:
@@ -227,7 +238,7 @@ class Stage:
     def runs(self, uri: str | None = None):
         from mlflow import MlflowClient
 
-        client = MlflowClient(uri or f"sqlite:///{self.root / 'mlflow.db'}")
+        client = MlflowClient(uri) if uri else sqlite_client(self.root)
         experiment = client.get_experiment_by_name("mnist-precision")
         return client, client.search_runs([experiment.experiment_id]) if experiment else []
 
@@ -236,12 +247,9 @@ def wait_for_epoch(stage: Stage, epoch: int, process: subprocess.Popen, uri: str
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        try:
-            client, runs = stage.runs(uri)
-            if runs and any(m.step >= epoch for m in client.get_metric_history(runs[0].info.run_id, "train_loss")):
-                return
-        except Exception:  # the store is still being created
-            pass
+        client, runs = stage.runs(uri)
+        if runs and any(m.step >= epoch for m in client.get_metric_history(runs[0].info.run_id, "train_loss")):
+            return
         time.sleep(0.2)
     pytest.fail(f"epoch {epoch} was never logged")
 

@@ -51,10 +51,7 @@ def kill_a_training_midway(project: Project, timeout: float = 600) -> str:
     as the OOM killer would; the id of the MLflow run it leaves RUNNING."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            _, _, runs = project.mlflow_runs()
-        except Exception:  # the store or its experiment is still being created
-            runs = []
+        _, _, runs = project.mlflow_runs()
         for run in runs:
             midway = "train_loss" not in run.data.metrics and time.time() - run.info.start_time / 1000 > 1.5
             fp16 = run.data.params.get("precision") == "fp16"
