@@ -69,9 +69,13 @@ class Project:
         return json.loads((self.root / relative).read_text())
 
     def mlflow_runs(self):
+        """The training runs of the project's experiment (not the report's parent runs)."""
+        from mnist_precision.tracking.run_types import is_training_run
+
         client = sqlite_client(self.root)
         experiment = client.get_experiment_by_name("mnist-precision")
-        return client, experiment, client.search_runs([experiment.experiment_id]) if experiment else []
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        return client, experiment, [run for run in runs if is_training_run(run.data.tags)]
 
 
 def sqlite_client(root: Path):

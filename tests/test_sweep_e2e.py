@@ -13,16 +13,18 @@ import collections
 import json
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy
 import psutil
 import pytest
 import torch
 
-from helpers import Project, free_port, make_project, running_queue, start_mlflow_server, wait_for_queue
+from helpers import CLI, Project, free_port, make_project, running_queue, wait_for_queue
 from mnist_precision.device import cpu_features
 
 pytestmark = pytest.mark.slow
@@ -175,6 +177,9 @@ def test_report_compares_each_reduced_precision_with_fp32(project):
 
     client, experiment, runs = project.mlflow_runs()
     assert len(runs) == 13  # the summary and the benchmark never mix with the training runs
+    # Beside them, one parent run per variant (the browser test below opens them).
+    assert "MLflow: 3 variant parent run(s) in experiment 'mnist-precision'" in result.stdout
+    assert len(client.search_runs([experiment.experiment_id])) == 13 + 3
     [benchmark] = client.search_runs([client.get_experiment_by_name("mnist-precision-benchmarks").experiment_id])
     assert benchmark.data.tags["mnist_precision.run_type"] == "benchmark"
     assert {a.path for a in client.list_artifacts(benchmark.info.run_id, "crossover")} >= {
@@ -202,45 +207,107 @@ def test_report_says_when_there_are_too_few_seeds(project, tmp_path):
 
 
 @pytest.fixture
-def mlflow_server(project) -> Iterator[str]:
-    """The README's command, on a free port; stopped (SIGTERM) after the test."""
-    port = free_port()
-    with start_mlflow_server(project.root, port, f"sqlite:///{project.root / 'mlflow.db'}", project.env):
-        yield f"http://127.0.0.1:{port}"
+def ui(project) -> Iterator[str]:
+    """`mnist-precision ui`, as the README says, on a free port: the address it
+    prints. Stopped with Ctrl-C (SIGINT) after the test, its server with it."""
+    process = subprocess.Popen([CLI, "ui", "--port", str(free_port())], cwd=project.root, env=project.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        printed = process.stdout.readline()
+        assert "(Ctrl-C stops it)" in printed, process.communicate(timeout=60)
+        yield printed.split("each variant's verdict: ", 1)[1].split()[0]
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=60)
+        assert process.returncode == 0, errors
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
+def center_row(page, run_name: str):
+    """The scrolling part of a run's row (the grid pins the run name in a part of its own)."""
+    index = page.get_by_role("row").filter(has_text=run_name).first.get_attribute("row-index")
+    return page.locator(f".ag-center-cols-container [role=row][row-index='{index}']")
+
+
+def _shown(value: float) -> str:
+    """A metric as the UI writes it: JavaScript's shortest round-trip digits, never in exponent form here."""
+    return numpy.format_float_positional(value, trim="-")
 
 
 @pytest.mark.needs_chromium
-def test_mlflow_ui_lists_and_compares_the_runs_in_a_real_browser(project, mlflow_server):
+def test_the_readme_address_opens_the_runs_table_with_each_variant_verdict_over_its_seeds(project, tmp_path, ui):
+    from playwright.sync_api import expect, sync_playwright
+
+    # The report again (the report tests made the parents): the parents are updated, never added.
+    project.run("mnist-precision", "report", "--out", str(tmp_path / "again.md"))
+    client, experiment, runs = project.mlflow_runs()
+    parents = {run.data.params["precision"]: run for run in client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`mnist_precision.run_type` = 'variant'")}
+    assert sorted(parents) == sorted(PRECISIONS) and len(runs) == 13
+    fp16 = parents["fp16"]
+    assert fp16.info.run_name == "fp16: 4 seeds, sgd" and fp16.data.metrics["verdict_seeds"] == 4
+    for parent in parents.values():  # its description is the report's sentence
+        assert f"- {parent.data.tags['mlflow.note.content']}\n" in (tmp_path / "again.md").read_text()
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == fp16.info.run_id]
+    assert sorted(int(r.data.params["seed"]) for r in children) == list(SEEDS)  # the 4 FINISHED, not the KILLED
+
+    screenshot = project.root / "reports" / "mlflow-verdict.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:  # a fresh browser: no switch chosen before, nothing remembered
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(ui)
+            expect(page.get_by_role("columnheader", name="precision").first).to_be_visible(timeout=60_000)
+            for precision, parent in parents.items():
+                expect(page.get_by_text(parent.info.run_name, exact=True)).to_be_visible()
+            for child in children:  # beneath their parent, folded
+                expect(page.get_by_text(child.info.run_name, exact=True)).to_have_count(0)
+            verdict = center_row(page, fp16.info.run_name)
+            for key in ("verdict_accuracy_vs_fp32", "verdict_within_noise", "verdict_throughput_vs_fp32"):
+                expect(verdict).to_contain_text(_shown(fp16.data.metrics[key]))
+            page.get_by_role("row").filter(has_text=fp16.info.run_name).first.get_by_role("button").click()
+            for child in children:  # one click unfolds the variant's seeds
+                expect(page.get_by_text(child.info.run_name, exact=True)).to_be_visible(timeout=30_000)
+                expect(center_row(page, child.info.run_name)).to_contain_text("fp16")
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert screenshot.read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.needs_chromium
+def test_mlflow_ui_lists_and_compares_the_runs_in_a_real_browser(project, ui):
     from playwright.sync_api import expect, sync_playwright
 
     client, experiment, runs = project.mlflow_runs()
     fp32 = next(r for r in runs if r.data.params["precision"] == "fp32" and r.data.params["seed"] == "0")
     fp16 = next(r for r in runs if r.data.params["precision"] == "fp16" and r.data.params["seed"] == "0")
+    server = ui.split("/#/")[0]
     screenshot = project.root / "reports" / "mlflow-compare.png"
     screenshot.parent.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs")
-            for run in runs:
-                expect(page.get_by_text(run.info.run_name, exact=True)).to_be_visible(timeout=60_000)
-            # The UI knows each run's precision and test accuracy: filter on them.
+            page.goto(ui)
+            expect(page.get_by_text("fp32: 4 seeds, sgd", exact=True)).to_be_visible(timeout=60_000)
+            # The UI knows each run's precision and test accuracy: filter on them. The
+            # matching seed runs come under their parent (the UI fetches it), folded.
             search = page.locator("input[placeholder*='metrics.rmse']")
             search.fill(f'params.precision = "fp16" and metrics.test_accuracy >= {MIN_TEST_ACCURACY}')
             search.press("Enter")
+            expect(page.get_by_text("fp32: 4 seeds, sgd", exact=True)).to_have_count(0, timeout=30_000)
+            page.get_by_role("row").filter(has_text="fp16: 4 seeds, sgd").first.get_by_role("button").click()
             expect(page.get_by_text(fp16.info.run_name, exact=True)).to_be_visible(timeout=30_000)
-            expect(page.get_by_text(fp32.info.run_name, exact=True)).to_have_count(0, timeout=30_000)
-            expect(page.get_by_text("4 matching runs")).to_be_visible()
+            expect(page.get_by_text(fp32.info.run_name, exact=True)).to_have_count(0)
 
             ids = json.dumps([fp32.info.run_id, fp16.info.run_id])
             experiments = json.dumps([experiment.experiment_id])
-            page.goto(f"{mlflow_server}/#/compare-runs?runs={ids}&experiments={experiments}")
+            page.goto(f"{server}/#/compare-runs?runs={ids}&experiments={experiments}")
             expect(page.get_by_role("row", name="precision fp32 fp16")).to_be_visible(timeout=60_000)
             for run in (fp32, fp16):
                 expect(page.get_by_text(run.info.run_name, exact=True).first).to_be_visible()
@@ -248,7 +315,7 @@ def test_mlflow_ui_lists_and_compares_the_runs_in_a_real_browser(project, mlflow
 
             # The comparison's test_accuracy (the compare page's metric grid renders
             # only the rows in view; this is where its test_accuracy link leads).
-            page.goto(f'{mlflow_server}/#/metric?runs={ids}&metric="test_accuracy"&experiments={experiments}'
+            page.goto(f'{server}/#/metric?runs={ids}&metric="test_accuracy"&experiments={experiments}'
                       '&plot_metric_keys=["test_accuracy"]')
             for run in (fp32, fp16):
                 row = page.get_by_role("row").filter(has_text=run.info.run_name)

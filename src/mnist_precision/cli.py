@@ -1,4 +1,4 @@
-"""`mnist-precision report|server|runs [...]`: the commands beside the DVC stages."""
+"""`mnist-precision report|ui|server|runs|crossover [...]`: the commands beside the DVC stages."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from .entry import run_stage
 
 COMMANDS = {
     "report": "compare the precisions across seeds, from the MLflow runs (--help for options)",
+    "ui": "start the MLflow UI on the project's runs and print the address of its runs table (--help for options)",
     "server": "start a team's MLflow tracking server on PostgreSQL, with authentication (--help for options)",
     "runs": "list the runs a hard crash left RUNNING (--stale), or end them (--mark-killed RUN_ID ...)",
     "crossover": "time each precision against fp32 over widths and batch sizes: where it pays (--help for options)",
@@ -22,6 +23,8 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     if args.command == "report":
         from . import report as command
+    elif args.command == "ui":
+        from . import ui as command
     elif args.command == "runs":
         from . import runs as command
     elif args.command == "crossover":

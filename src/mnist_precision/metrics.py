@@ -69,3 +69,15 @@ PLOT_EPOCH, PLOT_STEP = "epoch", "step"
 PLOT_LOSS, PLOT_ACCURACY = "loss", "accuracy"  # plots/train_epochs.json: EpochRecord's fields
 PLOT_LOG2_MAGNITUDE, PLOT_SHARE = "log2_magnitude", "share"  # plots/underflow_histogram.json
 PLOT_PREDICTED, PLOT_ACTUAL = "predicted", "actual"  # plots/confusion.json
+
+# A variant's parent run (`mnist-precision report`): its verdict against fp32 across seeds.
+VERDICT_SEEDS = "verdict_seeds"
+VERDICT_TEST_ACCURACY = "verdict_test_accuracy_mean"
+VERDICT_ACCURACY_DIFFERENCE = "verdict_accuracy_vs_fp32"  # the variant's mean minus fp32's
+VERDICT_THROUGHPUT_RATIO = "verdict_throughput_vs_fp32"  # the geometric-mean ratio
+VERDICT_WITHIN_NOISE = "verdict_within_noise"  # 1: the difference's interval holds 0; 0: it does not
+
+
+def bound(metric: str, side: str) -> str:
+    """A bound ("low" or "high") of a verdict's 95% interval."""
+    return f"{metric}_{side}"

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 from . import paths
 from .tracking.liveness import mark_killed, process_state
+from .tracking.run_types import is_training_run
 from .tracking.store import configure
 from .errors import UserError
 from .params import load
@@ -33,7 +34,7 @@ STATES = {"dead": "its process is gone", "unknown": "another host, or not record
 def stale(client: MlflowClient, experiment_id: str) -> list:
     """The RUNNING runs whose process is not alive on this host."""
     return [run for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
-            if process_state(run.data.tags) != "alive"]
+            if is_training_run(run.data.tags) and process_state(run.data.tags) != "alive"]
 
 
 def describe(run) -> str:

@@ -58,14 +58,14 @@ def describe(device: torch.device) -> tuple[str, str]:
 def log_benchmark(experiment: str, result: dict, files: list[Path]) -> str:
     import mlflow  # here, not above: a bare GPU machine runs the command with --no-log and no MLflow
 
-    from ..report.comparison import SUMMARY_TAG
     from ..tracking.lifecycle import run_scope
+    from ..tracking.run_types import BENCHMARK, RUN_TYPE_TAG
     from ..tracking.store import configure, get_or_create_experiment
 
     store = configure()
     target = get_or_create_experiment(f"{experiment}-benchmarks", store)
     with run_scope(system_metrics=False, experiment_id=target, run_name=f"crossover-{time.strftime('%Y%m%d-%H%M%S')}",
-                   tags={SUMMARY_TAG: "benchmark", "benchmark": "crossover", "device": result["device"]}) as run:
+                   tags={RUN_TYPE_TAG: BENCHMARK, "benchmark": "crossover", "device": result["device"]}) as run:
         mlflow.log_params({"device": result["device"], "software": result["software"], "budget_s": result["budget_s"],
                            "widths": result["widths"], "batches": result["batches"]})
         mlflow.log_metrics({f"crossover/{c['precision']}/{c['mode']}/w{c['width']}_b{c['batch']}": c["ratio"]

@@ -4,9 +4,10 @@
 
 Reads the finished runs of the experiment (`comparison`), writes
 reports/precision.md (`markdown`) with PNG figures beside it (`figures`),
-prints the verdict tables, and logs the report to MLflow as a run tagged as a
-summary, in its own experiment `<experiment>-reports`, so that it never
-mixes with training runs.
+prints the verdict tables, nests each variant's seed runs under a parent run
+that carries its verdict (`parents`), and logs the report to MLflow as a run
+tagged as a summary, in its own experiment `<experiment>-reports`, so that it
+never mixes with training runs.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import time
 from pathlib import Path
 
 import mlflow
+from mlflow import MlflowClient
 
 from .. import paths
 from ..params import load
 from ..tracking.lifecycle import run_scope
+from ..tracking.run_types import RUN_TYPE_TAG, SUMMARY
 from ..tracking.store import configure, get_or_create_experiment
-from .comparison import SUMMARY_TAG
+from ..tracking.view import save_view
 from .markdown import verdict_table, write_report
+from .parents import update_parents
 
 
 def log_summary(experiment: str, report: Path, figures: list[Path]) -> str:
@@ -30,7 +34,7 @@ def log_summary(experiment: str, report: Path, figures: list[Path]) -> str:
     summary_experiment = get_or_create_experiment(f"{experiment}-reports", store)
     with run_scope(system_metrics=False, experiment_id=summary_experiment,
                    run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
-                   tags={SUMMARY_TAG: "summary", "report.source_experiment": experiment}) as run:
+                   tags={RUN_TYPE_TAG: SUMMARY, "report.source_experiment": experiment}) as run:
         mlflow.log_artifact(str(report), artifact_path="report")
         for figure in figures:
             mlflow.log_artifact(str(figure), artifact_path="report")
@@ -47,6 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     for index, group in enumerate(groups, start=1):
         print(f"Group {index}: {group.title()}")
         print(verdict_table(group))
+    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    parents = update_parents(MlflowClient(), experiment_id, groups)
+    save_view(MlflowClient(), experiment_id)
+    print(f"MLflow: {parents} variant parent run(s) in experiment '{experiment}', each over its seed runs, "
+          "with its verdict as metrics (`mnist-precision ui` opens the runs table).")
     run_id = log_summary(experiment, args.out, figures)
     print(f"Wrote {args.out} and {len(figures)} figures; logged as summary run {run_id} "
           f"in MLflow experiment '{experiment}-reports'.")

@@ -20,9 +20,9 @@ from .. import metrics as m
 from ..errors import UserError
 from ..precisions import BASELINE, NAMES
 from ..stats import Interval, difference_of_means, ratio_of_means
+from ..tracking.run_types import is_training_run
 from .quiet import no_progress_bar
 
-SUMMARY_TAG = "mnist_precision.run_type"
 # What makes two runs comparable, besides precision and seed.
 CONFIG_PARAMS = ("train.hidden", "train.batch_size", "train.epochs", "train.lr", "train.compile")
 # The optimizer too (runs from before the param trained with SGD), and AdamW's hyperparameters.
@@ -103,7 +103,7 @@ def collect(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
                               order_by=["attributes.start_time DESC"])
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
-        if run.data.tags.get(SUMMARY_TAG) == "summary" or m.TEST_ACCURACY not in metrics:
+        if not is_training_run(run.data.tags) or m.TEST_ACCURACY not in metrics:
             continue
         memory_kind = next((k for k in m.PEAK_MEMORY if k in metrics), None)
 

@@ -15,7 +15,7 @@ from ..precisions import BASELINE
 from ..stats import Interval
 from ..tracking.store import configure
 from . import figures as draw
-from .comparison import Group, ReportError, collect, crossover_maps, group_runs, verdicts
+from .comparison import Group, ReportError, Verdict, collect, crossover_maps, group_runs, verdicts
 
 
 def _interval(interval: Interval, fmt: str) -> str:
@@ -35,7 +35,24 @@ def verdict_table(group: Group) -> str:
         lines.append(f"| {v.precision} | {v.seeds} vs {len(group.runs[BASELINE])} | {_interval(v.accuracy, '+.4f')} "
                      f"| {v.within_noise()} | {_interval(v.throughput, '.2f')}× | {group.device} |")
     notes = sorted({v.accuracy.method for v in rows} | {v.throughput.method for v in rows})
-    return "\n".join(lines) + "\n\nIntervals: " + "; ".join(notes) + ".\n"
+    sentences = [f"- {baseline_sentence(group)}"] + [f"- {verdict_sentence(group, v)}" for v in rows]
+    return "\n".join(lines) + "\n\nIntervals: " + "; ".join(notes) + ".\n\n" + "\n".join(sentences) + "\n"
+
+
+NOISE = {"yes": "within noise", "no": "not within noise", "too few seeds to tell": "too few seeds to tell"}
+
+
+def verdict_sentence(group: Group, verdict: Verdict) -> str:
+    """The verdict in words: in the report, and as the description of the variant's parent run."""
+    return (f"{verdict.precision} against {BASELINE} ({group.optimizer}; {verdict.seeds} vs "
+            f"{len(group.runs[BASELINE])} seeds): test accuracy {_interval(verdict.accuracy, '+.4f')}, "
+            f"{NOISE[verdict.within_noise()]}; throughput {_interval(verdict.throughput, '.2f')}×; on {group.device}.")
+
+
+def baseline_sentence(group: Group) -> str:
+    accuracy = statistics.fmean(group.values(BASELINE, "test_accuracy").values())
+    return (f"{BASELINE}, the reference ({group.optimizer}; {len(group.runs[BASELINE])} seeds): mean test accuracy "
+            f"{accuracy:.4f}; on {group.device}.")
 
 
 def group_section(index: int, group: Group, out_dir: Path) -> tuple[str, list[Path]]:

@@ -5,7 +5,9 @@
 - `health`: whether a tracking server answers and takes our credentials;
 - `lifecycle`: one run per stage, always ended, with its tags;
 - `buffer`: per-epoch metrics that never hold up training and are never lost;
-- `liveness`: whether the process of a RUNNING run is alive.
+- `liveness`: whether the process of a RUNNING run is alive;
+- `run_types`: which runs are training runs, and which the commands added;
+- `view`: the project's saved view of MLflow's runs table.
 """
 
 import warnings

@@ -9,6 +9,8 @@ import psutil
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
+from .run_types import is_training_run
+
 
 def process_tags() -> dict[str, str]:
     """Where this process runs: a run it leaves RUNNING (SIGKILL, the OOM
@@ -41,7 +43,7 @@ def end_stale_runs(experiment_id: str, keep: str | None) -> list[str]:
     ended = []
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
         tags = run.data.tags
-        if run.info.run_id != keep and process_state(tags) == "dead":
+        if run.info.run_id != keep and is_training_run(tags) and process_state(tags) == "dead":
             mark_killed(client, run.info.run_id, f"its process (pid {tags['pid']} on {tags['host']}) ended without "
                                                  f"ending the run: a hard crash (SIGKILL, out of memory, reboot)")
             ended.append(run.info.run_id)
