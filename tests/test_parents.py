@@ -1,11 +1,14 @@
-"""Each variant's seed runs nest under one parent run that carries its verdict;
-a second report updates the parents, and nothing counts a parent as a training run."""
+"""The verdict in MLflow's UI: each variant's seed runs nest under one parent
+run that carries its verdict; a second report updates the parents, and nothing
+counts a parent as a training run; the saved view that `mnist-precision ui`
+opens; the UI's own server never mistaken for another on its port."""
 
 from __future__ import annotations
 
 import base64
 import json
 import math
+import socket
 import zlib
 
 import pytest
@@ -16,8 +19,10 @@ from mnist_precision import metrics as m
 from mnist_precision.report.comparison import collect, group_runs
 from mnist_precision.report.parents import DESCRIPTION_TAG, PARENT_TAG, update_parents
 from mnist_precision.runs import stale
+from mnist_precision.server import Network, ServerError
 from mnist_precision.tracking.run_types import RUN_TYPE_TAG, VARIANT
 from mnist_precision.tracking.view import VIEW_KEY, VIEW_TAG, runs_table_address, save_view
+from mnist_precision.ui import refuse_a_taken_port
 
 DEVICE = {"device_resolved": "cpu", "device_name": "AMD EPYC", "cpu_capability": "AVX2", "threads": "1",
           "torch_version": "2.14.1"}
@@ -119,3 +124,14 @@ def test_the_saved_view_is_the_runs_table_with_precision_and_the_verdict(store):
     assert state["columnOrder"] == state["selectedColumns"] and state["orderByKey"] == "attributes.start_time"
     assert runs_table_address("http://127.0.0.1:5000/", experiment_id) == \
         f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+
+
+def test_the_ui_refuses_a_port_another_server_holds():
+    """Another server there would answer the UI's health probe in place of its own."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = Network("127.0.0.1", other.getsockname()[1])
+        with pytest.raises(ServerError, match=f"port {taken.port} on 127.0.0.1 is taken .*choose another with --port"):
+            refuse_a_taken_port(taken)
+    refuse_a_taken_port(taken)  # free again

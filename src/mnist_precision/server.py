@@ -385,41 +385,48 @@ def start_mlflow(layout: Layout, postgres: Postgres, net: Network, artifacts: st
     return process
 
 
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM, recorded in the list yielded instead of raised,
+    so that the servers this process started are stopped in order."""
+    stop: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def serve(data: Path, net: Network, artifacts_destination: str | None) -> None:
     missing = [name for name in CREDENTIALS if not os.environ.get(name)]
     if missing:
         raise ServerError(f"set {' and '.join(missing)} in the server's environment: they become the admin "
                           "user of MLflow's basic-auth app (the same variables MLflow's clients read)")
     layout = Layout(data.resolve())
-    stop = []
-    previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with exclusive(layout):
-            layout.prepare_secrets()
-            postgres = Postgres(layout)
-            postgres.initialize()
-            mlflow_server = None
-            try:
-                postgres.start()
-                postgres.create_databases()
-                migrate(postgres)
-                layout.artifacts.mkdir(exist_ok=True)
-                mlflow_server = start_mlflow(layout, postgres, net, artifacts_destination or str(layout.artifacts))
-                trust = (f", and MLFLOW_TRACKING_SERVER_CERT_PATH={net.tls_cert} where its CA is private"
-                         if net.tls_cert else "")
-                print(f"MLflow tracking server ready: export MLFLOW_TRACKING_URI={net.url} "
-                      f"(with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD{trust}); Ctrl-C stops it",
-                      flush=True)
-                while not stop:
-                    if mlflow_server.poll() is not None or postgres.process.poll() is not None:
-                        raise ServerError(f"a component stopped unexpectedly; see the logs in {layout.logs}")
-                    time.sleep(0.5)
-            finally:
-                stop_process(mlflow_server, signal.SIGTERM)
-                postgres.stop()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with stop_requests() as stop, exclusive(layout):
+        layout.prepare_secrets()
+        postgres = Postgres(layout)
+        postgres.initialize()
+        mlflow_server = None
+        try:
+            postgres.start()
+            postgres.create_databases()
+            migrate(postgres)
+            layout.artifacts.mkdir(exist_ok=True)
+            mlflow_server = start_mlflow(layout, postgres, net, artifacts_destination or str(layout.artifacts))
+            trust = (f", and MLFLOW_TRACKING_SERVER_CERT_PATH={net.tls_cert} where its CA is private"
+                     if net.tls_cert else "")
+            print(f"MLflow tracking server ready: export MLFLOW_TRACKING_URI={net.url} "
+                  f"(with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD{trust}); Ctrl-C stops it",
+                  flush=True)
+            while not stop:
+                if mlflow_server.poll() is not None or postgres.process.poll() is not None:
+                    raise ServerError(f"a component stopped unexpectedly; see the logs in {layout.logs}")
+                time.sleep(0.5)
+        finally:
+            stop_process(mlflow_server, signal.SIGTERM)
+            postgres.stop()
     print("MLflow tracking server and PostgreSQL stopped", flush=True)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from . import paths
 from .params import load
-from .server import Network, stop_process, wait_healthy
+from .server import Network, ServerError, stop_process, stop_requests, wait_healthy
 from .tracking.lifecycle import forbidden
 from .tracking.store import configure, get_or_create_experiment, repo_root
 from .tracking.view import runs_table_address, save_view
@@ -43,16 +44,22 @@ def start_ui(uri: str, net: Network, log: Path) -> subprocess.Popen:
     return process
 
 
-def serve_until_stopped(process: subprocess.Popen) -> None:
-    stop = []
-    previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop and process.poll() is None:
-            time.sleep(0.5)
-    finally:
-        stop_process(process, signal.SIGTERM)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+def serve_until_stopped(process: subprocess.Popen, log: Path) -> None:
+    with stop_requests() as stop:
+        try:
+            while not stop:
+                if process.poll() is not None:
+                    raise ServerError(f"mlflow server stopped unexpectedly; see {log}")
+                time.sleep(0.5)
+        finally:
+            stop_process(process, signal.SIGTERM)
+
+
+def refuse_a_taken_port(net: Network) -> None:
+    """Another server on the port would answer the health probe in place of ours."""
+    with socket.socket() as probe:
+        if probe.connect_ex((net.host, net.port)) == 0:
+            raise ServerError(f"port {net.port} on {net.host} is taken (another MLflow UI?): choose another with --port")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     if store.uri.startswith(("http://", "https://")):
         print(f"The runs of {name!r}: {runs_table_address(store.uri, experiment_id)}", flush=True)
         return
-    net = Network("127.0.0.1", args.port)
-    process = start_ui(store.uri, net, repo_root() / "mlflow-ui.log")
+    net, log = Network("127.0.0.1", args.port), repo_root() / "mlflow-ui.log"
+    refuse_a_taken_port(net)
+    process = start_ui(store.uri, net, log)
     print(f"MLflow UI on {store.uri.split('?')[0]}; the runs of {name!r}, with each run's precision and each "
           f"variant's verdict: {runs_table_address(net.url, experiment_id)}  (Ctrl-C stops it)", flush=True)
-    serve_until_stopped(process)
+    serve_until_stopped(process, log)
