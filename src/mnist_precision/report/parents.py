@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 import time
 
 from mlflow import MlflowClient
@@ -71,18 +72,25 @@ def create_parent(client: MlflowClient, experiment_id: str, group: Group, precis
 
 def record_verdict(client: MlflowClient, parent: str, group: Group, precision: str, verdict: Verdict | None) -> None:
     accuracy = group.values(precision, "test_accuracy")
-    values = {m.VERDICT_SEEDS: len(accuracy), m.VERDICT_TEST_ACCURACY: sum(accuracy.values()) / len(accuracy)}
+    values = {m.VERDICT_SEEDS: len(accuracy), m.VERDICT_TEST_ACCURACY: statistics.fmean(accuracy.values())}
     if verdict is not None:
         values |= interval_metrics(m.VERDICT_ACCURACY_DIFFERENCE, verdict.accuracy)
         values |= interval_metrics(m.VERDICT_THROUGHPUT_RATIO, verdict.throughput)
         inside = verdict.accuracy.contains(0.0)
         values[m.VERDICT_WITHIN_NOISE] = math.nan if inside is None else float(inside)
     now = int(time.time() * 1000)
-    sentence = verdict_sentence(group, verdict) if verdict else baseline_sentence(group) if precision == BASELINE \
-        else f"{precision}: no {BASELINE} runs in its group to compare against; on {group.device}."
     client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in values.items()],
-                     tags=[RunTag(DESCRIPTION_TAG, sentence)])
+                     tags=[RunTag(DESCRIPTION_TAG, description(group, precision, verdict))])
     client.update_run(parent, name=f"{precision}: {len(accuracy)} seeds, {group.optimizer}")
+
+
+def description(group: Group, precision: str, verdict: Verdict | None) -> str:
+    """The report's sentence for the variant."""
+    if verdict is not None:
+        return verdict_sentence(group, verdict)
+    if precision == BASELINE:
+        return baseline_sentence(group)
+    return f"{precision}: no {BASELINE} runs in its group to compare against; on {group.device}."
 
 
 def interval_metrics(name: str, interval: Interval) -> dict[str, float]:
