@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_precision.server import ServerError, network
+from mnist_precision.server import ServerError, main, network
 
 
 def test_plain_http_beyond_loopback_is_refused_unless_the_network_is_trusted(capsys):
@@ -40,3 +40,11 @@ def test_the_allowed_host_names_follow_the_address_served():
     names = set(named.allowed_hosts().split(","))
     assert {"10.0.0.5:5000", "mlflow.team.example", "mlflow.team.example:5000"} <= names
     assert "localhost" not in names  # served on one address: its name, not loopback's
+
+
+def test_a_negative_auth_cache_is_refused_before_anything_starts(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["--data", str(tmp_path / "data"), "--auth-cache-seconds", "-1"])
+    assert refused.value.code == 2
+    assert "--auth-cache-seconds takes 0 (check every request) or more seconds" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()

@@ -46,6 +46,13 @@ DATABASES = ("mlflow", "mlflow_auth")  # runs and models; the auth app's users a
 STARTUP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 GRACEFUL_SHUTDOWN_S = 5  # uvicorn's wait for open connections when stopped
+# How long MLflow's auth app trusts a username and password it has checked
+# (--auth-cache-seconds). Without it every request pays a scrypt hash
+# (werkzeug's default, slow on purpose), and the hundreds of requests of a
+# training run cost the server more CPU than the run itself
+# (benchmarks/results/server_auth.md). Wrong passwords are never cached; a
+# password changed through the API is dropped from it at once (one worker).
+AUTH_CACHE_S = 60
 
 
 class ServerError(UserError):
@@ -358,13 +365,15 @@ def wait_healthy(net: Network, process: subprocess.Popen, log: Path) -> None:
             time.sleep(0.5)
 
 
-def start_mlflow(layout: Layout, postgres: Postgres, net: Network, artifacts: str) -> subprocess.Popen:
+def start_mlflow(layout: Layout, postgres: Postgres, net: Network, artifacts: str,
+                 auth_cache_seconds: int) -> subprocess.Popen:
     layout.auth_config.write_text(
         "[mlflow]\n"
         "default_permission = NO_PERMISSIONS\n"
         f"database_uri = {postgres.uri('mlflow_auth')}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        "grant_default_workspace_access = false\n")
+        "grant_default_workspace_access = false\n"
+        f"auth_cache_ttl_seconds = {auth_cache_seconds}\n")
     layout.auth_config.chmod(0o600)
     if not layout.secret_key.exists():  # signs the UI's CSRF tokens; kept, so sessions survive a restart
         layout.secret_key.touch(mode=0o600)
@@ -398,7 +407,7 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def serve(data: Path, net: Network, artifacts_destination: str | None) -> None:
+def serve(data: Path, net: Network, artifacts_destination: str | None, auth_cache_seconds: int = AUTH_CACHE_S) -> None:
     missing = [name for name in CREDENTIALS if not os.environ.get(name)]
     if missing:
         raise ServerError(f"set {' and '.join(missing)} in the server's environment: they become the admin "
@@ -414,7 +423,8 @@ def serve(data: Path, net: Network, artifacts_destination: str | None) -> None:
             postgres.create_databases()
             migrate(postgres)
             layout.artifacts.mkdir(exist_ok=True)
-            mlflow_server = start_mlflow(layout, postgres, net, artifacts_destination or str(layout.artifacts))
+            mlflow_server = start_mlflow(layout, postgres, net, artifacts_destination or str(layout.artifacts),
+                                         auth_cache_seconds)
             trust = (f", and MLFLOW_TRACKING_SERVER_CERT_PATH={net.tls_cert} where its CA is private"
                      if net.tls_cert else "")
             print(f"MLflow tracking server ready: export MLFLOW_TRACKING_URI={net.url} "
@@ -449,6 +459,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                         help="another Host name clients reach the server by (repeatable); the --host address, "
                              "loopback's names and, on 0.0.0.0, this machine's names are allowed already")
+    parser.add_argument("--auth-cache-seconds", type=int, default=AUTH_CACHE_S, metavar="S",
+                        help=f"how long a checked password is trusted without checking it again (default: "
+                             f"{AUTH_CACHE_S}; 0: every request)")
     args = parser.parse_args(argv)
+    if args.auth_cache_seconds < 0:
+        parser.error("--auth-cache-seconds takes 0 (check every request) or more seconds")
     net = network(args.host, args.port, args.tls_cert, args.tls_key, args.insecure_http, tuple(args.allowed_host))
-    serve(args.data, net, args.artifacts_destination)
+    serve(args.data, net, args.artifacts_destination, args.auth_cache_seconds)
