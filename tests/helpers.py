@@ -149,26 +149,30 @@ def running_queue(project: Project, jobs: int = 1) -> Iterator[None]:
         stop_queue(project)
 
 
-def queue_files(project: Project) -> list[tuple[str, int]]:
-    """The files of DVC's celery queue (its broker's messages, its tasks' results), with their mtimes."""
-    celery = project.root / ".dvc" / "tmp" / "exps" / "celery"
-    return sorted((str(path), path.stat().st_mtime_ns) for path in celery.rglob("*") if path.is_file()) \
-        if celery.is_dir() else []
+def task_results(project: Project) -> list[tuple[str, int]]:
+    """The result files of DVC's celery queue (one per task, rewritten as its
+    state changes), with their mtimes.
+
+    Not the queue's other files: its workers' logs grow with every line an
+    experiment prints, and `dvc queue status` itself writes control messages
+    to the broker, so watching those asked for the status every few seconds."""
+    results = project.root / ".dvc" / "tmp" / "exps" / "celery" / "result"
+    return sorted((path.name, path.stat().st_mtime_ns) for path in results.iterdir()) if results.is_dir() else []
 
 
 def wait_for_queue(project: Project, timeout: float = 600) -> str:
     """The queue's status once nothing is queued or running, with the logs of
     the experiments that failed appended (what a failed assertion should show).
 
-    `dvc queue status` costs a core about a second and a half: it is asked
-    again when the queue's files change (a task taken or done), or every 15 s,
-    not every few seconds, which took that core from the experiments."""
+    `dvc queue status` costs a core about a second: it is asked when a task's
+    result appears, or every 20 s, not every few seconds, which took that core
+    from the experiments."""
     deadline = time.monotonic() + timeout
     seen, asked = None, 0.0
     while time.monotonic() < deadline:
-        files = queue_files(project)
-        if files != seen or time.monotonic() - asked > 15:
-            seen, asked = files, time.monotonic()
+        results = task_results(project)
+        if results != seen or time.monotonic() - asked > 20:
+            seen, asked = results, time.monotonic()
             status = project.run("dvc", "queue", "status").stdout
             if not any(word in status for word in ("Queued", "Running")):
                 return status + "".join(failed_logs(project, status))
