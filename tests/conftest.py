@@ -32,7 +32,21 @@ def missing_system_parts() -> dict[str, str]:
     return missing
 
 
+# The slow files that take longest, longest first (their seconds: docs/testing.md).
+# pytest-xdist hands each worker whole files in collection order (.ci/run passes
+# --no-loadscope-reorder, since by default it orders files by their number of
+# tests), so a long file started last would keep one worker busy alone at the end.
+LONGEST_FIRST = ("test_sweep_e2e.py", "test_faults_e2e.py", "test_distributed_e2e.py", "test_pipeline_e2e.py",
+                 "test_team_e2e.py", "test_server_e2e.py")
+
+
+def longest_first(item) -> int:
+    name = item.path.name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=longest_first)  # stable: each file's tests keep their order
     missing = missing_system_parts()
     if any(item.get_closest_marker("gpu") for item in items):
         import torch
