@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import secrets
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ import yaml
 
 from mnist_precision.atomic import atomic_write_bytes
 from mnist_precision.download import download_mnist
+from mnist_precision.environment import cpu_name
 from mnist_precision.server import free_tcp_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +52,9 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def start_server(folder: Path, credentials: dict[str, str], *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_tcp_port()
-    log = open(folder / "server.out", "w")
-    server = subprocess.Popen([CLI, "server", "--data", str(folder / "data"), "--port", str(port), *extra],
-                              env=os.environ | credentials, stdout=log, stderr=subprocess.STDOUT)
+    with open(folder / "server.out", "w") as log:  # the server keeps its own copy of the descriptor
+        server = subprocess.Popen([CLI, "server", "--data", str(folder / "data"), "--port", str(port), *extra],
+                                  env=os.environ | credentials, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while "MLflow tracking server ready" not in (folder / "server.out").read_text():
         if server.poll() is not None or time.monotonic() > deadline:
@@ -94,13 +94,6 @@ def measure(cache_seconds: int, data: Path) -> tuple[float, float]:
             server.terminate()
             server.wait(timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
