@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     for index, group in enumerate(groups, start=1):
         print(f"Group {index}: {group.title()}")
         print(verdict_table(group))
-    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
-    parents = update_parents(MlflowClient(), experiment_id, groups)
-    save_view(MlflowClient(), experiment_id)
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    parents = update_parents(client, experiment_id, groups)
+    save_view(client, experiment_id)
     print(f"MLflow: {parents} variant parent run(s) in experiment '{experiment}', each over its seed runs, "
           "with its verdict as metrics (`mnist-precision ui` opens the runs table).")
     run_id = log_summary(experiment, args.out, figures)

@@ -37,9 +37,10 @@ def view_state() -> dict:
     return {
         "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
         "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-        "selectedColumns": list(COLUMNS), "columnOrder": list(COLUMNS), "columnWidths": {}, "runsHiddenMode": "FIRST_10_RUNS", "viewMaximized": False,
-        "runListHidden": False, "isAccordionReordered": False, "useGroupedValuesInCharts": True,
-        "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
+        "selectedColumns": list(COLUMNS), "columnOrder": list(COLUMNS), "columnWidths": {},
+        "runsHiddenMode": "FIRST_10_RUNS", "viewMaximized": False, "runListHidden": False,
+        "isAccordionReordered": False, "useGroupedValuesInCharts": True, "hideEmptyCharts": True,
+        "groupBy": None, "groupsExpanded": {},
         "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
     }
 
