@@ -71,7 +71,7 @@ def main() -> None:
                     from mlflow.utils.requirements_utils import _init_packages_to_modules_map
                     _init_packages_to_modules_map()
                     lap("map installed packages (MLflow's requirement check): once per process")
-                log_model(model.eval(), data.images[:2])
+                log_model(model.state_dict(), [256], data.images[:2])
                 lap(f"{store_state} store: log the model (pt2, torch.export)")
             lap(f"{store_state} store: end the run")
     width = max(len(name) for name, _ in phases)
