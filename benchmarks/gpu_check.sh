@@ -51,8 +51,8 @@ step() { echo "== $* ($((SECONDS - started)) s)" | tee -a "$log"; }
 
 if [ "$dry_run" = 1 ]; then
   device=cpu
-  speed=(--quick --row-budget 0.3)
-  crossover=(--budget 8 --widths 32,128 --batches 16,64 --threads 1)
+  speed=(--quick --row-budget 0.1)
+  crossover=(--budget 4 --widths 32,128 --batches 16,64 --threads 1)
   variants=(--max-steps 20 --every 10)
   ddp=(--steps 10 --repeats 1)
   gpu_tests=(-m gpu)   # they skip without CUDA: what is checked is that they import and collect here

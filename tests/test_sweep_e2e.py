@@ -140,7 +140,7 @@ def test_dvc_exp_show_lists_precision_seed_accuracy_and_throughput(project):
 
 def test_report_compares_each_reduced_precision_with_fp32(project):
     # A crossover map of this machine (a small grid), which the report cites.
-    mapped = project.run("mnist-precision", "crossover", "--budget", "20", "--widths", "32,128", "--batches", "16,64",
+    mapped = project.run("mnist-precision", "crossover", "--budget", "8", "--widths", "32,128", "--batches", "16,64",
                          "--threads", "1")
     assert "Logged as benchmark run" in mapped.stdout
     for name in ("crossover.md", "crossover.json", *(f"crossover-{p}.png" for p in ("fp16", "bf16", "fp16-true"))):
