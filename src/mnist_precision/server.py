@@ -407,7 +407,7 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def serve(data: Path, net: Network, artifacts_destination: str | None, auth_cache_seconds: int = AUTH_CACHE_S) -> None:
+def serve(data: Path, net: Network, artifacts_destination: str | None, auth_cache_seconds: int) -> None:
     missing = [name for name in CREDENTIALS if not os.environ.get(name)]
     if missing:
         raise ServerError(f"set {' and '.join(missing)} in the server's environment: they become the admin "
