@@ -45,6 +45,16 @@ def longest_first(item) -> int:
     return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
+def pytest_configure(config):
+    """One intra-op thread for the torch work the tests do in their own process:
+    their networks are too small for a second one to help, and with two workers
+    on two cores it only waits for a core (test_numerics.py measured: the same
+    61 s on one thread as on two, 60 CPU-s against 105; docs/testing.md)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     items.sort(key=longest_first)  # stable: each file's tests keep their order
     missing = missing_system_parts()

@@ -97,13 +97,14 @@ def project_files() -> list[str]:
     return [name for name in listing.split("\0") if name and (REPO_ROOT / name).is_file()]
 
 
-def make_project(root: Path, mnist_mirror: str | None, epochs: int = 1) -> Project:
-    """The project as a user's clone, in a fresh git repository, training for `epochs` epochs."""
+def make_project(root: Path, mnist_mirror: str | None, **train) -> Project:
+    """The project as a user's clone, in a fresh git repository, training for one
+    epoch (or as `train` overrides params.yaml's `train` section)."""
     for name in project_files():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"]["epochs"] = epochs
+    params["train"] |= {"epochs": 1} | train
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MNIST_"))}
@@ -227,7 +228,9 @@ class Stage:
     def __init__(self, root: Path, data: Path, **overrides):
         self.root = root
         params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-        params["train"] |= {"epochs": 1} | overrides.pop("train", {})
+        # One thread each (params.yaml says auto: 2 here): two test workers share
+        # the two cores, and a second thread only waits for one (docs/testing.md).
+        params["train"] |= {"epochs": 1, "threads": 1} | overrides.pop("train", {})
         params |= overrides
         (root / "params.yaml").write_text(yaml.safe_dump(params))
         (root / "data").mkdir()
