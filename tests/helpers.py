@@ -99,12 +99,13 @@ def project_files() -> list[str]:
 
 def make_project(root: Path, mnist_mirror: str | None, **train) -> Project:
     """The project as a user's clone, in a fresh git repository, training for one
-    epoch (or as `train` overrides params.yaml's `train` section)."""
+    epoch on one thread (as Stage does), or as `train` overrides params.yaml's
+    `train` section."""
     for name in project_files():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"] |= {"epochs": 1} | train
+    params["train"] |= {"epochs": 1, "threads": 1} | train
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MNIST_"))}

@@ -167,7 +167,7 @@ def test_sigkill_mid_epoch_and_dvc_repro_resume_from_the_last_periodic_checkpoin
                                                                                    three_epochs):
     """The params of `three_epochs`, through `dvc repro`: killed in the third
     epoch, resumed from the end of the second, it ends with the same weights."""
-    project = make_project(tmp_path, mnist_mirror, epochs=3, threads=1)  # three_epochs' params
+    project = make_project(tmp_path, mnist_mirror, epochs=3)
     project.run("dvc", "repro", "download")
     repro = subprocess.Popen(["dvc", "repro"], cwd=tmp_path, env=project.env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, mnist_mirror) -> Project:
-    return make_project(tmp_path_factory.mktemp("project"), mnist_mirror)
+    # params.yaml's own thread budget, as a user runs it: the variants check it.
+    return make_project(tmp_path_factory.mktemp("project"), mnist_mirror, threads="auto")
 
 MIN_TEST_ACCURACY = 0.90  # one epoch of the reference recipe reaches about 0.91
 NOTHING_RERUN = {"Stage 'train' didn't change, skipping", "Stage 'evaluate' didn't change, skipping"}
