@@ -80,4 +80,8 @@ def test_the_benchmarks_malloc_settings_keep_freed_memory():
 
     pages_of_one_gradient = 4096 * 4096 * 4 // 4096  # the 64 MiB fp32 gradient of the middle layer
     assert faults({}) > pages_of_one_gradient  # glibc's defaults: mapped afresh each step
-    assert faults(KEEP_FREED_MEMORY) < pages_of_one_gradient // 100
+    # Kept: near none, not none. Once, under CI's load, every later step faulted
+    # 256 pages (1 MiB) in (0 alone, 0 beside a busy core; not explained: these
+    # machines run DAMON's kdamond, which may reclaim pages it finds cold). A
+    # gradient mapped afresh is 16,384: the bound tells the two apart either way.
+    assert faults(KEEP_FREED_MEMORY) < pages_of_one_gradient // 10
