@@ -24,9 +24,9 @@ def test_a_checkpoint_for_other_params_is_refused_naming_them(tmp_path, expected
     checkpoint.save(path, STATE, expected | {"precision": "fp16", "seed": 7}, "run-id")
     with pytest.raises(checkpoint.CheckpointError) as refused:
         checkpoint.load(path, expected, epochs=5)
-    assert str(refused.value) == (f"{path} was written for other params (precision was 'fp16', params say 'fp32'; "
-                                  f"seed was 7, params say 0): restore them to resume, or delete {path} to train "
-                                  "from the start")
+    assert str(refused.value) == (f"{path} was written for other params (precision was 'fp16', params say "
+                                  f"{expected['precision']!r}; seed was 7, params say {expected['seed']!r}): "
+                                  f"restore them to resume, or delete {path} to train from the start")
 
 
 def test_a_checkpoint_of_another_version_is_refused(tmp_path, expected):
