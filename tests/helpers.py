@@ -97,15 +97,20 @@ def project_files() -> list[str]:
     return [name for name in listing.split("\0") if name and (REPO_ROOT / name).is_file()]
 
 
+# What the tests' runs change in params.yaml's `train` section: one epoch, on one
+# thread (params.yaml says auto: 2 here), since two test workers share the two
+# cores and a second thread only waits for one (docs/testing.md).
+TEST_TRAIN = {"epochs": 1, "threads": 1}
+
+
 def make_project(root: Path, mnist_mirror: str | None, **train) -> Project:
-    """The project as a user's clone, in a fresh git repository, training for one
-    epoch on one thread (as Stage does), or as `train` overrides params.yaml's
-    `train` section."""
+    """The project as a user's clone, in a fresh git repository, its `train`
+    section set to TEST_TRAIN, then to `train`."""
     for name in project_files():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"] |= {"epochs": 1, "threads": 1} | train
+    params["train"] |= TEST_TRAIN | train
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MNIST_"))}
@@ -229,9 +234,7 @@ class Stage:
     def __init__(self, root: Path, data: Path, **overrides):
         self.root = root
         params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-        # One thread each (params.yaml says auto: 2 here): two test workers share
-        # the two cores, and a second thread only waits for one (docs/testing.md).
-        params["train"] |= {"epochs": 1, "threads": 1} | overrides.pop("train", {})
+        params["train"] |= TEST_TRAIN | overrides.pop("train", {})
         params |= overrides
         (root / "params.yaml").write_text(yaml.safe_dump(params))
         (root / "data").mkdir()
