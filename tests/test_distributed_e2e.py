@@ -23,7 +23,7 @@ import psutil
 import pytest
 import torch
 
-from helpers import REPO_ROOT, Stage, make_project, wait_for_epoch
+from helpers import REPO_ROOT, Project, Stage, make_project, wait_for_epoch
 from mnist_precision.data import load_split
 from mnist_precision.evaluation import evaluate
 from mnist_precision.model import build_mlp
@@ -46,15 +46,17 @@ THREADS = {"OMP_NUM_THREADS": "1"}  # 2 ranks on 2 cores
 class Job:
     """One finished train stage: its weights, test accuracy and MLflow run."""
 
-    def __init__(self, stage: Stage, data: Path):
-        self.stage = stage
-        self.weights = torch.load(stage.root / "models" / "model.pt", weights_only=True)
+    def __init__(self, root: Path, data: Path, client, runs: list):
+        self.weights = torch.load(root / "models" / "model.pt", weights_only=True)
         model = build_mlp([256])
         model.load_state_dict(self.weights)
         self.test_accuracy = evaluate(model, load_split(data, "test"), PrecisionPolicy("fp32", "cpu"), 1000).accuracy
-        client, runs = stage.runs()
         assert [r.info.status for r in runs] == ["FINISHED"]
         self.client, self.run = client, runs[0]
+
+    @classmethod
+    def of(cls, stage: Stage, data: Path) -> Job:
+        return cls(stage.root, data, *stage.runs())
 
     def max_difference(self, other: Job) -> float:
         return max((self.weights[k] - other.weights[k]).abs().max().item() for k in self.weights)
@@ -73,14 +75,23 @@ def jobs(tmp_path_factory, mnist_data):
                           train={"batch_size": BATCH, "processes": processes, "grad_comm": grad_comm})
             result = stage.run(**THREADS)
             assert result.returncode == 0, result.stderr
-            done[key] = Job(stage, mnist_data)
+            done[key] = Job.of(stage, mnist_data)
         return done[key]
 
     return job
 
 
-def test_two_processes_in_fp32_end_where_one_process_ends(jobs):
-    one, two = jobs("fp32", 1), jobs("fp32", 2)
+@pytest.fixture(scope="module")
+def dvc_two_processes(tmp_path_factory, mnist_mirror, mnist_data) -> tuple[Project, Job]:
+    """The 2-process fp32 job as a user starts it: `dvc exp run` in a clone of the project."""
+    project = make_project(tmp_path_factory.mktemp("dvc-fp32-2"), mnist_mirror)
+    project.run("dvc", "exp", "run", "-S", "train.processes=2", "-S", f"train.batch_size={BATCH}")
+    client, _, runs = project.mlflow_runs()
+    return project, Job(project.root, mnist_data, client, runs)
+
+
+def test_two_processes_in_fp32_end_where_one_process_ends(jobs, dvc_two_processes):
+    one, (_, two) = jobs("fp32", 1), dvc_two_processes
     assert two.max_difference(one) <= FP32_TOLERANCE
     assert two.test_accuracy == one.test_accuracy
     params = two.run.data.params
@@ -90,6 +101,13 @@ def test_two_processes_in_fp32_end_where_one_process_ends(jobs):
     assert two.run.data.metrics["train_accuracy"] == pytest.approx(one.run.data.metrics["train_accuracy"], abs=1e-4)
     assert two.run.data.metrics["train_loss"] == pytest.approx(one.run.data.metrics["train_loss"], rel=1e-5)
     assert "system/cpu_utilization_percentage" in two.run.data.metrics
+
+
+def test_dvc_exp_run_with_two_processes(dvc_two_processes):
+    project, _ = dvc_two_processes
+    assert project.json("metrics/evaluate.json")["test_accuracy"] > 0.85
+    _, _, runs = project.mlflow_runs()
+    assert [(r.info.status, r.data.params["world_size"]) for r in runs] == [("FINISHED", "2")]
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -133,7 +151,7 @@ def test_two_nodes_with_c10d_rendezvous_make_one_run(tmp_path, mnist_data, jobs)
     for node in nodes:
         out, err = node.communicate(timeout=300)
         assert node.returncode == 0, err
-    job = Job(stage, mnist_data)
+    job = Job.of(stage, mnist_data)
     assert job.max_difference(jobs("fp32", 1)) <= FP32_TOLERANCE
     params = job.run.data.params
     assert (params["world_size"], params["nodes"]) == ("2", "2")
@@ -201,10 +219,3 @@ def test_a_rank_killed_fails_the_job_naming_the_rank(tmp_path, mnist_data):
     assert len(checkpoint["state"]["progress"]["records"]) >= 1
     assert not psutil.Process().children(recursive=True)  # no rank left behind
 
-
-def test_dvc_exp_run_with_two_processes(tmp_path, mnist_mirror):
-    project = make_project(tmp_path, mnist_mirror)
-    project.run("dvc", "exp", "run", "-S", "train.processes=2", "-S", f"train.batch_size={BATCH}")
-    assert project.json("metrics/evaluate.json")["test_accuracy"] > 0.85
-    _, _, runs = project.mlflow_runs()
-    assert [(r.info.status, r.data.params["world_size"]) for r in runs] == [("FINISHED", "2")]
