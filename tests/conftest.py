@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import pytest
 
 from mnist_precision.download import download_mnist
 
-from helpers import S3_KEYS, SHARED_MNIST, free_port, serve_directory
+from helpers import SHARED_MNIST, moto_s3, serve_directory
 
 # .ci/run sets it: there every feature must be proven, so a skipped test fails the run.
 NO_SKIPS = "MNIST_PRECISION_NO_SKIPS"
@@ -109,26 +106,5 @@ def reachable_tmp():
 @pytest.fixture
 def s3_endpoint(tmp_path):
     """moto's S3-compatible server on 127.0.0.1, with a bucket `mlflow-e2e`."""
-    import boto3
-
-    port = free_port()
-    log = open(tmp_path / "moto.log", "w")
-    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                s3 = boto3.client("s3", endpoint_url=url, **{k.lower(): v for k, v in S3_KEYS.items()
-                                                            if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
-                s3.create_bucket(Bucket="mlflow-e2e")
-                break
-            except Exception:
-                assert moto.poll() is None and time.monotonic() < deadline, (tmp_path / "moto.log").read_text()
-                time.sleep(0.5)
-        yield url, s3
-    finally:
-        moto.terminate()
-        moto.wait(timeout=30)
-        log.close()
+    with moto_s3(tmp_path) as endpoint:
+        yield endpoint

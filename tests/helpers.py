@@ -319,12 +319,13 @@ class Server:
 
 
 @contextlib.contextmanager
-def served(prefix: str, extra: Callable[[Path], tuple[str, ...]] = lambda folder: ()) -> Iterator[Server]:
+def served(prefix: str, extra: Callable[[Path], tuple[str, ...]] = lambda folder: (),
+           env: dict[str, str] | None = None) -> Iterator[Server]:
     """A server in a folder of its own (PostgreSQL's user must reach it), stopped
     cleanly at the end; `extra(folder)` gives more options (files made there)."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     folder.chmod(0o711)
-    running = Server(folder / "data", free_port(), *extra(folder))
+    running = Server(folder / "data", free_port(), *extra(folder), env=env)
     try:
         yield running.wait_ready()
         assert running.stop() == 0, running.log.read_text()
@@ -334,3 +335,31 @@ def served(prefix: str, extra: Callable[[Path], tuple[str, ...]] = lambda folder
 
 
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "e2e-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def moto_s3(log_folder: Path) -> Iterator[tuple[str, object]]:
+    """moto's S3-compatible server on 127.0.0.1, with a bucket `mlflow-e2e`: its URL and a boto3 client."""
+    import boto3
+
+    port = free_port()
+    log = open(log_folder / "moto.log", "w")
+    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                s3 = boto3.client("s3", endpoint_url=url, **{k.lower(): v for k, v in S3_KEYS.items()
+                                                            if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+                s3.create_bucket(Bucket="mlflow-e2e")
+                break
+            except Exception:
+                assert moto.poll() is None and time.monotonic() < deadline, (log_folder / "moto.log").read_text()
+                time.sleep(0.5)
+        yield url, s3
+    finally:
+        moto.terminate()
+        moto.wait(timeout=30)
+        log.close()

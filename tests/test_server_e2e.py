@@ -10,14 +10,26 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
-from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port, served, wait_for_epoch
+from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port, moto_s3, served, wait_for_epoch
+from mnist_precision.data import load_split
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_postgres]
 
+
 @pytest.fixture(scope="module")
-def server():
-    with served("mnist-precision-team-") as running:
+def s3(tmp_path_factory):
+    with moto_s3(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def server(s3):
+    """The file's one team server, its artifacts on S3 (moto) as a team in a cloud keeps them."""
+    url, _ = s3
+    with served("mnist-precision-team-", lambda folder: ("--artifacts-destination", "s3://mlflow-e2e/team"),
+                env=clean_env() | ADMIN | S3_KEYS | {"MLFLOW_S3_ENDPOINT_URL": url}) as running:
         yield running
 
 
@@ -57,25 +69,43 @@ def test_the_server_requires_the_admin_credentials(server):
         os.environ.update(env)
 
 
-def test_the_train_stage_logs_through_the_server(server, tmp_path, mnist_data):
+def test_the_train_stage_logs_through_the_server_and_its_artifacts_land_on_s3(server, s3, tmp_path, mnist_data,
+                                                                              monkeypatch):
+    import mlflow
+
+    from mnist_precision.model import build_mlp
+
     stage = Stage(tmp_path, mnist_data)
-    result = stage.run(MLFLOW_TRACKING_URI=server.uri, **ADMIN)
+    result = stage.run(MLFLOW_TRACKING_URI=server.uri, **ADMIN)  # the client has no S3 keys
     assert result.returncode == 0, result.stderr
-    os.environ.update(ADMIN)
-    try:
-        client, runs = stage.runs(server.uri)
-        [run] = runs
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["host"]
-        assert run.data.params["precision"] == "fp32"
-        assert "system/cpu_utilization_percentage" in run.data.metrics
-        assert {"params.yaml", "metrics", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # served by the server, not a client path
-        assert [m.name for m in client.search_logged_models([run.info.experiment_id])] == ["model"]
-    finally:
-        for name in ADMIN:
-            os.environ.pop(name, None)
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+    for name, value in ADMIN.items():
+        monkeypatch.setenv(name, value)
+    client, runs = stage.runs(server.uri)
+    [run] = runs
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["host"]
+    assert run.data.params["precision"] == "fp32"
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert {"params.yaml", "metrics", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # served by the server, not a client path
+    [logged] = client.search_logged_models([run.info.experiment_id])
+    assert logged.name == "model"
+
+    _, bucket = s3
+    keys = [item["Key"] for item in bucket.list_objects_v2(Bucket="mlflow-e2e", Prefix="team/")["Contents"]]
+    assert any(key.endswith("/params.yaml") for key in keys), keys
+    assert any("/model" in key for key in keys), keys
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    mlflow.set_tracking_uri(server.uri)
+    model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")  # through the server, not S3 keys
+    local = build_mlp([256])
+    local.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
+    test = load_split(mnist_data, "test")
+    with torch.no_grad():
+        predicted = torch.cat([model(images).argmax(dim=1) for images in test.images.split(1000)])
+        expected = local(test.images).argmax(dim=1)
+    assert torch.equal(predicted, expected)
 
 
 @pytest.mark.parametrize("credentials", [{}, {"MLFLOW_TRACKING_USERNAME": "team-admin",
@@ -88,63 +118,21 @@ def test_wrong_or_missing_credentials_fail_before_training(server, tmp_path, mni
     assert "epoch" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_sigterm_stops_every_component_and_a_restart_reuses_the_data(server):
-    """The last test of the shared server: it stops it, then starts another on its data."""
+def test_sigterm_stops_every_component(server):
+    """The last test of the shared server. (A restart on its data: the next test.)"""
     data = server.log.parent / "data"
     assert len(server.descendants()) >= 2  # postgres (and its workers), the MLflow server
     assert server.stop(signal.SIGTERM) == 0
     assert no_postgres_of(data)
     assert "MLflow tracking server and PostgreSQL stopped" in server.log.read_text()
 
-    again = Server(data, free_port()).wait_ready()  # the same cluster, database and admin user
-    assert again.stop(signal.SIGINT) == 0
-    assert no_postgres_of(data)
-
-
-def test_artifacts_on_s3_land_in_the_bucket_and_load_back(reachable_tmp, tmp_path, mnist_data, s3_endpoint,
-                                                          monkeypatch):
-    import mlflow
-    import torch
-
-    from mnist_precision.data import load_split
-
-    url, s3 = s3_endpoint
-    server = Server(reachable_tmp / "data", free_port(), "--artifacts-destination", "s3://mlflow-e2e/team",
-                    env=clean_env() | ADMIN | S3_KEYS | {"MLFLOW_S3_ENDPOINT_URL": url}).wait_ready()
-    try:
-        stage = Stage(tmp_path, mnist_data)
-        result = stage.run(MLFLOW_TRACKING_URI=server.uri, **ADMIN)  # the client has no S3 keys
-        assert result.returncode == 0, result.stderr
-        keys = [item["Key"] for item in s3.list_objects_v2(Bucket="mlflow-e2e", Prefix="team/")["Contents"]]
-        assert any(key.endswith("/params.yaml") for key in keys), keys
-        assert any("/model" in key for key in keys), keys
-
-        for name, value in ADMIN.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-        client, [run] = stage.runs(server.uri)
-        [logged] = client.search_logged_models([run.info.experiment_id])
-        mlflow.set_tracking_uri(server.uri)
-        model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")  # through the server, not S3 keys
-        test = load_split(mnist_data, "test")
-        with torch.no_grad():
-            predicted = torch.cat([model(images).argmax(dim=1) for images in test.images.split(1000)])
-        accuracy = (predicted == test.labels).float().mean().item()
-        from mnist_precision.model import build_mlp
-
-        local = build_mlp([256])
-        local.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
-        with torch.no_grad():
-            expected = (local(test.images).argmax(dim=1) == test.labels).float().mean().item()
-        assert accuracy == expected
-    finally:
-        assert server.stop() == 0, server.log.read_text()
-
 
 def test_postgresql_stopped_mid_run_fails_the_stage_naming_the_server(reachable_tmp, tmp_path, mnist_data,
                                                                      monkeypatch):
     """The database goes away under a running stage: the stage fails with a
-    message that names the tracking server, and no run claims FINISHED."""
+    message that names the tracking server, and no run claims FINISHED. A
+    restart on the same data serves that run (the same cluster, database and
+    admin user); SIGINT stops it as SIGTERM does."""
     port = free_port()
     server = Server(reachable_tmp / "data", port).wait_ready()
     for name, value in ADMIN.items():
@@ -171,6 +159,7 @@ def test_postgresql_stopped_mid_run_fails_the_stage_naming_the_server(reachable_
     again = Server(reachable_tmp / "data", port).wait_ready()
     try:
         _, runs = stage.runs(again.uri)
-        assert [run.info.status for run in runs] != ["FINISHED"]
+        assert len(runs) == 1 and runs[0].info.status != "FINISHED"
     finally:
-        assert again.stop() == 0
+        assert again.stop(signal.SIGINT) == 0
+    assert no_postgres_of(reachable_tmp / "data")
