@@ -97,22 +97,23 @@ class Sizes:
     repeats: int
     train_samples: int | None  # None: the whole training set
     row_budget_s: float  # timed seconds a row may take, all repeats together
+    stage_max_steps: int | None  # the timed train stage's train.max_steps (None: its whole epoch)
 
 
 FULL = Sizes(
     reference=Config("reference", (256,), 64, warmup=50, steps=600),
     wide=Config("wide", (4096, 4096), 512, warmup=3, steps=10),
-    seed_loader_steps=200, ceiling_n=2048, repeats=5, train_samples=None, row_budget_s=20,
+    seed_loader_steps=200, ceiling_n=2048, repeats=5, train_samples=None, row_budget_s=20, stage_max_steps=None,
 )
 QUICK = Sizes(
     reference=Config("reference", (256,), 64, warmup=5, steps=40),
     wide=Config("wide", (1024, 1024), 256, warmup=2, steps=5),
-    seed_loader_steps=20, ceiling_n=512, repeats=1, train_samples=8192, row_budget_s=3,
+    seed_loader_steps=20, ceiling_n=512, repeats=1, train_samples=8192, row_budget_s=3, stage_max_steps=100,
 )
 GPU_FULL = Sizes(
     reference=Config("reference", (256,), 64, warmup=100, steps=2000),
     wide=Config("wide", (4096, 4096), 4096, warmup=20, steps=200),
-    seed_loader_steps=300, ceiling_n=8192, repeats=5, train_samples=None, row_budget_s=20,
+    seed_loader_steps=300, ceiling_n=8192, repeats=5, train_samples=None, row_budget_s=20, stage_max_steps=None,
 )
 
 
@@ -292,15 +293,15 @@ def matmul_ceiling(dtype: torch.dtype, n: int, device: torch.device, clock: Cloc
     return 2 * n**3 * reps / seconds
 
 
-def time_stage(data_dir: Path, device_param: str) -> list[tuple[float, float]]:
-    """Run the real train stage at 1 epoch in a fresh process, twice: against
-    a fresh MLflow store, then against that same, now existing, store. Return
-    (wall time, training-loop time) of each."""
+def time_stage(data_dir: Path, device_param: str, max_steps: int | None) -> list[tuple[float, float]]:
+    """Run the real train stage at 1 epoch (cut to `max_steps`, if given) in a
+    fresh process, twice: against a fresh MLflow store, then against that same,
+    now existing, store. Return (wall time, training-loop time) of each."""
     timings = []
     with tempfile.TemporaryDirectory() as work:
         params = yaml.safe_load((REPO_ROOT / paths.PARAMS).read_text())
         params |= {"precision": "fp32", "device": device_param}
-        params["train"] |= {"epochs": 1}
+        params["train"] |= {"epochs": 1, "max_steps": max_steps}
         Path(work, paths.PARAMS).write_text(yaml.safe_dump(params))
         Path(work, paths.DATA_DIR).parent.mkdir(parents=True)
         Path(work, paths.DATA_DIR).symlink_to(data_dir.resolve())
@@ -331,10 +332,10 @@ def time_imports() -> float:
     return time.perf_counter() - started
 
 
-def stage_figures(data_dir: Path, device_param: str) -> dict[str, float]:
+def stage_figures(data_dir: Path, device_param: str, max_steps: int | None) -> dict[str, float]:
     """The train stage's wall time beside its training loop, against `import torch, mlflow`."""
     import_s = time_imports()
-    (wall, loop), (again_wall, again_loop) = time_stage(data_dir, device_param)
+    (wall, loop), (again_wall, again_loop) = time_stage(data_dir, device_param, max_steps)
     return {"stage_overhead_ratio": (wall - loop) / import_s,
             "stage_overhead_ratio_existing_store": (again_wall - again_loop) / import_s,
             "stage_wall_s": wall, "stage_training_loop_s": loop,
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
                         for p, o in DIAGNOSED if p in timed}
     if device.type == "cpu":
         data_parallel = time_data_parallel(args.data, sizes.reference.steps // 2)
-    stage = {} if args.skip_stage else stage_figures(args.data, device.type)
+    stage = {} if args.skip_stage else stage_figures(args.data, device.type, sizes.stage_max_steps)
 
     speed = {(r["config"], r["precision"]): r["samples_per_s"] for r in rows}
     flops = {(r["config"], r["precision"]): r["model_tflops"] * 1e12 for r in rows}

@@ -36,9 +36,9 @@ STAGE_KEYS = {"stage_overhead_ratio", "stage_overhead_ratio_existing_store"}
 @pytest.mark.slow
 def test_the_harness_times_the_train_stage_against_its_imports(mnist_data):
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from train_speed import stage_figures
+    from train_speed import QUICK, stage_figures
 
-    figures = stage_figures(mnist_data, "cpu")
+    figures = stage_figures(mnist_data, "cpu", QUICK.stage_max_steps)
     assert STAGE_KEYS <= set(figures)
     assert all(math.isfinite(value) and value > 0 for value in figures.values()), figures
     assert figures["stage_wall_s"] > figures["stage_training_loop_s"]
