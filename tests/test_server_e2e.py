@@ -14,6 +14,7 @@ import torch
 
 from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port, moto_s3, served, wait_for_epoch
 from mnist_precision.data import load_split
+from mnist_precision.model import build_mlp
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_postgres]
 
@@ -73,8 +74,6 @@ def test_the_train_stage_logs_through_the_server_and_its_artifacts_land_on_s3(se
                                                                               monkeypatch):
     import mlflow
 
-    from mnist_precision.model import build_mlp
-
     stage = Stage(tmp_path, mnist_data)
     result = stage.run(MLFLOW_TRACKING_URI=server.uri, **ADMIN)  # the client has no S3 keys
     assert result.returncode == 0, result.stderr
@@ -119,7 +118,7 @@ def test_wrong_or_missing_credentials_fail_before_training(server, tmp_path, mni
 
 
 def test_sigterm_stops_every_component(server):
-    """The last test of the shared server. (A restart on its data: the next test.)"""
+    """The last test of the shared server. (A restart on a stopped server's data: the next test, on its own server.)"""
     data = server.log.parent / "data"
     assert len(server.descendants()) >= 2  # postgres (and its workers), the MLflow server
     assert server.stop(signal.SIGTERM) == 0
