@@ -10,12 +10,12 @@ import torch
 
 from . import paths
 from .data import load_split
-from .device import capability_params, device_name, missing_native_support, resolve_device
-from .distributed import World, device_of, joined, launch, processes_wanted, under_torchrun
+from .device import capability_params, device_name, missing_native_support
+from .distributed import World, device_of, joined
 from .interrupts import Interrupted, StopRequest
 from .model import build_mlp
 from .optimizers import OptimizerChoice, eps_warning
-from .params import Params, load
+from .params import Params
 from .precision import PrecisionPolicy, fp8_kept_layers, torch_dtype
 from .recorder import NoRecorder, Recorder
 from .threads import budget
@@ -49,13 +49,8 @@ def environment_params(device: torch.device, world: World) -> dict[str, str]:
     }
 
 
-def main() -> None:
-    params = load(paths.PARAMS)
-    device = resolve_device(params.device, params.precision)
-    processes = processes_wanted(params.train.processes, device.type)
-    if processes > 1 and not under_torchrun():
-        launch(processes, sys.argv[0])  # this stage again, on every rank
-        return
+def main(params: Params, device: torch.device) -> None:
+    """Train on this process's share of the job (all of it outside torchrun)."""
     with joined(device.type) as world:
         train_stage(params, device_of(world, device), world)
 
