@@ -22,6 +22,6 @@ def main() -> None:
     if processes > 1 and not under_torchrun():
         launch(processes, sys.argv[0])  # this stage again, on every rank
         return
-    from . import train_stage  # noqa: PLC0415 - see the module's docstring
+    from . import train_stage  # here, not at the top: see the module's docstring
 
     train_stage.main(params, device)
