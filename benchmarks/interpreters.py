@@ -29,21 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from stage_folder import stage_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMPORTS = "import torch, mlflow, mlflow.pytorch, matplotlib.pyplot; from mlflow.store.tracking import sqlalchemy_store"
 TASKS = {"import": ["-c", IMPORTS], "train": [str(REPO_ROOT / "stages" / "train.py")],
          "evaluate": [str(REPO_ROOT / "stages" / "evaluate.py")]}
-
-
-def project_folder(root: Path, data: Path) -> Path:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["train"] |= {"epochs": 1, "max_steps": 100, "threads": 1}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    (root / "data").mkdir()
-    (root / "data" / "mnist").symlink_to(data.resolve())
-    return root
 
 
 def timed(python: str, args: list[str], cwd: Path) -> tuple[float, float]:
@@ -55,17 +46,16 @@ def timed(python: str, args: list[str], cwd: Path) -> tuple[float, float]:
                                    stdout=subprocess.DEVNULL, stderr=errors)
         _, status, usage = os.wait4(process.pid, 0)  # the child's own CPU, which Popen.wait does not give
         wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
+        if (code := os.waitstatus_to_exitcode(status)) != 0:
             errors.seek(0)
-            sys.exit(f"{python} {' '.join(args)} exited {process.returncode}:\n{errors.read().decode()[-2000:]}")
+            sys.exit(f"{python} {' '.join(args)} exited {code}:\n{errors.read().decode()[-2000:]}")
     return usage.ru_utime + usage.ru_stime, wall
 
 
 def measure(pythons: list[str], data: Path, rounds: int) -> dict[str, dict[str, list[tuple[float, float]]]]:
     figures = {python: {task: [] for task in TASKS} for python in pythons}
     with tempfile.TemporaryDirectory() as work:
-        root = project_folder(Path(work), data)
+        root = stage_folder(Path(work), data, {"epochs": 1, "max_steps": 100, "threads": 1})
         for python in pythons:  # warm-up: the store, the page cache
             for args in TASKS.values():
                 timed(python, args, root)
@@ -90,8 +80,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "mnist")
     args = parser.parse_args()
-    a, b = args.pythons
-    figures = measure(args.pythons, args.data, args.rounds)
+    # Absolute, since the stages run in another folder; not resolved, or a venv's python would lose its venv.
+    pythons = [os.path.abspath(python) for python in args.pythons]
+    a, b = pythons
+    figures = measure(pythons, args.data, args.rounds)
     print(f"A: {describe(a)}\nB: {describe(b)}\n{args.rounds} rounds, medians\n")
     print("| process | A CPU s | B CPU s | B/A CPU | A wall s | B wall s |\n| --- | ---: | ---: | ---: | ---: | ---: |")
     ratios = {}

@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 import psutil
-import yaml
 
 from mnist_precision.atomic import atomic_write_bytes
 from mnist_precision.download import download_mnist
 from mnist_precision.environment import cpu_name
 from mnist_precision.server import free_tcp_port
+from stage_folder import stage_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "mnist-precision")
@@ -66,11 +66,8 @@ def start_server(folder: Path, credentials: dict[str, str], *extra: str) -> tupl
 def train_through(uri: str, data: Path, folder: Path, credentials: dict[str, str]) -> float:
     """Run the train stage in a fresh folder laid out like the project; its wall seconds."""
     stage = folder / "stage"
-    (stage / "data").mkdir(parents=True)
-    (stage / "data" / "mnist").symlink_to(data.resolve())
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["train"]["epochs"] = 1
-    (stage / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stage.mkdir()
+    stage_folder(stage, data, {"epochs": 1})
     env = os.environ | credentials | {"MLFLOW_TRACKING_URI": uri}
     started = time.monotonic()
     subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=stage, env=env, check=True,

@@ -49,7 +49,6 @@ from pathlib import Path
 
 import psutil
 import torch
-import yaml
 
 from mnist_precision import paths
 from mnist_precision.data import MEAN, STD, Split, load_split, shuffled_batches
@@ -62,6 +61,7 @@ from mnist_precision.precisions import BASELINE, NAMES as PRECISIONS, PRECISIONS
 from mnist_precision.timing import Clock, training_flops_per_sample
 from mnist_precision.optimizers import SGD, OptimizerChoice, make_optimizer
 from mnist_precision.training import TrainStep, make_diagnostics
+from stage_folder import stage_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The matrix products each precision's ceiling is measured with: its dtype, and TF32 on or off.
@@ -299,12 +299,8 @@ def time_stage(data_dir: Path, device_param: str, max_steps: int | None) -> list
     now existing, store. Return (wall time, training-loop time) of each."""
     timings = []
     with tempfile.TemporaryDirectory() as work:
-        params = yaml.safe_load((REPO_ROOT / paths.PARAMS).read_text())
-        params |= {"precision": "fp32", "device": device_param}
-        params["train"] |= {"epochs": 1, "max_steps": max_steps}
-        Path(work, paths.PARAMS).write_text(yaml.safe_dump(params))
-        Path(work, paths.DATA_DIR).parent.mkdir(parents=True)
-        Path(work, paths.DATA_DIR).symlink_to(data_dir.resolve())
+        stage_folder(Path(work), data_dir, {"epochs": 1, "max_steps": max_steps}, precision="fp32",
+                     device=device_param)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
         for _ in range(2):
             started = time.perf_counter()
