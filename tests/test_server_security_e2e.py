@@ -7,10 +7,12 @@ and the real train stage as its client.
 from __future__ import annotations
 
 import base64
+import pwd
 import ssl
 import subprocess
 import urllib.error
 import urllib.request
+import urllib.response
 from pathlib import Path
 
 import psutil
@@ -115,24 +117,25 @@ def test_a_reader_reads_and_is_refused_logging_and_a_stranger_sees_nothing(tls_s
     assert "mnist-precision" not in [e.name for e in stranger.search_experiments()]  # no grant: not visible
 
 
-def request(server, path: str, host: str | None = None, user: tuple[str, str] = tuple(ADMIN.values())) -> int:
+def request(server, path: str, host: str | None = None,
+            user: tuple[str, str] = tuple(ADMIN.values())) -> urllib.response.addinfourl | urllib.error.HTTPError:
     headers = {"Authorization": "Basic " + base64.b64encode(":".join(user).encode()).decode()}
     if host:
         headers["Host"] = host
     try:
-        with urllib.request.urlopen(urllib.request.Request(server.uri + path, headers=headers), timeout=10,
-                                    context=ssl.create_default_context(cafile=str(server.cert))) as response:
-            return response.status
+        return urllib.request.urlopen(urllib.request.Request(server.uri + path, headers=headers), timeout=10,
+                                      context=ssl.create_default_context(cafile=str(server.cert)))
     except urllib.error.HTTPError as error:
-        return error.code
+        return error
 
 
-def test_a_foreign_host_header_and_wrong_credentials_are_refused(tls_server):
+def test_a_foreign_host_header_and_wrong_credentials_are_refused_and_tls_sends_hsts(tls_server):
     search = "/api/2.0/mlflow/experiments/search?max_results=1"
-    assert request(tls_server, search) == 200
-    assert request(tls_server, search, host="rebinding.example.com") in (400, 403)
-    # No lockout is promised: the sixth try is answered as the first (docs/teams.md says so).
-    codes = {request(tls_server, search, user=("team-admin", "wrong-password-%d" % i)) for i in range(6)}
+    answer = request(tls_server, search)
+    assert answer.status == 200 and answer.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert request(tls_server, search, host="rebinding.example.com").status in (400, 403)
+    # Below the login throttle's default of 10 failures (test_server_guard_e2e.py tests the throttle).
+    codes = {request(tls_server, search, user=("wrong-user", "wrong-password-%d" % i)).status for i in range(6)}
     assert codes == {401}
 
 
@@ -150,7 +153,24 @@ def test_no_secret_where_it_does_not_belong(tls_server, monkeypatch):
     assert (data / "secrets").stat().st_mode & 0o777 == 0o700
     for path in (data / "secrets").iterdir():
         assert path.stat().st_mode & 0o777 == 0o600, path
-    assert [path.name for path in data.iterdir() if path.is_file()] == ["server.lock"]  # every secret in secrets/
+    assert [path.name for path in data.iterdir() if path.is_file()] == ["server.lock"]  # every secret in a folder
+    # Least privilege: MLflow runs as its service user, with no secret it does not need in its environment,
+    # and what it keeps (artifacts, its home with the pgpass file) and the logs are closed to other accounts.
+    service = pwd.getpwnam("mlflow")
+    mlflow_processes = [process for process in tls_server.descendants() if "mlflow" in " ".join(process.cmdline())
+                        and process.username() != "postgres"]
+    assert mlflow_processes and {process.uids().effective for process in mlflow_processes} == {service.pw_uid}
+    for process in mlflow_processes:
+        environment = Path(f"/proc/{process.pid}/environ").read_bytes().decode(errors="replace")
+        assert not [secret for secret in secrets if secret in environment], process.cmdline()
+        assert "PGPASSWORD" not in environment and "MLFLOW_TRACKING_PASSWORD" not in environment
+    for folder in ("artifacts", "service", "logs", "secrets"):
+        assert (data / folder).stat().st_mode & 0o077 == 0, folder
+    assert (data / "service" / "pgpass").stat().st_uid == service.pw_uid
+    assert (data / "service" / "pgpass").stat().st_mode & 0o777 == 0o600
+    assert (data / "artifacts").stat().st_uid == service.pw_uid
+    for log in (data / "logs").iterdir():
+        assert log.stat().st_mode & 0o077 == 0, log
     client = client_as(tuple(ADMIN.values()), tls_server, monkeypatch)
     for run in client.search_runs([client.get_experiment_by_name("mnist-precision").experiment_id]):
         logged = " ".join(f"{k}={v}" for k, v in (run.data.params | run.data.tags).items())
