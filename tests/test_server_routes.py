@@ -15,14 +15,14 @@ from mnist_precision.server_app import (ROUTES_FILE, LoginThrottle, Route, Route
 # The app `mlflow server --app-name mnist-precision` runs, built in a process of
 # its own (MLflow's Flask app is a module global) on a throwaway SQLite auth store.
 PROBE = """
-import json, os, sys
+import json, os, secrets, sys
 folder = sys.argv[1]
 with open(os.path.join(folder, "auth.ini"), "w") as ini:
     ini.write(f"[mlflow]\\ndatabase_uri = sqlite:///{folder}/auth.db\\nadmin_username = admin\\n"
               "default_permission = NO_PERMISSIONS\\n"
               "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\\n")
 os.environ.update(MLFLOW_AUTH_CONFIG_PATH=os.path.join(folder, "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="k",
-                  MLFLOW_AUTH_ADMIN_PASSWORD="a-password-for-the-probe-only", _MLFLOW_SGI_NAME="uvicorn",
+                  MLFLOW_AUTH_ADMIN_PASSWORD=secrets.token_urlsafe(16), _MLFLOW_SGI_NAME="uvicorn",
                   MLFLOW_TRACKING_URI=f"sqlite:///{folder}/mlflow.db")
 from mlflow.server import auth
 from mnist_precision.server_app import served_routes
