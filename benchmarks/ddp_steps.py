@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from mnist_precision.data import load_split, shuffled_batches
-from mnist_precision.device import resolve_device
-from mnist_precision.distributed import device_of, joined
-from mnist_precision.model import build_mlp
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.precisions import BASELINE
-from mnist_precision.optimizers import make_optimizer
-from mnist_precision.training import TrainStep
+from mnist_precision.base.precision_table import BASELINE
+from mnist_precision.core.data import load_split, shuffled_batches
+from mnist_precision.core.device import resolve_device
+from mnist_precision.core.distributed import device_of, joined
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.optimizers import make_optimizer
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.training import TrainStep
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ step "versions"
 } 2>&1 | tee -a "$log"
 
 step "MNIST from $data"
-"$python" -c 'import sys; from mnist_precision.download import download_mnist; download_mnist(sys.argv[1], [sys.argv[2]])' \
+"$python" -c 'import sys; from mnist_precision.core.download import download_mnist; download_mnist(sys.argv[1], [sys.argv[2]])' \
   "$work/mnist" "$(cd "$data" && pwd)" 2>&1 | tee -a "$log"
 
 step "the GPU tests"
@@ -90,7 +90,7 @@ step "the speed harness"
 tail -n 1 "$out/gpu.md" > "$out/gpu.json"
 
 step "the crossover map"
-"$python" -m mnist_precision.crossover --device "$device" --no-log --out "$work/crossover" --name crossover_gpu \
+"$python" -m mnist_precision.analysis.crossover --device "$device" --no-log --out "$work/crossover" --name crossover_gpu \
   "${crossover[@]}" 2>&1 | tee -a "$log"
 cp "$work/crossover/crossover_gpu.json" "$work/crossover/crossover_gpu.md" "$out/"
 

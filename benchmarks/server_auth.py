@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 import psutil
-
-from mnist_precision.atomic import atomic_write_bytes
-from mnist_precision.download import download_mnist
-from mnist_precision.environment import cpu_name
-from mnist_precision.server import free_tcp_port
 from stage_folder import stage_folder
+
+from mnist_precision.base.atomic import atomic_write_bytes
+from mnist_precision.base.environment import cpu_name
+from mnist_precision.core.download import download_mnist
+from mnist_precision.operations.server import free_tcp_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "mnist-precision")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from mnist_precision import paths
+from mnist_precision.base import paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,14 +31,14 @@ import torch  # noqa: E402 - timed, as the stage imports it
 
 lap("import torch, mlflow")
 
-from mnist_precision import paths  # noqa: E402
-from mnist_precision.data import load_split  # noqa: E402
-from mnist_precision.model import build_mlp  # noqa: E402
-from mnist_precision.recorder import log_model  # noqa: E402
-from mnist_precision.optimizers import make_optimizer  # noqa: E402
-from mnist_precision.training import TrainStep  # noqa: E402
-from mnist_precision.precision import PrecisionPolicy  # noqa: E402
+from mnist_precision.base import paths  # noqa: E402
+from mnist_precision.core.data import load_split  # noqa: E402
+from mnist_precision.core.model import build_mlp  # noqa: E402
+from mnist_precision.core.optimizers import make_optimizer  # noqa: E402
+from mnist_precision.core.precision import PrecisionPolicy  # noqa: E402
+from mnist_precision.core.training import TrainStep  # noqa: E402
 from mnist_precision.tracking.lifecycle import run_scope  # noqa: E402
+from mnist_precision.tracking.recorder import log_model  # noqa: E402
 from mnist_precision.tracking.store import configure, get_or_create_experiment  # noqa: E402
 
 lap("import the project (mlflow.pytorch, mlflow.models, tqdm)")

@@ -49,19 +49,21 @@ from pathlib import Path
 
 import psutil
 import torch
-
-from mnist_precision import paths
-from mnist_precision.data import MEAN, STD, Split, load_split, shuffled_batches
-from mnist_precision.device import device_name, refusal, resolve_device
-from mnist_precision.download import download_mnist
-from mnist_precision.model import build_mlp
-from mnist_precision.params import TrainParams, load
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.precisions import BASELINE, NAMES as PRECISIONS, PRECISIONS as TABLE
-from mnist_precision.timing import Clock, training_flops_per_sample
-from mnist_precision.optimizers import SGD, OptimizerChoice, make_optimizer
-from mnist_precision.training import TrainStep, make_diagnostics
 from stage_folder import stage_folder
+
+from mnist_precision.analysis.crossover.timing import Clock, training_flops_per_sample
+from mnist_precision.base import paths
+from mnist_precision.base.params import TrainParams, load
+from mnist_precision.base.precision_table import BASELINE
+from mnist_precision.base.precision_table import NAMES as PRECISIONS
+from mnist_precision.base.precision_table import PRECISIONS as TABLE
+from mnist_precision.core.data import MEAN, STD, Split, load_split, shuffled_batches
+from mnist_precision.core.device import device_name, refusal, resolve_device
+from mnist_precision.core.download import download_mnist
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.optimizers import SGD, OptimizerChoice, make_optimizer
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.training import TrainStep, make_diagnostics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The matrix products each precision's ceiling is measured with: its dtype, and TF32 on or off.

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import torch
 
-from mnist_precision import paths
-from mnist_precision.data import load_split
-from mnist_precision.device import device_name, refusal, resolve_device
-from mnist_precision.download import download_mnist
-from mnist_precision.evaluation import evaluate
-from mnist_precision.model import build_mlp
-from mnist_precision.params import TrainParams
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.precisions import NAMES
-from mnist_precision.optimizers import OptimizerChoice
-from mnist_precision.training import DivergenceError, train
+from mnist_precision.base import paths
+from mnist_precision.base.params import TrainParams
+from mnist_precision.base.precision_table import NAMES
+from mnist_precision.core.data import load_split
+from mnist_precision.core.device import device_name, refusal, resolve_device
+from mnist_precision.core.download import download_mnist
+from mnist_precision.core.evaluation import evaluate
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.optimizers import OptimizerChoice
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.training import DivergenceError, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("underflow_act_grads_flushed", "underflow_act_grads_scaled_flushed", "underflow_weight_grads_flushed",

@@ -8,9 +8,9 @@
   `benchmarks/train_speed.py` on one machine, newest first in each file, and
   the table has the newest run of each machine as a column; below it, where
   each precision pays, read from each crossover map (crossover_*.json) with
-  the thresholds of `mnist_precision.crossover.verdict`;
+  the thresholds of `mnist_precision.analysis.crossover.verdict`;
 - docs/parameters.md, from the params schema that validates params.yaml
-  (`mnist_precision.params.SCHEMA`), with params.yaml's values as defaults.
+  (`mnist_precision.base.params.SCHEMA`), with params.yaml's values as defaults.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from mnist_precision.atomic import atomic_write_bytes
-from mnist_precision.crossover.verdict import sentences
-from mnist_precision.params import reference
+from mnist_precision.analysis.crossover.verdict import sentences
+from mnist_precision.base.atomic import atomic_write_bytes
+from mnist_precision.base.params import reference
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -119,7 +119,7 @@ def with_table(readme: str) -> str:
 def parameters_page() -> str:
     defaults = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     lines = ["# Parameters", "",
-             "Every key of `params.yaml`, as `mnist_precision.params` validates it (this page is generated",
+             "Every key of `params.yaml`, as `mnist_precision.base.params` validates it (this page is generated",
              "from its schema by `python docs/generate.py`). Change one for an experiment with",
              "`dvc exp run -S key=value`; a bad value stops the stage before any work, naming the key and the fix,",
              "and every bad value is reported at once. MLflow logs them all, nested keys joined with dots.", "",

@@ -1,7 +1,7 @@
-"""DVC stage `download` (see dvc.yaml); the work is in mnist_precision.download_stage."""
+"""DVC stage `download` (see dvc.yaml); the work is in mnist_precision.pipeline.download_stage."""
 
-from mnist_precision.entry import run_stage
-from mnist_precision.download_stage import main
+from mnist_precision.base.entry import run_stage
+from mnist_precision.pipeline.download_stage import main
 
 if __name__ == "__main__":
     run_stage("download", main)

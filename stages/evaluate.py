@@ -1,7 +1,7 @@
-"""DVC stage `evaluate` (see dvc.yaml); the work is in mnist_precision.evaluate_stage."""
+"""DVC stage `evaluate` (see dvc.yaml); the work is in mnist_precision.pipeline.evaluate_stage."""
 
-from mnist_precision.entry import run_stage
-from mnist_precision.evaluate_stage import main
+from mnist_precision.base.entry import run_stage
+from mnist_precision.pipeline.evaluate_stage import main
 
 if __name__ == "__main__":
     run_stage("evaluate", main)

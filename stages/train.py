@@ -1,8 +1,8 @@
-"""DVC stage `train` (see dvc.yaml); the work is in mnist_precision.train_stage,
-which mnist_precision.train_entry imports in the processes that train."""
+"""DVC stage `train` (see dvc.yaml); the work is in mnist_precision.pipeline.train_stage,
+which mnist_precision.pipeline.train_entry imports in the processes that train."""
 
-from mnist_precision.entry import run_stage
-from mnist_precision.train_entry import main
+from mnist_precision.base.entry import run_stage
+from mnist_precision.pipeline.train_entry import main
 
 if __name__ == "__main__":
     run_stage("train", main)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_precision.download import download_mnist
+from mnist_precision.core.download import download_mnist
 
 from helpers import SHARED_MNIST, moto_s3, serve_directory
 

@@ -10,10 +10,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
-import socket
 import threading
 import time
 import urllib.request

@@ -48,10 +48,10 @@ def test_the_harness_times_the_train_stage_against_its_imports(mnist_data):
 
 PAGE_FAULTS_OF_A_LATER_STEP = """
 import resource, torch
-from mnist_precision.model import build_mlp
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.optimizers import make_optimizer
-from mnist_precision.training import TrainStep
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.optimizers import make_optimizer
+from mnist_precision.core.training import TrainStep
 model = build_mlp([4096, 4096])
 policy = PrecisionPolicy("fp32", "cpu")
 step = TrainStep(model, policy, make_optimizer(model, policy, 0.01))

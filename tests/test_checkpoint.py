@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mnist_precision.base.params import load
+from mnist_precision.core import checkpoint
+
 from helpers import REPO_ROOT
-from mnist_precision import checkpoint
-from mnist_precision.params import load
 
 STATE = {"progress": {"epoch": 1}}
 

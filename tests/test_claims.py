@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mnist_precision import claims
-from mnist_precision.report.comparison import Group, RunRecord, config_of, device_label, group_runs, verdicts
+from mnist_precision.analysis.report import claims
+from mnist_precision.analysis.report.comparison import Group, RunRecord, config_of, device_label, group_runs, verdicts
 
 CPU = "cpu (AMD EPYC; AVX512, features avx512f,avx512_bf16)"
 GPU = "cuda (NVIDIA H200; compute capability 9.0)"

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from mnist_precision import claims
-from mnist_precision.crossover.measure import NOT_TIMED, ONCE, TIMED, Cell, time_cell, time_grid
-from mnist_precision.crossover.output import write
-from mnist_precision.crossover.verdict import COSTS, NEUTRAL, PAYS, UNKNOWN, pays_from, sentence, verdict
-from mnist_precision.timing import Clock
+from mnist_precision.analysis.crossover.measure import NOT_TIMED, ONCE, TIMED, Cell, time_cell, time_grid
+from mnist_precision.analysis.crossover.output import write
+from mnist_precision.analysis.crossover.timing import Clock
+from mnist_precision.analysis.crossover.verdict import COSTS, NEUTRAL, PAYS, UNKNOWN, pays_from, sentence, verdict
+from mnist_precision.analysis.report import claims
 
 CPU = torch.device("cpu")
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import torch
-
-from mnist_precision.diagnostics import (Diagnostics, EpochNumerics, Histogram, histogram_rows, log2_histogram,
-                                         lost_update_counts, underflow_counts)
-from mnist_precision.model import build_mlp
-from mnist_precision.params import TrainParams
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.training import train
 from test_training import toy_split
+
+from mnist_precision.base.params import TrainParams
+from mnist_precision.core.diagnostics import (
+    Diagnostics,
+    EpochNumerics,
+    Histogram,
+    histogram_rows,
+    log2_histogram,
+    lost_update_counts,
+    underflow_counts,
+)
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.training import train
 
 SUBNORMAL, NORMAL = 2.0**-24, 2.0**-14
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_precision.distributed import World, processes_wanted
-from mnist_precision.model import build_mlp
+from mnist_precision.core.distributed import World, processes_wanted
+from mnist_precision.core.model import build_mlp
 
 
 def gradients(model, loss):

@@ -23,11 +23,12 @@ import psutil
 import pytest
 import torch
 
+from mnist_precision.core.data import load_split
+from mnist_precision.core.evaluation import evaluate
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.precision import PrecisionPolicy
+
 from helpers import REPO_ROOT, Project, Stage, make_project, wait_for_epoch
-from mnist_precision.data import load_split
-from mnist_precision.evaluation import evaluate
-from mnist_precision.model import build_mlp
-from mnist_precision.precision import PrecisionPolicy
 
 pytestmark = pytest.mark.slow
 

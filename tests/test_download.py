@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from mnist_precision.core import download
+from mnist_precision.core.download import DownloadError, FetchPolicy, download_mnist
+
 from helpers import serve_directory
-from mnist_precision import download
-from mnist_precision.download import DownloadError, FetchPolicy, download_mnist
 
 FAST = FetchPolicy(timeout_s=5, attempts=2, backoff_s=0)
 

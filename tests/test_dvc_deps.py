@@ -45,6 +45,6 @@ def covered(path: str, deps: list[str]) -> bool:
 def test_every_imported_module_is_a_dependency_of_the_stage(name):
     stage = STAGES[name]
     script = stage["cmd"].split()[1]  # "python stages/<name>.py"
-    loaded = loaded_project_files(script, f"mnist_precision.{name}_stage")
+    loaded = loaded_project_files(script, f"mnist_precision.pipeline.{name}_stage")
     missing = [path for path in loaded if not covered(path, stage["deps"])]
     assert not missing, f"dvc.yaml: stage '{name}' imports {missing} but does not list them in its deps"

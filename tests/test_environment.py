@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
+from mnist_precision.base.environment import cpu_capability, describe, torch_versions
+
 from helpers import REPO_ROOT
-from mnist_precision.environment import cpu_capability, describe, torch_versions
 
 TORCH_SAYS = "import json, torch; print(json.dumps(torch.backends.cpu.get_cpu_capability()))"
 

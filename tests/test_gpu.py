@@ -8,14 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_precision.data import Split
-from mnist_precision.diagnostics import Diagnostics
-from mnist_precision.device import peak_memory_metrics, resolve_device
-from mnist_precision.model import build_mlp
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.precisions import NAMES
-from mnist_precision.optimizers import make_optimizer
-from mnist_precision.training import SYNC_EVERY, TrainState, TrainStep, run_epoch
+from mnist_precision.base.precision_table import NAMES
+from mnist_precision.core.data import Split
+from mnist_precision.core.device import peak_memory_metrics, resolve_device
+from mnist_precision.core.diagnostics import Diagnostics
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.optimizers import make_optimizer
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.training import SYNC_EVERY, TrainState, TrainStep, run_epoch
 
 pytestmark = pytest.mark.gpu
 

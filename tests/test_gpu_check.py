@@ -14,9 +14,9 @@ import subprocess
 import sys
 
 import pytest
+from test_benchmark import DOCUMENTED_KEYS, STAGE_KEYS
 
 from helpers import REPO_ROOT, SHARED_MNIST
-from test_benchmark import DOCUMENTED_KEYS, STAGE_KEYS
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ def test_the_dry_run_passes_on_a_bare_machine_and_writes_the_files_a_gpu_run_bri
     assert '"world_size": 1' in log
 
     # Where the files land, the heatmaps are drawn from the JSON.
-    drawn = subprocess.run([sys.executable, "-m", "mnist_precision.crossover", "--from-json",
+    drawn = subprocess.run([sys.executable, "-m", "mnist_precision.analysis.crossover", "--from-json",
                             str(out / "crossover_gpu.json"), "--no-log", "--out", str(tmp_path / "drawn"),
                             "--name", "crossover_gpu"], capture_output=True, text=True, timeout=300)
     assert drawn.returncode == 0, drawn.stderr

@@ -3,7 +3,7 @@ import struct
 import pytest
 import torch
 
-from mnist_precision.idx import IdxError, parse_idx
+from mnist_precision.core.idx import IdxError, parse_idx
 
 
 def idx_bytes(shape, payload: bytes) -> bytes:

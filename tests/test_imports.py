@@ -11,7 +11,7 @@ from helpers import REPO_ROOT
 
 
 def test_reading_params_and_listing_stale_runs_import_no_torch():
-    probe = ("import sys, mnist_precision.params, mnist_precision.runs; "
+    probe = ("import sys, mnist_precision.base.params, mnist_precision.operations.runs; "
              "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert imported.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Contracts of the private PyTorch and MLflow parts that internals.py uses:
+"""Contracts of the private PyTorch and MLflow parts that core/internals.py and tracking/internals.py use:
 each fails, naming the attribute and the installed version, on a release that changes it."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from importlib.metadata import version
 
 import torch
 
-from mnist_precision import internals
-from mnist_precision.model import build_mlp
+from mnist_precision.core import internals
+from mnist_precision.core.model import build_mlp
+from mnist_precision.tracking import internals as tracking_internals
 
 
 def release(package: str) -> str:
@@ -60,6 +61,6 @@ def test_mlflows_system_metrics_monitor_takes_a_node_id():
     taken = inspect.signature(SystemMetricsMonitor).parameters
     assert {"run_id", "sampling_interval", "node_id"} <= set(taken), \
         f"mlflow's SystemMetricsMonitor no longer takes run_id, sampling_interval and node_id in {release('mlflow')}"
-    monitor = internals.system_metrics_monitor("0" * 32, 1.0, "node1")
+    monitor = tracking_internals.system_metrics_monitor("0" * 32, 1.0, "node1")
     assert callable(monitor.start) and callable(monitor.finish), \
         f"mlflow's SystemMetricsMonitor has no start/finish in {release('mlflow')}"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 import yaml
 
+from mnist_precision.base import metrics as m
+from mnist_precision.core.diagnostics import Diagnostics
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.optimizers import make_optimizer
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.training import TrainStep
+
 from helpers import REPO_ROOT
-from mnist_precision import metrics as m
-from mnist_precision.diagnostics import Diagnostics
-from mnist_precision.model import build_mlp
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.optimizers import make_optimizer
-from mnist_precision.training import TrainStep
 
 NAMES = {value for value in vars(m).values() if isinstance(value, str)}
 

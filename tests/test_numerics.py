@@ -7,13 +7,13 @@ import functools
 import pytest
 import torch
 
-from mnist_precision.data import load_split
-from mnist_precision.evaluation import evaluate
-from mnist_precision.model import build_mlp
-from mnist_precision.optimizers import SGD, OptimizerChoice
-from mnist_precision.params import TrainParams
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.training import DivergenceError, TrainResult, train
+from mnist_precision.base.params import TrainParams
+from mnist_precision.core.data import load_split
+from mnist_precision.core.evaluation import evaluate
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.optimizers import SGD, OptimizerChoice
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.training import DivergenceError, TrainResult, train
 
 pytestmark = pytest.mark.slow  # real MNIST epochs
 

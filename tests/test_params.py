@@ -9,9 +9,10 @@ import sys
 import pytest
 import yaml
 
+from mnist_precision.base.params import ParamsError, load, parse
+from mnist_precision.base.precision_table import NAMES
+
 from helpers import REPO_ROOT
-from mnist_precision.params import ParamsError, load, parse
-from mnist_precision.precisions import NAMES
 
 DEFAULTS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
 

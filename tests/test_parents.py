@@ -15,14 +15,14 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from mnist_precision import metrics as m
-from mnist_precision.report.comparison import collect, group_runs
-from mnist_precision.report.parents import DESCRIPTION_TAG, PARENT_TAG, update_parents
-from mnist_precision.runs import stale
-from mnist_precision.server import Network, ServerError
+from mnist_precision.analysis.report.comparison import collect, group_runs
+from mnist_precision.analysis.report.parents import DESCRIPTION_TAG, PARENT_TAG, update_parents
+from mnist_precision.base import metrics as m
+from mnist_precision.operations.runs import stale
+from mnist_precision.operations.server import Network, ServerError
+from mnist_precision.operations.ui import refuse_a_taken_port
 from mnist_precision.tracking.run_types import RUN_TYPE_TAG, VARIANT
 from mnist_precision.tracking.view import VIEW_KEY, VIEW_TAG, runs_table_address, save_view
-from mnist_precision.ui import refuse_a_taken_port
 
 DEVICE = {"device_resolved": "cpu", "device_name": "AMD EPYC", "cpu_capability": "AVX2", "threads": "1",
           "torch_version": "2.14.1"}

@@ -12,8 +12,9 @@ import json
 import pytest
 import yaml
 
+from mnist_precision.core.device import cpu_features
+
 from helpers import Project, make_project, running_queue, wait_for_queue
-from mnist_precision.device import cpu_features
 
 pytestmark = pytest.mark.slow
 
@@ -84,17 +85,20 @@ def test_repro_then_fp16_experiment(project):
     # The environment is checked on every repro; the same machine retrains nothing.
     assert "Running stage 'environment'" in out and NOTHING_RERUN <= set(out.splitlines()), out
 
-    # A maintainer edits a module that train and evaluate import (but download does not).
-    device_py = project.root / "src" / "mnist_precision" / "device.py"
-    original = device_py.read_text()
-    device_py.write_text(original + "\n# edited\n")
-    try:
-        status = project.run("dvc", "status", "--json").stdout
-        changed = yaml.safe_load(status)
-        assert set(changed) == {"environment", "train", "evaluate"}, status
-        assert changed["environment"] == ["always changed"]
-    finally:
-        device_py.write_text(original)
+    # A maintainer edits a module of core/, which train and evaluate import (download uses
+    # one module of it), then one of analysis/, which no stage imports.
+    package = project.root / "src" / "mnist_precision"
+    for module, rerun in ((package / "core" / "device.py", {"environment", "train", "evaluate"}),
+                          (package / "analysis" / "stats.py", {"environment"})):
+        original = module.read_text()
+        module.write_text(original + "\n# edited\n")
+        try:
+            status = project.run("dvc", "status", "--json").stdout
+            changed = yaml.safe_load(status)
+            assert set(changed) == rerun, status
+            assert changed["environment"] == ["always changed"]
+        finally:
+            module.write_text(original)
 
 
 def test_another_cpu_capability_reruns_train_and_evaluate_and_the_first_comes_back(project):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_precision import params, precisions
-from mnist_precision.model import build_mlp
-from mnist_precision.precision import PrecisionPolicy, fp8_kept_layers
-from mnist_precision.precisions import PRECISIONS
-from mnist_precision.report import comparison
+from mnist_precision.analysis.report import comparison
+from mnist_precision.base import params, precision_table
+from mnist_precision.base.precision_table import PRECISIONS
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.precision import PrecisionPolicy, fp8_kept_layers
 
 
 @pytest.mark.parametrize("name, dtype", [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)])
@@ -100,8 +100,8 @@ def test_unknown_precision_is_refused():
 
 
 def test_the_precisions_are_listed_once():
-    assert params.PRECISIONS is precisions.NAMES == tuple(PRECISIONS)
-    assert comparison.NAMES is precisions.NAMES and comparison.BASELINE == precisions.BASELINE
+    assert params.PRECISIONS is precision_table.NAMES == tuple(PRECISIONS)
+    assert comparison.NAMES is precision_table.NAMES and comparison.BASELINE == precision_table.BASELINE
 
 
 def fp16_step(policy: PrecisionPolicy, lr: float) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -140,7 +140,7 @@ def test_reference_network_shape():
 
 
 def test_a_precision_without_native_support_on_this_cpu_is_named(monkeypatch):
-    from mnist_precision import device
+    from mnist_precision.core import device
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(device, "cpu_features", lambda: ("avx512f", "avx512_bf16"))  # an AMD EPYC of this project

@@ -6,18 +6,18 @@ import math
 
 import pytest
 import torch
+from test_training import recipe, toy_split
 
-from mnist_precision import metrics as m
-from mnist_precision.checkpoint import CheckpointError, fingerprint, load, save
-from mnist_precision.model import build_mlp
-from mnist_precision.optimizers import OptimizerChoice, eps_warning, make_optimizer, torch_optimizer
-from mnist_precision.params import load as load_params
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.rounding import StochasticRounding, rounding_generator, stochastic_round
-from mnist_precision.training import DivergenceError, TrainStep, make_diagnostics, numeric_causes, train
+from mnist_precision.base import metrics as m
+from mnist_precision.base.params import load as load_params
+from mnist_precision.core.checkpoint import CheckpointError, fingerprint, load, save
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.optimizers import OptimizerChoice, eps_warning, make_optimizer, torch_optimizer
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.rounding import StochasticRounding, rounding_generator, stochastic_round
+from mnist_precision.core.training import DivergenceError, TrainStep, make_diagnostics, numeric_causes, train
 
 from helpers import REPO_ROOT
-from test_training import recipe, toy_split
 
 HALF = (torch.float16, torch.bfloat16)
 DRAWS = 100_000

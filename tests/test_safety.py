@@ -8,8 +8,9 @@ import subprocess
 import pytest
 import torch
 
+from mnist_precision.core.device import DeviceError, resolve_device
+
 from helpers import REPO_ROOT
-from mnist_precision.device import DeviceError, resolve_device
 
 TRACKED = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
 TEXT = {name: (REPO_ROOT / name).read_text(errors="replace") for name in TRACKED
@@ -28,7 +29,7 @@ def test_every_mlflow_server_command_binds_to_loopback():
              for command in re.findall(r"mlflow (?:server|ui)\b[^\n`]*", text.replace("\\\n", " "))
              if "--backend-store-uri" in command]
     python = [name for name, text in TEXT.items() if '"server", "--backend-store-uri"' in text]
-    assert {"src/mnist_precision/server.py", "src/mnist_precision/ui.py"} <= set(python)
+    assert {"src/mnist_precision/operations/server.py", "src/mnist_precision/operations/ui.py"} <= set(python)
     assert all("--host 127.0.0.1" in command for _, command in shell), shell  # any a page spells out
     # A command may take the address from its caller only where 127.0.0.1 is the default.
     loopback = ('"--host", "127.0.0.1"', 'add_argument("--host", default="127.0.0.1"', 'Network("127.0.0.1"')

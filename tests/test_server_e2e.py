@@ -12,9 +12,10 @@ import psutil
 import pytest
 import torch
 
+from mnist_precision.core.data import load_split
+from mnist_precision.core.model import build_mlp
+
 from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port, moto_s3, served, wait_for_epoch
-from mnist_precision.data import load_split
-from mnist_precision.model import build_mlp
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_postgres]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_precision.server_app import ROUTES_FILE, read_classification
+from mnist_precision.operations.server_app import ROUTES_FILE, read_classification
 
 from helpers import ADMIN, served
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_precision.server import ServerError, main, network, service_user
+from mnist_precision.operations.server import ServerError, main, network, service_user
 
 
 def test_plain_http_beyond_loopback_is_refused_unless_the_network_is_trusted(capsys):

@@ -1,4 +1,4 @@
-"""The team server's guard (mnist_precision.server_app) in one process: every
+"""The team server's guard (mnist_precision.operations.server_app) in one process: every
 route of the installed MLflow classified, and the guard's parts on their own."""
 
 from __future__ import annotations
@@ -9,8 +9,17 @@ import sys
 
 import pytest
 
-from mnist_precision.server_app import (ROUTES_FILE, LoginThrottle, Route, RouteTable, Settings, UnclassifiedRoutes,
-                                        basic_credentials, read_classification, template_pattern)
+from mnist_precision.operations.server_app import (
+    ROUTES_FILE,
+    LoginThrottle,
+    Route,
+    RouteTable,
+    Settings,
+    UnclassifiedRoutes,
+    basic_credentials,
+    read_classification,
+    template_pattern,
+)
 
 # The app `mlflow server --app-name mnist-precision` runs, built in a process of
 # its own (MLflow's Flask app is a module global) on a throwaway SQLite auth store.
@@ -25,7 +34,7 @@ os.environ.update(MLFLOW_AUTH_CONFIG_PATH=os.path.join(folder, "auth.ini"), MLFL
                   MLFLOW_AUTH_ADMIN_PASSWORD=secrets.token_urlsafe(16), _MLFLOW_SGI_NAME="uvicorn",
                   MLFLOW_TRACKING_URI=f"sqlite:///{folder}/mlflow.db")
 from mlflow.server import auth
-from mnist_precision.server_app import served_routes
+from mnist_precision.operations.server_app import served_routes
 print(json.dumps([[route.method, route.path] for route in served_routes(auth.create_app())]))
 """
 

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from mnist_precision.stats import difference_of_means, ratio_of_means
+from mnist_precision.analysis.stats import difference_of_means, ratio_of_means
 
 
 def test_paired_interval_when_both_sides_ran_the_same_seeds():

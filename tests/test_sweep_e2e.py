@@ -24,8 +24,9 @@ import psutil
 import pytest
 import torch
 
+from mnist_precision.core.device import cpu_features
+
 from helpers import CLI, Project, free_port, make_project, running_queue, wait_for_queue
-from mnist_precision.device import cpu_features
 
 pytestmark = pytest.mark.slow
 

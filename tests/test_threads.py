@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from mnist_precision.threads import budget, concurrent_experiments
+from mnist_precision.core.threads import budget, concurrent_experiments
 
 
 @pytest.fixture

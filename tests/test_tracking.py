@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mnist_precision.tracking.store import configure, locate, repo_root
+from mnist_precision.base.paths import repo_root
+from mnist_precision.tracking.store import configure, locate
 
 
 def test_the_repository_store_stays_the_default_after_mlflow_exports_its_uri(tmp_path, monkeypatch):

@@ -8,12 +8,12 @@ import io
 import pytest
 import torch
 
-from mnist_precision.data import Split, batches
-from mnist_precision.model import build_mlp
-from mnist_precision.params import TrainParams
-from mnist_precision.precision import PrecisionPolicy
-from mnist_precision.optimizers import SGD, OptimizerChoice, make_optimizer
-from mnist_precision.training import DivergenceError, Stopped, TrainStep, train
+from mnist_precision.base.params import TrainParams
+from mnist_precision.core.data import Split, batches
+from mnist_precision.core.model import build_mlp
+from mnist_precision.core.optimizers import SGD, OptimizerChoice, make_optimizer
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.training import DivergenceError, Stopped, TrainStep, train
 
 
 def toy_split(n: int = 512) -> Split:

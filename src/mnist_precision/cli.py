@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .entry import run_stage
+from mnist_precision.base.entry import run_stage
 
 COMMANDS = {
     "report": "compare the precisions across seeds, from the MLflow runs (--help for options)",
@@ -22,13 +22,13 @@ def main() -> None:
         commands.add_parser(name, add_help=False, help=summary)
     args, rest = parser.parse_known_args()
     if args.command == "report":
-        from . import report as command
+        from mnist_precision.analysis import report as command
     elif args.command == "ui":
-        from . import ui as command
+        from mnist_precision.operations import ui as command
     elif args.command == "runs":
-        from . import runs as command
+        from mnist_precision.operations import runs as command
     elif args.command == "crossover":
-        from .crossover import command
+        from mnist_precision.analysis.crossover import command
     else:
-        from . import server as command
+        from mnist_precision.operations import server as command
     run_stage(args.command, lambda: command.main(rest))

@@ -13,7 +13,7 @@ import urllib.request
 
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
 
-from ..errors import UserError
+from mnist_precision.base.errors import UserError
 
 
 class TrackingError(UserError):

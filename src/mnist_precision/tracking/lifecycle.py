@@ -13,10 +13,10 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from ..internals import system_metrics_monitor
-from ..interrupts import Interrupted, deferred, sigterm_raises
-from .health import TrackingError
-from .liveness import process_tags
+from mnist_precision.base.interrupts import Interrupted, deferred, sigterm_raises
+from mnist_precision.tracking.health import TrackingError
+from mnist_precision.tracking.internals import system_metrics_monitor
+from mnist_precision.tracking.liveness import process_tags
 
 
 def git_commit() -> str | None:

@@ -9,7 +9,7 @@ import psutil
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
-from .run_types import is_training_run
+from mnist_precision.tracking.run_types import is_training_run
 
 
 def process_tags() -> dict[str, str]:

@@ -18,19 +18,8 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from .health import check_reachable
-
-DVC_QUEUE_DIR = (".dvc", "tmp", "exps")
-
-
-def repo_root(start: str | Path | None = None) -> Path:
-    """The user's repository, also from inside one of DVC's temporary experiment copies."""
-    path = Path(start or os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-    parts = path.parts
-    for i in range(len(parts) - len(DVC_QUEUE_DIR) + 1):
-        if parts[i:i + len(DVC_QUEUE_DIR)] == DVC_QUEUE_DIR:
-            return Path(*parts[:i])
-    return path
+from mnist_precision.base.paths import repo_root
+from mnist_precision.tracking.health import check_reachable
 
 
 @dataclass(frozen=True)

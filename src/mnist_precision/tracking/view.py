@@ -18,7 +18,7 @@ import zlib
 
 from mlflow import MlflowClient
 
-from .. import metrics as m
+from mnist_precision.base import metrics as m
 
 VIEW_KEY = "mnist-precision-verdict"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"

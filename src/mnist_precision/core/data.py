@@ -1,0 +1,57 @@
+"""MNIST held as tensors: parsed once, normalized once, batched by index.
+
+The seed tutorial runs every sample through PIL and ToTensor in a DataLoader;
+here the whole set is one float tensor on the training device, and a batch is
+a slice of a seeded permutation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from mnist_precision.core.idx import read_idx
+
+MEAN, STD = 0.1307, 0.3081
+SPLITS = {"train": "train", "test": "t10k"}
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # (N, 784) float32, normalized
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_split(data_dir: str | Path, split: str, device: torch.device | str = "cpu") -> Split:
+    prefix = SPLITS[split]
+    images = read_idx(Path(data_dir) / f"{prefix}-images-idx3-ubyte")
+    labels = read_idx(Path(data_dir) / f"{prefix}-labels-idx1-ubyte")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
+    pixels = images.to(device).reshape(len(images), -1).float().div_(255).sub_(MEAN).div_(STD)
+    return Split(images=pixels, labels=labels.to(device).long())
+
+
+def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of batches in the generator's order; the last batch may be short.
+
+    Each batch is gathered by index: measured here, 938 gathers of 64 rows
+    cost less than permuting the whole 188 MB set once per epoch, and
+    `index_select` less than indexing with a tensor.
+    """
+    order = torch.randperm(len(split), generator=generator, device=generator.device)
+    for start in range(0, len(split), batch_size):
+        index = order[start:start + batch_size]
+        yield split.images.index_select(0, index), split.labels.index_select(0, index)
+
+
+def batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The split in its stored order, for evaluation."""
+    for start in range(0, len(split), batch_size):
+        yield split.images[start:start + batch_size], split.labels[start:start + batch_size]

@@ -1,0 +1,3 @@
+"""The work of each DVC stage (stages/*.py call them): download, environment,
+train (its torchrun launcher and its ranks), evaluate.
+"""

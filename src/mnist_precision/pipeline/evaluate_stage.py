@@ -1,0 +1,88 @@
+"""The `evaluate` stage: test-set metrics, the confusion matrix, and fp16 storage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import torch  # noqa: E402
+
+from mnist_precision.base import metrics as m  # noqa: E402
+from mnist_precision.base import paths  # noqa: E402
+from mnist_precision.base.atomic import atomic_path, atomic_write_json  # noqa: E402
+from mnist_precision.base.params import load  # noqa: E402
+from mnist_precision.base.precision_table import BASELINE  # noqa: E402
+from mnist_precision.core.data import load_split  # noqa: E402
+from mnist_precision.core.device import resolve_device  # noqa: E402
+from mnist_precision.core.evaluation import evaluate, fp16_stored_copy, stored_bytes  # noqa: E402
+from mnist_precision.core.model import CLASSES, build_mlp  # noqa: E402
+from mnist_precision.core.precision import PrecisionPolicy  # noqa: E402
+from mnist_precision.core.threads import budget  # noqa: E402
+from mnist_precision.tracking.lifecycle import run_scope  # noqa: E402
+from mnist_precision.tracking.store import configure  # noqa: E402
+
+
+def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6, 5))
+    image = axes.imshow(matrix.numpy(), cmap="Blues")
+    for actual in range(CLASSES):
+        for predicted in range(CLASSES):
+            count = int(matrix[actual, predicted])
+            axes.text(predicted, actual, str(count), ha="center", va="center", fontsize=7,
+                      color="white" if count > matrix.max() / 2 else "black")
+    axes.set(xticks=range(CLASSES), yticks=range(CLASSES), xlabel="predicted", ylabel="actual",
+             title=f"MNIST test set, {precision}: accuracy {accuracy:.4f}")
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    params = load(paths.PARAMS)
+    torch.set_num_threads(budget(params.train.threads).threads)
+    device = resolve_device(params.device, params.precision)
+    policy = PrecisionPolicy(params.precision, device.type)
+    run_id = json.loads(paths.require(paths.MLFLOW_RUN, "train").read_text())["run_id"]
+    configure()
+
+    trained = torch.load(paths.require(paths.MODEL, "train"), map_location="cpu", weights_only=True)
+    state = {name: tensor.float() for name, tensor in trained.items()}  # weights trained in half widen exactly
+    model = build_mlp(params.train.hidden)
+    model.load_state_dict(state)
+    policy.convert_module(model.to(device))  # evaluated in the precision it was trained in
+    test = load_split(paths.require(paths.DATA_DIR, "download"), "test", device)
+
+    with run_scope(run_id=run_id):
+        with policy.numerics():
+            result = evaluate(model, test, policy, params.evaluate.batch_size)
+        half, widened = fp16_stored_copy(state)
+        model = build_mlp(params.train.hidden)
+        model.load_state_dict(widened)
+        fp32 = PrecisionPolicy(BASELINE, device.type)
+        with fp32.numerics():
+            fp16_stored = evaluate(model.to(device), test, fp32, params.evaluate.batch_size)
+
+        metrics = {
+            m.TEST_ACCURACY: result.accuracy,
+            m.TEST_LOSS: result.loss,
+            m.MODEL_BYTES_FP32: stored_bytes(state),
+            m.MODEL_BYTES_FP16: stored_bytes(half),
+            m.FP16_STORED_TEST_ACCURACY: fp16_stored.accuracy,
+        }
+        per_class = result.per_class_accuracy(test.labels)
+        mlflow.log_metrics(metrics | {m.test_accuracy_of_class(c): a for c, a in per_class.items()})
+
+        labels = test.labels.cpu()
+        atomic_write_json(paths.EVAL_METRICS, metrics | {"per_class_accuracy": per_class})
+        atomic_write_json(paths.CONFUSION_PLOT, [
+            {m.PLOT_ACTUAL: int(a), m.PLOT_PREDICTED: int(p)} for a, p in zip(labels.tolist(), result.predictions.tolist())], indent=None)
+        save_confusion_png(result.confusion(labels), result.accuracy, params.precision, paths.CONFUSION_PNG)
+        mlflow.log_artifact(str(paths.EVAL_METRICS), artifact_path="metrics")
+        mlflow.log_artifact(str(paths.CONFUSION_PNG), artifact_path="plots")
