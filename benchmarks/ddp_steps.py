@@ -65,9 +65,17 @@ def main() -> None:
                 run(args.steps)
                 best = min(best, time.perf_counter() - started)
         if world.is_main:
-            print(json.dumps({"world_size": world.size, "backend": world.backend or "none",
-                              "threads_per_process": torch.get_num_threads(), "precision": args.precision,
-                              "samples_per_s": args.steps * args.batch_size / best}))
+            print(
+                json.dumps(
+                    {
+                        "world_size": world.size,
+                        "backend": world.backend or "none",
+                        "threads_per_process": torch.get_num_threads(),
+                        "precision": args.precision,
+                        "samples_per_s": args.steps * args.batch_size / best,
+                    }
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,11 @@ from stage_folder import stage_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMPORTS = "import torch, mlflow, mlflow.pytorch, matplotlib.pyplot; from mlflow.store.tracking import sqlalchemy_store"
-TASKS = {"import": ["-c", IMPORTS], "train": [str(REPO_ROOT / "stages" / "train.py")],
-         "evaluate": [str(REPO_ROOT / "stages" / "evaluate.py")]}
+TASKS = {
+    "import": ["-c", IMPORTS],
+    "train": [str(REPO_ROOT / "stages" / "train.py")],
+    "evaluate": [str(REPO_ROOT / "stages" / "evaluate.py")],
+}
 
 
 def timed(python: str, args: list[str], cwd: Path) -> tuple[float, float]:
@@ -42,8 +45,9 @@ def timed(python: str, args: list[str], cwd: Path) -> tuple[float, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONPATH"))}
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
-        process = subprocess.Popen([python, *args], cwd=cwd, env=env | {"OMP_NUM_THREADS": "1"},
-                                   stdout=subprocess.DEVNULL, stderr=errors)
+        process = subprocess.Popen(
+            [python, *args], cwd=cwd, env=env | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=errors
+        )
         _, status, usage = os.wait4(process.pid, 0)  # the child's own CPU, which Popen.wait does not give
         wall = time.perf_counter() - started
         if (code := os.waitstatus_to_exitcode(status)) != 0:
@@ -69,8 +73,12 @@ def measure(pythons: list[str], data: Path, rounds: int) -> dict[str, dict[str, 
 def describe(python: str) -> str:
     """Which interpreter a virtual environment's python is (its build flags are
     not a reliable witness: Debian's sysconfig leaves out its PGO and LTO)."""
-    where = subprocess.run([python, "-c", "import os, sys; print(sys.version.split()[0], os.path.realpath(sys.executable))"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    where = subprocess.run(
+        [python, "-c", "import os, sys; print(sys.version.split()[0], os.path.realpath(sys.executable))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return f"{python}: Python {where[0]}, {where[1]}"
 
 

@@ -53,8 +53,12 @@ def tree_cpu_seconds(pid: int) -> float:
 def start_server(folder: Path, credentials: dict[str, str], *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_tcp_port()
     with open(folder / "server.out", "w") as log:  # the server keeps its own copy of the descriptor
-        server = subprocess.Popen([CLI, "server", "--data", str(folder / "data"), "--port", str(port), *extra],
-                                  env=os.environ | credentials, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [CLI, "server", "--data", str(folder / "data"), "--port", str(port), *extra],
+            env=os.environ | credentials,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 180
     while "MLflow tracking server ready" not in (folder / "server.out").read_text():
         if server.poll() is not None or time.monotonic() > deadline:
@@ -70,8 +74,14 @@ def train_through(uri: str, data: Path, folder: Path, credentials: dict[str, str
     stage_folder(stage, data, {"epochs": 1})
     env = os.environ | credentials | {"MLFLOW_TRACKING_URI": uri}
     started = time.monotonic()
-    subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=stage, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "stages" / "train.py")],
+        cwd=stage,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.monotonic() - started
 
 
@@ -102,14 +112,16 @@ def main() -> None:
     rows = [(seconds, *measure(seconds, args.data)) for seconds in (60, 0)]
     (cached_wall, cached_cpu), (bare_wall, bare_cpu) = (row[1:] for row in rows)
     table = "\n".join(f"| {seconds} | {wall:.1f} | {cpu:.1f} |" for seconds, wall, cpu in rows)
-    report = (f"# A train stage through the team server, with and without MLflow's auth cache\n\n"
-              f"`python benchmarks/server_auth.py`, {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
-              f"{os.cpu_count()} cores: one epoch of params.yaml's recipe through `mnist-precision server` "
-              f"(PostgreSQL, basic auth) on this machine, the cached arm first.\n\n"
-              "| `--auth-cache-seconds` | stage wall s | server CPU s |\n| ---: | ---: | ---: |\n"
-              f"{table}\n\n"
-              f"With the cache the stage took {cached_wall / bare_wall:.2f}x the wall time and the server "
-              f"{cached_cpu / bare_cpu:.3f}x the CPU time of the same stage without it.\n")
+    report = (
+        f"# A train stage through the team server, with and without MLflow's auth cache\n\n"
+        f"`python benchmarks/server_auth.py`, {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
+        f"{os.cpu_count()} cores: one epoch of params.yaml's recipe through `mnist-precision server` "
+        f"(PostgreSQL, basic auth) on this machine, the cached arm first.\n\n"
+        "| `--auth-cache-seconds` | stage wall s | server CPU s |\n| ---: | ---: | ---: |\n"
+        f"{table}\n\n"
+        f"With the cache the stage took {cached_wall / bare_wall:.2f}x the wall time and the server "
+        f"{cached_cpu / bare_cpu:.3f}x the CPU time of the same stage without it.\n"
+    )
     atomic_write_bytes(args.out, report.encode())
     print(report)
 

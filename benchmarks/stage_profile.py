@@ -69,6 +69,7 @@ def main() -> None:
                     # installed package, which MLflow builds once per process; built here
                     # through MLflow's own (private) function, to time it apart.
                     from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+
                     _init_packages_to_modules_map()
                     lap("map installed packages (MLflow's requirement check): once per process")
                 log_model(model.state_dict(), [256], data.images[:2])

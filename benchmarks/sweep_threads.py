@@ -36,8 +36,9 @@ PRECISIONS = ("fp32", "bf16")
 class Project:
     def __init__(self, root: Path, epochs: int):
         self.root = root
-        for name in subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                   check=True).stdout.split():
+        for name in subprocess.run(
+            ["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.split():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / name, root / name)
         params = yaml.safe_load((root / "params.yaml").read_text())
@@ -45,19 +46,31 @@ class Project:
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "OMP_"))}
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env['PATH']}"
-        for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
-                        ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-m", "p"]):
+        for command in (
+            ["git", "init", "-q", "-b", "main"],
+            ["git", "add", "-A"],
+            ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-m", "p"],
+        ):
             self.run(*command)
         self.run("dvc", "repro", "download")
 
     def run(self, *command: str, **env: str) -> str:
-        return subprocess.run(command, cwd=self.root, env=self.env | env, capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run(
+            command, cwd=self.root, env=self.env | env, capture_output=True, text=True, check=True
+        ).stdout
 
     def sweep(self, jobs: int, seeds: tuple[int, int], **env: str) -> float:
         """Queue the 4 experiments, run them with `jobs` workers; the wall time until all are done."""
-        self.run("dvc", "exp", "run", "--queue", "-S", f"precision={','.join(PRECISIONS)}",
-                 "-S", f"seed={','.join(map(str, seeds))}")
+        self.run(
+            "dvc",
+            "exp",
+            "run",
+            "--queue",
+            "-S",
+            f"precision={','.join(PRECISIONS)}",
+            "-S",
+            f"seed={','.join(map(str, seeds))}",
+        )
         started = time.monotonic()
         self.run("dvc", "queue", "start", "--jobs", str(jobs), **env)
         while True:
@@ -74,22 +87,34 @@ class Project:
         """Stop the workers and wait until their processes are gone (`dvc queue
         status` says "0 active" while they still finish a task)."""
         self.run("dvc", "queue", "stop")
-        psutil.wait_procs([process for process in psutil.process_iter(["cmdline", "cwd"])
-                           if "queue-worker" in (process.info["cmdline"] or [])
-                           and process.info["cwd"] == str(self.root)], timeout=300)
+        psutil.wait_procs(
+            [
+                process
+                for process in psutil.process_iter(["cmdline", "cwd"])
+                if "queue-worker" in (process.info["cmdline"] or []) and process.info["cwd"] == str(self.root)
+            ],
+            timeout=300,
+        )
 
     def runs(self, seeds: tuple[int, ...]) -> list[dict]:
         client = MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
         experiment = client.get_experiment_by_name("mnist-precision")
-        return [{"precision": r.data.params["precision"], "seed": int(r.data.params["seed"]),
-                 "threads": int(r.data.params["threads"]), "threads_from": r.data.params["threads_from"],
-                 "samples_per_s": r.data.metrics["samples_per_s"]}
-                for r in client.search_runs([experiment.experiment_id])
-                if int(r.data.params["seed"]) in seeds and r.info.status == "FINISHED"]
+        return [
+            {
+                "precision": r.data.params["precision"],
+                "seed": int(r.data.params["seed"]),
+                "threads": int(r.data.params["threads"]),
+                "threads_from": r.data.params["threads_from"],
+                "samples_per_s": r.data.metrics["samples_per_s"],
+            }
+            for r in client.search_runs([experiment.experiment_id])
+            if int(r.data.params["seed"]) in seeds and r.info.status == "FINISHED"
+        ]
 
     def alone(self, precision: str, seed: int, threads: int) -> float:
-        self.run("dvc", "exp", "run", "-S", f"precision={precision}", "-S", f"seed={seed}",
-                 "-S", f"train.threads={threads}")
+        self.run(
+            "dvc", "exp", "run", "-S", f"precision={precision}", "-S", f"seed={seed}", "-S", f"train.threads={threads}"
+        )
         return json.loads((self.root / "metrics" / "train.json").read_text())["samples_per_s"]
 
 
@@ -97,8 +122,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args(argv)
-    sweeps = {"jobs 1": ((0, 1), 1, {}), "jobs 2": ((2, 3), 2, {}),
-              "jobs 2, OMP_NUM_THREADS=1": ((4, 5), 2, {"OMP_NUM_THREADS": "1"})}
+    sweeps = {
+        "jobs 1": ((0, 1), 1, {}),
+        "jobs 2": ((2, 3), 2, {}),
+        "jobs 2, OMP_NUM_THREADS=1": ((4, 5), 2, {"OMP_NUM_THREADS": "1"}),
+    }
     walls, runs = {}, {}
     for name, (seeds, jobs, env) in sweeps.items():
         # A fresh copy for each sweep: no sweep shares a store or a run cache with another.
@@ -115,14 +143,18 @@ def main(argv: list[str] | None = None) -> dict:
     print("| sweep | wall s | vs jobs 1 | run: precision, seed, threads, samples/s |")
     print("| --- | ---: | ---: | --- |")
     for name, wall in walls.items():
-        rows = "; ".join(f"{r['precision']} {r['seed']}: {r['threads']} ({r['threads_from']}), "
-                         f"{r['samples_per_s']:,.0f}" for r in sorted(runs[name], key=lambda r: (r["precision"], r["seed"])))
+        rows = "; ".join(
+            f"{r['precision']} {r['seed']}: {r['threads']} ({r['threads_from']}), {r['samples_per_s']:,.0f}"
+            for r in sorted(runs[name], key=lambda r: (r["precision"], r["seed"]))
+        )
         print(f"| {name} | {wall:.0f} | {wall / walls['jobs 1']:.2f}x | {rows} |")
     print("\n| precision | alone, threads | alone samples/s | in the jobs 2 sweep (mean) | ratio |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    figures = {"jobs2_vs_jobs1_wall": walls["jobs 2"] / walls["jobs 1"],
-               "jobs2_omp1_vs_jobs1_wall": walls["jobs 2, OMP_NUM_THREADS=1"] / walls["jobs 1"],
-               **{f"wall_s_{name.replace(' ', '_').replace(',', '').replace('=', '')}": w for name, w in walls.items()}}
+    figures = {
+        "jobs2_vs_jobs1_wall": walls["jobs 2"] / walls["jobs 1"],
+        "jobs2_omp1_vs_jobs1_wall": walls["jobs 2, OMP_NUM_THREADS=1"] / walls["jobs 1"],
+        **{f"wall_s_{name.replace(' ', '_').replace(',', '').replace('=', '')}": w for name, w in walls.items()},
+    }
     for p in PRECISIONS:
         swept = statistics.fmean(r["samples_per_s"] for r in runs["jobs 2"] if r["precision"] == p)
         print(f"| {p} | {threads[p]} | {alone[p]:,.0f} | {swept:,.0f} | {swept / alone[p]:.2f} |")

@@ -68,11 +68,18 @@ from mnist_precision.core.training import TrainStep, make_diagnostics
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The matrix products each precision's ceiling is measured with: its dtype, and TF32 on or off.
 # (fp8's own ceiling, torch._scaled_mm, is not measured: it is set against bf16's.)
-CEILINGS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
-            "fp16": (torch.float16, False), "bf16": (torch.bfloat16, False)}
-CEILING_OF = {name: "tf32" if TABLE[name].tf32 else
-              {"float16": "fp16", "bfloat16": "bf16"}.get(TABLE[name].autocast_dtype or TABLE[name].param_dtype, "fp32")
-              for name in PRECISIONS}
+CEILINGS = {
+    "fp32": (torch.float32, False),
+    "tf32": (torch.float32, True),
+    "fp16": (torch.float16, False),
+    "bf16": (torch.bfloat16, False),
+}
+CEILING_OF = {
+    name: "tf32"
+    if TABLE[name].tf32
+    else {"float16": "fp16", "bfloat16": "bf16"}.get(TABLE[name].autocast_dtype or TABLE[name].param_dtype, "fp32")
+    for name in PRECISIONS
+}
 ADAMW = OptimizerChoice("adamw")
 # What the diagnostics' cost is measured on: mixed, stochastic rounding, and AdamW's fp32 shadow.
 DIAGNOSED = ((BASELINE, SGD), ("bf16", SGD), ("bf16-true-sr", SGD), (BASELINE, ADAMW))
@@ -105,17 +112,32 @@ class Sizes:
 FULL = Sizes(
     reference=Config("reference", (256,), 64, warmup=50, steps=600),
     wide=Config("wide", (4096, 4096), 512, warmup=3, steps=10),
-    seed_loader_steps=200, ceiling_n=2048, repeats=5, train_samples=None, row_budget_s=20, stage_max_steps=None,
+    seed_loader_steps=200,
+    ceiling_n=2048,
+    repeats=5,
+    train_samples=None,
+    row_budget_s=20,
+    stage_max_steps=None,
 )
 QUICK = Sizes(
     reference=Config("reference", (256,), 64, warmup=5, steps=40),
     wide=Config("wide", (1024, 1024), 256, warmup=2, steps=5),
-    seed_loader_steps=20, ceiling_n=512, repeats=1, train_samples=8192, row_budget_s=3, stage_max_steps=100,
+    seed_loader_steps=20,
+    ceiling_n=512,
+    repeats=1,
+    train_samples=8192,
+    row_budget_s=3,
+    stage_max_steps=100,
 )
 GPU_FULL = Sizes(
     reference=Config("reference", (256,), 64, warmup=100, steps=2000),
     wide=Config("wide", (4096, 4096), 4096, warmup=20, steps=200),
-    seed_loader_steps=300, ceiling_n=8192, repeats=5, train_samples=None, row_budget_s=20, stage_max_steps=None,
+    seed_loader_steps=300,
+    ceiling_n=8192,
+    repeats=5,
+    train_samples=None,
+    row_budget_s=20,
+    stage_max_steps=None,
 )
 
 
@@ -174,15 +196,24 @@ class BareUpdate:
         torch._foreach_add_(self.params, [param.grad for param in self.params], alpha=-self.lr)
 
 
-def time_training(config: Config, precision: str, data: Split, clock: Clock, sizes: Sizes,
-                  compile: bool = False, bare_update: bool = False, optimizer: OptimizerChoice = SGD) -> dict:
+def time_training(
+    config: Config,
+    precision: str,
+    data: Split,
+    clock: Clock,
+    sizes: Sizes,
+    compile: bool = False,
+    bare_update: bool = False,
+    optimizer: OptimizerChoice = SGD,
+) -> dict:
     device = data.images.device
     torch.manual_seed(0)
     policy = PrecisionPolicy(precision, device.type)
     model = policy.convert_module(build_mlp(config.hidden).to(device))
     optimizer_name = optimizer.name
-    optimizer = (BareUpdate(model.parameters(), lr=0.01) if bare_update
-                 else make_optimizer(model, policy, 0.01, optimizer))
+    optimizer = (
+        BareUpdate(model.parameters(), lr=0.01) if bare_update else make_optimizer(model, policy, 0.01, optimizer)
+    )
     step = TrainStep(model, policy, optimizer, compile=compile)
     batches = endless_batches(data, config.batch_size, seed=0)
 
@@ -205,16 +236,34 @@ def time_training(config: Config, precision: str, data: Split, clock: Clock, siz
             seconds = min(clock.time(lambda: run(steps)) for _ in range(repeats))
     samples_per_s = steps * config.batch_size / seconds
     flops = training_flops_per_sample(config.hidden) * samples_per_s
-    name = (config.name + ("-compiled" if compile else "") + ("-bare-update" if bare_update else "")
-            + (f"-{optimizer_name}" if optimizer_name != "sgd" else ""))
-    return {"config": name, "precision": precision,
-            "hidden": list(config.hidden), "batch_size": config.batch_size, "timed_steps": steps,
-            "samples_per_s": samples_per_s, "ms_per_step": 1000 * seconds / steps,
-            "model_tflops": flops / 1e12, "peak_memory_mb": memory.peak_mb}
+    name = (
+        config.name
+        + ("-compiled" if compile else "")
+        + ("-bare-update" if bare_update else "")
+        + (f"-{optimizer_name}" if optimizer_name != "sgd" else "")
+    )
+    return {
+        "config": name,
+        "precision": precision,
+        "hidden": list(config.hidden),
+        "batch_size": config.batch_size,
+        "timed_steps": steps,
+        "samples_per_s": samples_per_s,
+        "ms_per_step": 1000 * seconds / steps,
+        "model_tflops": flops / 1e12,
+        "peak_memory_mb": memory.peak_mb,
+    }
 
 
-def time_diagnostics(config: Config, precision: str, data: Split, clock: Clock, sizes: Sizes, every: int,
-                     optimizer: OptimizerChoice = SGD) -> float:
+def time_diagnostics(
+    config: Config,
+    precision: str,
+    data: Split,
+    clock: Clock,
+    sizes: Sizes,
+    every: int,
+    optimizer: OptimizerChoice = SGD,
+) -> float:
     """The share of an epoch's time that measuring every `every`-th step adds:
     a measured step's extra time over a plain one, divided by `every` plain steps."""
     device = data.images.device
@@ -254,8 +303,12 @@ def time_seed_loader(data_dir: Path, device: torch.device, steps: int, clock: Cl
         raw.mkdir(parents=True)
         for file in data_dir.iterdir():
             (raw / file.name).symlink_to(file.resolve())
-        dataset = datasets.MNIST(root, train=True, download=False, transform=transforms.Compose(
-            [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]))
+        dataset = datasets.MNIST(
+            root,
+            train=True,
+            download=False,
+            transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]),
+        )
         loader = DataLoader(dataset, batch_size=64, shuffle=True)
         torch.manual_seed(0)
         model = build_mlp((256,)).to(device)
@@ -275,10 +328,17 @@ def time_seed_loader(data_dir: Path, device: torch.device, steps: int, clock: Cl
             run(5)
             seconds = min(clock.time(lambda: run(steps)) for _ in range(repeats))
     samples_per_s = steps * 64 / seconds
-    return {"config": "seed-loader", "precision": "fp32", "hidden": [256], "batch_size": 64, "timed_steps": steps,
-            "samples_per_s": samples_per_s, "ms_per_step": 1000 * seconds / steps,
-            "model_tflops": training_flops_per_sample((256,)) * samples_per_s / 1e12,
-            "peak_memory_mb": memory.peak_mb}
+    return {
+        "config": "seed-loader",
+        "precision": "fp32",
+        "hidden": [256],
+        "batch_size": 64,
+        "timed_steps": steps,
+        "samples_per_s": samples_per_s,
+        "ms_per_step": 1000 * seconds / steps,
+        "model_tflops": training_flops_per_sample((256,)) * samples_per_s / 1e12,
+        "peak_memory_mb": memory.peak_mb,
+    }
 
 
 def matmul_ceiling(dtype: torch.dtype, n: int, device: torch.device, clock: Clock, budget_s: float) -> float:
@@ -301,13 +361,17 @@ def time_stage(data_dir: Path, device_param: str, max_steps: int | None) -> list
     now existing, store. Return (wall time, training-loop time) of each."""
     timings = []
     with tempfile.TemporaryDirectory() as work:
-        stage_folder(Path(work), data_dir, {"epochs": 1, "max_steps": max_steps}, precision="fp32",
-                     device=device_param)
+        stage_folder(Path(work), data_dir, {"epochs": 1, "max_steps": max_steps}, precision="fp32", device=device_param)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
         for _ in range(2):
             started = time.perf_counter()
-            subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=work, env=env,
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, str(REPO_ROOT / "stages" / "train.py")],
+                cwd=work,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             wall = time.perf_counter() - started
             timings.append((wall, json.loads(Path(work, paths.TRAIN_METRICS).read_text())["train_seconds"]))
     return timings
@@ -316,12 +380,25 @@ def time_stage(data_dir: Path, device_param: str, max_steps: int | None) -> list
 def time_data_parallel(data_dir: Path, steps: int) -> dict[int, float]:
     """Samples/s of the reference fp32 step in one plain process and in 2
     processes under torchrun (each process a fresh interpreter)."""
-    script = [str(REPO_ROOT / "benchmarks" / "ddp_steps.py"), "--data", str(data_dir), "--device", "cpu",
-              "--steps", str(steps)]
-    commands = {1: [sys.executable, *script],
-                2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *script]}
-    return {n: json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            ["samples_per_s"] for n, command in commands.items()}
+    script = [
+        str(REPO_ROOT / "benchmarks" / "ddp_steps.py"),
+        "--data",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--steps",
+        str(steps),
+    ]
+    commands = {
+        1: [sys.executable, *script],
+        2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *script],
+    }
+    return {
+        n: json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])[
+            "samples_per_s"
+        ]
+        for n, command in commands.items()
+    }
 
 
 def time_imports() -> float:
@@ -334,29 +411,39 @@ def stage_figures(data_dir: Path, device_param: str, max_steps: int | None) -> d
     """The train stage's wall time beside its training loop, against `import torch, mlflow`."""
     import_s = time_imports()
     (wall, loop), (again_wall, again_loop) = time_stage(data_dir, device_param, max_steps)
-    return {"stage_overhead_ratio": (wall - loop) / import_s,
-            "stage_overhead_ratio_existing_store": (again_wall - again_loop) / import_s,
-            "stage_wall_s": wall, "stage_training_loop_s": loop,
-            "stage_existing_store_wall_s": again_wall, "stage_existing_store_training_loop_s": again_loop,
-            "import_torch_mlflow_s": import_s}
+    return {
+        "stage_overhead_ratio": (wall - loop) / import_s,
+        "stage_overhead_ratio_existing_store": (again_wall - again_loop) / import_s,
+        "stage_wall_s": wall,
+        "stage_training_loop_s": loop,
+        "stage_existing_store_wall_s": again_wall,
+        "stage_existing_store_training_loop_s": again_loop,
+        "import_torch_mlflow_s": import_s,
+    }
 
 
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device_name(device)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
-    return (f"{device_name(device)}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads "
-            f"(torch {torch.__version__})")
+    return (
+        f"{device_name(device)}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads "
+        f"(torch {torch.__version__})"
+    )
 
 
 def markdown(rows: list[dict], ceilings: dict[str, float]) -> str:
-    lines = ["| config | precision | hidden | batch | timed steps | samples/s | ms/step | model TFLOP/s | of ceiling "
-             "| peak MB |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| config | precision | hidden | batch | timed steps | samples/s | ms/step | model TFLOP/s | of ceiling "
+        "| peak MB |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         fraction = r["model_tflops"] * 1e12 / ceilings[CEILING_OF[r["precision"]]]
-        lines.append(f"| {r['config']} | {r['precision']} | {r['hidden']} | {r['batch_size']} | {r['timed_steps']} | "
-                     f"{r['samples_per_s']:,.0f} | {r['ms_per_step']:.3f} | {r['model_tflops']:.4f} | "
-                     f"{fraction:.1%} | {r['peak_memory_mb']:,.0f} |")
+        lines.append(
+            f"| {r['config']} | {r['precision']} | {r['hidden']} | {r['batch_size']} | {r['timed_steps']} | "
+            f"{r['samples_per_s']:,.0f} | {r['ms_per_step']:.3f} | {r['model_tflops']:.4f} | "
+            f"{fraction:.1%} | {r['peak_memory_mb']:,.0f} |"
+        )
     lines += ["", "| ceiling | TFLOP/s |", "| --- | ---: |"]
     lines += [f"| {name} matmul | {flops / 1e12:.3f} |" for name, flops in ceilings.items()]
     return "\n".join(lines)
@@ -366,16 +453,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests (under 2 minutes)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--data", type=Path, default=REPO_ROOT / paths.DATA_DIR,
-                        help="the MNIST files; downloaded there (MNIST_MIRROR applies) if absent")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time the reference network with train.compile (CUDA graphs on a GPU)")
-    parser.add_argument("--skip-stage", action="store_true",
-                        help="do not time the train stage (where MLflow is not installed)")
-    parser.add_argument("--row-budget", type=float,
-                        help="timed seconds per row, all repeats together (default 20; 3 with --quick)")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help=f"run with glibc keeping freed memory ({' '.join(f'{k}={v}' for k, v in KEEP_FREED_MEMORY.items())})")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=REPO_ROOT / paths.DATA_DIR,
+        help="the MNIST files; downloaded there (MNIST_MIRROR applies) if absent",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the reference network with train.compile (CUDA graphs on a GPU)",
+    )
+    parser.add_argument(
+        "--skip-stage", action="store_true", help="do not time the train stage (where MLflow is not installed)"
+    )
+    parser.add_argument(
+        "--row-budget", type=float, help="timed seconds per row, all repeats together (default 20; 3 with --quick)"
+    )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help=f"run with glibc keeping freed memory ({' '.join(f'{k}={v}' for k, v in KEEP_FREED_MEMORY.items())})",
+    )
     args = parser.parse_args(argv)
     if args.keep_freed_memory and any(os.environ.get(k) != v for k, v in KEEP_FREED_MEMORY.items()):
         # glibc reads them once, when the process starts: start again with them.
@@ -389,14 +488,14 @@ def main(argv: list[str] | None = None) -> dict:
     download_mnist(args.data)
     data = load_split(args.data, "train", device)
     if sizes.train_samples:
-        data = Split(data.images[:sizes.train_samples], data.labels[:sizes.train_samples])
+        data = Split(data.images[: sizes.train_samples], data.labels[: sizes.train_samples])
     malloc = " ".join(f"{k}={os.environ[k]}" for k in KEEP_FREED_MEMORY if k in os.environ) or "glibc's defaults"
     print(f"# Training speed on {device_description(device)}; malloc: {malloc}", flush=True)
 
     skipped = {name: why for name in PRECISIONS if (why := refusal(name, device.type))}
     timed = [name for name in PRECISIONS if name not in skipped]
     ceilings = {}
-    for name, (dtype, tf32) in CEILINGS.items():
+    for name, (dtype, _tf32) in CEILINGS.items():
         if name in timed:
             with PrecisionPolicy(name, device.type).numerics():  # TF32 as that precision sets it
                 ceilings[name] = matmul_ceiling(dtype, sizes.ceiling_n, device, clock, sizes.row_budget_s)
@@ -414,9 +513,11 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(time_training(sizes.reference, precision, data, clock, sizes, optimizer=ADAMW))
         print(f"  reference-adamw {precision}: {rows[-1]['samples_per_s']:,.0f} samples/s", file=sys.stderr)
     every = load(REPO_ROOT / paths.PARAMS).diagnostics_every
-    diagnostics_cost = {f"{p}{'-adamw' if o is ADAMW else ''}": time_diagnostics(sizes.reference, p, data, clock,
-                                                                                sizes, every, o)
-                        for p, o in DIAGNOSED if p in timed}
+    diagnostics_cost = {
+        f"{p}{'-adamw' if o is ADAMW else ''}": time_diagnostics(sizes.reference, p, data, clock, sizes, every, o)
+        for p, o in DIAGNOSED
+        if p in timed
+    }
     if device.type == "cpu":
         data_parallel = time_data_parallel(args.data, sizes.reference.steps // 2)
     stage = {} if args.skip_stage else stage_figures(args.data, device.type, sizes.stage_max_steps)
@@ -430,22 +531,30 @@ def main(argv: list[str] | None = None) -> dict:
         **{f"reference_{p}_vs_seed_loader": speed["reference", p] / speed["seed-loader", BASELINE] for p in timed},
         **{f"reference_{p}_ceiling_fraction": flops["reference", p] / ceilings[CEILING_OF[p]] for p in timed},
         **{f"wide_{p}_ceiling_fraction": flops["wide", p] / ceilings[CEILING_OF[p]] for p in timed},
-        **{f"{c}_{p}_vs_{BASELINE}": speed[c, p] / speed[c, BASELINE]
-           for c in ("reference", "wide") for p in timed if p != BASELINE},
+        **{
+            f"{c}_{p}_vs_{BASELINE}": speed[c, p] / speed[c, BASELINE]
+            for c in ("reference", "wide")
+            for p in timed
+            if p != BASELINE
+        },
         **{f"reference_{p}_adamw_vs_sgd": speed["reference-adamw", p] / speed["reference", p] for p in timed},
-        "reference_fp32_torch_optim_vs_bare_update": speed["reference", BASELINE] / speed["reference-bare-update", BASELINE],
+        "reference_fp32_torch_optim_vs_bare_update": speed["reference", BASELINE]
+        / speed["reference-bare-update", BASELINE],
         **{f"ceiling_{p}_tflops": flops_ / 1e12 for p, flops_ in ceilings.items()},
         **{f"diagnostics_every_{every}_{p}_epoch_overhead": cost for p, cost in diagnostics_cost.items()},
         "skipped_precisions": ", ".join(skipped) or "none",
     }
     figures |= stage
     if device.type == "cpu":
-        figures |= {"data_parallel_1_process_samples_per_s": data_parallel[1],
-                    "data_parallel_2_processes_samples_per_s": data_parallel[2],
-                    "data_parallel_2_vs_1_processes": data_parallel[2] / data_parallel[1]}
+        figures |= {
+            "data_parallel_1_process_samples_per_s": data_parallel[1],
+            "data_parallel_2_processes_samples_per_s": data_parallel[2],
+            "data_parallel_2_vs_1_processes": data_parallel[2] / data_parallel[1],
+        }
     if args.compile:
-        figures |= {f"reference_{p}_compiled_vs_eager": speed["reference-compiled", p] / speed["reference", p]
-                    for p in timed}
+        figures |= {
+            f"reference_{p}_compiled_vs_eager": speed["reference-compiled", p] / speed["reference", p] for p in timed
+        }
     bad = [key for key, value in figures.items() if isinstance(value, float) and not math.isfinite(value)]
     if bad:
         raise SystemExit(f"non-finite figures: {bad}")
@@ -455,19 +564,26 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
-    print("diagnostics every " + f"{every} steps: " + ", ".join(
-        f"{p} +{cost:.1%} of an epoch" for p, cost in diagnostics_cost.items()))
+    print(
+        "diagnostics every "
+        + f"{every} steps: "
+        + ", ".join(f"{p} +{cost:.1%} of an epoch" for p, cost in diagnostics_cost.items())
+    )
     if device.type == "cpu":
-        print(f"data-parallel, reference fp32 step: {data_parallel[1]:,.0f} samples/s in 1 process "
-              f"({torch.get_num_threads()} threads), {data_parallel[2]:,.0f} in 2 processes under torchrun "
-              f"(1 thread each, DDP over gloo): {data_parallel[2] / data_parallel[1]:.2f}x")
+        print(
+            f"data-parallel, reference fp32 step: {data_parallel[1]:,.0f} samples/s in 1 process "
+            f"({torch.get_num_threads()} threads), {data_parallel[2]:,.0f} in 2 processes under torchrun "
+            f"(1 thread each, DDP over gloo): {data_parallel[2] / data_parallel[1]:.2f}x"
+        )
     if stage:
-        print(f"train stage, 1 epoch: {stage['stage_wall_s']:.2f} s wall with a fresh MLflow store, "
-              f"{stage['stage_existing_store_wall_s']:.2f} s with an existing one, of which "
-              f"{stage['stage_training_loop_s']:.2f} s and {stage['stage_existing_store_training_loop_s']:.2f} s in "
-              f"the training loop; `import torch, mlflow`: {stage['import_torch_mlflow_s']:.2f} s; overhead ratios "
-              f"{stage['stage_overhead_ratio']:.2f} (fresh store) and {stage['stage_overhead_ratio_existing_store']:.2f} "
-              "(existing store)")
+        print(
+            f"train stage, 1 epoch: {stage['stage_wall_s']:.2f} s wall with a fresh MLflow store, "
+            f"{stage['stage_existing_store_wall_s']:.2f} s with an existing one, of which "
+            f"{stage['stage_training_loop_s']:.2f} s and {stage['stage_existing_store_training_loop_s']:.2f} s in "
+            f"the training loop; `import torch, mlflow`: {stage['import_torch_mlflow_s']:.2f} s; overhead ratios "
+            f"{stage['stage_overhead_ratio']:.2f} (fresh store) and {stage['stage_overhead_ratio_existing_store']:.2f} "
+            "(existing store)"
+        )
     print(json.dumps(figures))
     return figures
 

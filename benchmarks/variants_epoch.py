@@ -32,14 +32,28 @@ from mnist_precision.core.precision import PrecisionPolicy
 from mnist_precision.core.training import DivergenceError, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ("underflow_act_grads_flushed", "underflow_act_grads_scaled_flushed", "underflow_weight_grads_flushed",
-           "lost_updates", "update_bias", "second_moment_flushed")
+COLUMNS = (
+    "underflow_act_grads_flushed",
+    "underflow_act_grads_scaled_flushed",
+    "underflow_weight_grads_flushed",
+    "lost_updates",
+    "update_bias",
+    "second_moment_flushed",
+)
 # Each optimizer's learning rate here: the recipe's for SGD, AdamW's usual one for AdamW.
 LEARNING_RATES = {"sgd": 0.01, "adamw": 0.001}
 
 
-def one_variant(name: str, optimizer: str, device: torch.device, train_split, test_split, epochs: int, every: int,
-                max_steps: int | None = None) -> dict:
+def one_variant(
+    name: str,
+    optimizer: str,
+    device: torch.device,
+    train_split,
+    test_split,
+    epochs: int,
+    every: int,
+    max_steps: int | None = None,
+) -> dict:
     torch.manual_seed(0)
     policy = PrecisionPolicy(name, device.type)
     model = build_mlp([256]).to(device)
@@ -47,14 +61,19 @@ def one_variant(name: str, optimizer: str, device: torch.device, train_split, te
     row = {"precision": name, "optimizer": optimizer}
     with policy.numerics():
         try:
-            result = train(model, train_split, policy, recipe, 0, diagnose_every=every,
-                           optimizer=OptimizerChoice(optimizer))
+            result = train(
+                model, train_split, policy, recipe, 0, diagnose_every=every, optimizer=OptimizerChoice(optimizer)
+            )
         except DivergenceError as error:
             return row | {"diverged": str(error)}
         tested = evaluate(model, test_split, policy, 1000)
     figures = result.epochs[-1].diagnostics.figures
-    return row | {"test_accuracy": tested.accuracy, "samples_per_s": result.samples_per_s,
-                  "final_scale": result.final_scale, **{key: figures.get(key) for key in COLUMNS}}
+    return row | {
+        "test_accuracy": tested.accuracy,
+        "samples_per_s": result.samples_per_s,
+        "final_scale": result.final_scale,
+        **{key: figures.get(key) for key in COLUMNS},
+    }
 
 
 def share(value: float | None, form: str = "{:.3%}") -> str:
@@ -64,11 +83,13 @@ def share(value: float | None, form: str = "{:.3%}") -> str:
 def table_row(row: dict, fp32: dict) -> str:
     if "diverged" in row:
         return f"| {row['precision']} | {row['optimizer']} | {row['diverged']} |" + " |" * 8
-    return (f"| {row['precision']} | {row['optimizer']} | {row['test_accuracy']:.4f} | {row['samples_per_s']:,.0f} | "
-            f"{row['samples_per_s'] / fp32['samples_per_s']:.2f}x | {share(row['underflow_act_grads_flushed'])} | "
-            f"{share(row['underflow_act_grads_scaled_flushed'])} | {share(row['underflow_weight_grads_flushed'])} | "
-            f"{share(row['lost_updates'])} | {share(row['update_bias'], '{:+.3f}')} | "
-            f"{share(row['second_moment_flushed'])} |")
+    return (
+        f"| {row['precision']} | {row['optimizer']} | {row['test_accuracy']:.4f} | {row['samples_per_s']:,.0f} | "
+        f"{row['samples_per_s'] / fp32['samples_per_s']:.2f}x | {share(row['underflow_act_grads_flushed'])} | "
+        f"{share(row['underflow_act_grads_scaled_flushed'])} | {share(row['underflow_weight_grads_flushed'])} | "
+        f"{share(row['lost_updates'])} | {share(row['update_bias'], '{:+.3f}')} | "
+        f"{share(row['second_moment_flushed'])} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -78,26 +99,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--every", type=int, default=50, help="diagnostics.every_steps")
     parser.add_argument("--max-steps", type=int, help="at most this many steps an epoch (train.max_steps; a dry run)")
-    parser.add_argument("--optimizers", nargs="+", default=["sgd", "adamw"], choices=tuple(LEARNING_RATES),
-                        help="each precision with each of them (lr: SGD 0.01, AdamW 0.001)")
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=["sgd", "adamw"],
+        choices=tuple(LEARNING_RATES),
+        help="each precision with each of them (lr: SGD 0.01, AdamW 0.001)",
+    )
     args = parser.parse_args(argv)
     download_mnist(args.data)
     device = resolve_device(args.device, "fp32")
     train_split, test_split = load_split(args.data, "train", device), load_split(args.data, "test", device)
-    print(f"# {args.epochs} epoch(s) of the reference recipe on {device_name(device)} "
-          f"({torch.backends.cpu.get_cpu_capability() if device.type == 'cpu' else 'CUDA ' + torch.version.cuda}), "
-          f"torch {torch.__version__}, diagnostics every {args.every} steps\n")
+    print(
+        f"# {args.epochs} epoch(s) of the reference recipe on {device_name(device)} "
+        f"({torch.backends.cpu.get_cpu_capability() if device.type == 'cpu' else 'CUDA ' + torch.version.cuda}), "
+        f"torch {torch.__version__}, diagnostics every {args.every} steps\n"
+    )
     rows, skipped = [], {}
     for optimizer in args.optimizers:
         for name in NAMES:
             if why := refusal(name, device.type):
                 skipped[name] = why
                 continue
-            rows.append(one_variant(name, optimizer, device, train_split, test_split, args.epochs, args.every,
-                                    args.max_steps))
+            rows.append(
+                one_variant(name, optimizer, device, train_split, test_split, args.epochs, args.every, args.max_steps)
+            )
             print(f"  {name}, {optimizer}: done", file=sys.stderr)
-    print("| precision | optimizer | test accuracy | samples/s | vs fp32 (same optimizer) | act. grads < 2^-24 "
-          "| the same × loss scale | weight grads < 2^-24 | updates lost | update bias | AdamW 2nd moment flushed |")
+    print(
+        "| precision | optimizer | test accuracy | samples/s | vs fp32 (same optimizer) | act. grads < 2^-24 "
+        "| the same × loss scale | weight grads < 2^-24 | updates lost | update bias | AdamW 2nd moment flushed |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         fp32 = next(r for r in rows if r["precision"] == "fp32" and r["optimizer"] == row["optimizer"])

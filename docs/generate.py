@@ -50,8 +50,11 @@ ROWS = [
     ("AdamW against SGD, reference `bf16-true-sr`", "reference_bf16-true-sr_adamw_vs_sgd", "ratio"),
     ("diagnostics every 200 steps, fp32 epoch", "diagnostics_every_200_fp32_epoch_overhead", "overhead"),
     ("diagnostics every 200 steps, bf16 epoch", "diagnostics_every_200_bf16_epoch_overhead", "overhead"),
-    ("diagnostics every 200 steps, `bf16-true-sr` epoch", "diagnostics_every_200_bf16-true-sr_epoch_overhead",
-     "overhead"),
+    (
+        "diagnostics every 200 steps, `bf16-true-sr` epoch",
+        "diagnostics_every_200_bf16-true-sr_epoch_overhead",
+        "overhead",
+    ),
     ("diagnostics every 200 steps, fp32 AdamW epoch", "diagnostics_every_200_fp32-adamw_epoch_overhead", "overhead"),
     ("DDP, 2 processes against 1 (reference fp32)", "data_parallel_2_vs_1_processes", "ratio"),
 ]
@@ -86,8 +89,11 @@ def cell(run: dict, key: str, kind: str) -> str:
 
 def table() -> str:
     columns = newest_per_device(runs())
-    head = "| against fp32, 2 CPU cores, one run per machine | " + " | ".join(
-        f"{run['device']} ([{path.stem}](benchmarks/results/{path.name}))" for path, run in columns) + " |"
+    head = (
+        "| against fp32, 2 CPU cores, one run per machine | "
+        + " | ".join(f"{run['device']} ([{path.stem}](benchmarks/results/{path.name}))" for path, run in columns)
+        + " |"
+    )
     lines = [head, "| --- |" + " ---: |" * len(columns)]
     for label, key, kind in ROWS:
         lines.append(f"| {label} | " + " | ".join(cell(run, key, kind) for _, run in columns) + " |")
@@ -99,11 +105,16 @@ def crossover_lines() -> list[str]:
     lines = []
     for path in sorted(RESULTS.glob("crossover_*.json")):
         found = json.loads(path.read_text())
-        lines.append(f"- [{found['device']}](benchmarks/results/{path.with_suffix('.md').name}), "
-                     f"{found['software']}: {'; '.join(sentences(found))}.")
+        lines.append(
+            f"- [{found['device']}](benchmarks/results/{path.with_suffix('.md').name}), "
+            f"{found['software']}: {'; '.join(sentences(found))}."
+        )
     if lines:
-        lines.insert(0, "\nWhere each precision starts to pay, by hidden width and batch size "
-                        "(`mnist-precision crossover`, one training step against fp32's, 95% intervals):\n")
+        lines.insert(
+            0,
+            "\nWhere each precision starts to pay, by hidden width and batch size "
+            "(`mnist-precision crossover`, one training step against fp32's, 95% intervals):\n",
+        )
     return lines
 
 
@@ -118,13 +129,20 @@ def with_table(readme: str) -> str:
 
 def parameters_page() -> str:
     defaults = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    lines = ["# Parameters", "",
-             "Every key of `params.yaml`, as `mnist_precision.base.params` validates it (this page is generated",
-             "from its schema by `python docs/generate.py`). Change one for an experiment with",
-             "`dvc exp run -S key=value`; a bad value stops the stage before any work, naming the key and the fix,",
-             "and every bad value is reported at once. MLflow logs them all, nested keys joined with dots.", "",
-             "| key | accepts | params.yaml | what it does |", "| --- | --- | --- | --- |"]
-    lines += [f"| `{key}` | {accepts} | `{default}` | {meaning} |" for key, accepts, default, meaning in reference(defaults)]
+    lines = [
+        "# Parameters",
+        "",
+        "Every key of `params.yaml`, as `mnist_precision.base.params` validates it (this page is generated",
+        "from its schema by `python docs/generate.py`). Change one for an experiment with",
+        "`dvc exp run -S key=value`; a bad value stops the stage before any work, naming the key and the fix,",
+        "and every bad value is reported at once. MLflow logs them all, nested keys joined with dots.",
+        "",
+        "| key | accepts | params.yaml | what it does |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| `{key}` | {accepts} | `{default}` | {meaning} |" for key, accepts, default, meaning in reference(defaults)
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -136,8 +154,10 @@ def main() -> None:
     stale = [path for path, text in pages.items() if not path.exists() or path.read_text() != text]
     if args.check:
         if stale:
-            sys.exit(f"{', '.join(str(p.relative_to(REPO_ROOT)) for p in stale)} differ from their sources: "
-                     "run python docs/generate.py")
+            sys.exit(
+                f"{', '.join(str(p.relative_to(REPO_ROOT)) for p in stale)} differ from their sources: "
+                "run python docs/generate.py"
+            )
         return
     for path in stale:
         atomic_write_bytes(path, pages[path].encode())

@@ -33,8 +33,14 @@ def missing_system_parts() -> dict[str, str]:
 # pytest-xdist hands each worker whole files in collection order (.ci/run passes
 # --no-loadscope-reorder, since by default it orders files by their number of
 # tests), so a long file started last would keep one worker busy alone at the end.
-LONGEST_FIRST = ("test_sweep_e2e.py", "test_faults_e2e.py", "test_distributed_e2e.py", "test_pipeline_e2e.py",
-                 "test_team_e2e.py", "test_server_e2e.py")
+LONGEST_FIRST = (
+    "test_sweep_e2e.py",
+    "test_faults_e2e.py",
+    "test_distributed_e2e.py",
+    "test_pipeline_e2e.py",
+    "test_team_e2e.py",
+    "test_server_e2e.py",
+)
 
 
 def longest_first(item) -> int:
@@ -70,8 +76,11 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
     if os.environ.get(NO_SKIPS) and skipped and exitstatus == 0:
-        reporter.write_line(f"{len(skipped)} test(s) skipped where {NO_SKIPS} is set: every feature must be proven "
-                            "here; install what their reasons name", red=True)
+        reporter.write_line(
+            f"{len(skipped)} test(s) skipped where {NO_SKIPS} is set: every feature must be proven "
+            "here; install what their reasons name",
+            red=True,
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

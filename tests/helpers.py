@@ -31,7 +31,7 @@ SHARED_MNIST = REPO_ROOT.parent / "shared" / "mnist"
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format, *args):
         pass
 
 
@@ -58,8 +58,15 @@ class Project:
         # Output goes to files, not pipes: `dvc queue start` leaves workers
         # behind that inherit its output, and a pipe would stay open with them.
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            code = subprocess.run(args, cwd=self.root, env=self.env | (env or {}), stdin=subprocess.DEVNULL,
-                                  stdout=out, stderr=err, timeout=timeout).returncode
+            code = subprocess.run(
+                args,
+                cwd=self.root,
+                env=self.env | (env or {}),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                timeout=timeout,
+            ).returncode
             out.seek(0), err.seek(0)
             result = subprocess.CompletedProcess(args, code, out.read(), err.read())
         assert code == 0, f"{' '.join(args)} exited {code}\n{result.stdout}\n{result.stderr}"
@@ -92,8 +99,13 @@ def sqlite_client(root: Path):
 
 def project_files() -> list[str]:
     """What a clone of the project holds: tracked files, and new ones git does not ignore."""
-    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [name for name in listing.split("\0") if name and (REPO_ROOT / name).is_file()]
 
 
@@ -115,11 +127,15 @@ def make_project(root: Path, mnist_mirror: str | None, **train) -> Project:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MNIST_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env |= {"GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@localhost",
-            "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@localhost",
-            # Else every dvc command spawns a daemon that tries to post a usage
-            # report (measured: 0.12 CPU-s a command, beside its 0.5).
-            "DVC_NO_ANALYTICS": "1"}
+    env |= {
+        "GIT_AUTHOR_NAME": "e2e",
+        "GIT_AUTHOR_EMAIL": "e2e@localhost",
+        "GIT_COMMITTER_NAME": "e2e",
+        "GIT_COMMITTER_EMAIL": "e2e@localhost",
+        # Else every dvc command spawns a daemon that tries to post a usage
+        # report (measured: 0.12 CPU-s a command, beside its 0.5).
+        "DVC_NO_ANALYTICS": "1",
+    }
     if mnist_mirror:
         env["MNIST_MIRROR"] = mnist_mirror
     project = Project(root, env)
@@ -131,8 +147,11 @@ def make_project(root: Path, mnist_mirror: str | None, **train) -> Project:
 
 def queue_workers(project: Project) -> list[psutil.Process]:
     """The `dvc exp queue-worker` processes of this repository (they run in its root)."""
-    return [process for process in psutil.process_iter(["cmdline", "cwd"])
-            if "queue-worker" in (process.info["cmdline"] or []) and process.info["cwd"] == str(project.root)]
+    return [
+        process
+        for process in psutil.process_iter(["cmdline", "cwd"])
+        if "queue-worker" in (process.info["cmdline"] or []) and process.info["cwd"] == str(project.root)
+    ]
 
 
 def stop_queue(project: Project, timeout: float = 120) -> None:
@@ -194,8 +213,9 @@ def failed_logs(project: Project, status: str) -> Iterator[str]:
     for line in status.splitlines():
         if line.split()[-1:] == ["Failed"]:
             name = line.split()[1]
-            logs = subprocess.run(["dvc", "queue", "logs", name], cwd=project.root, env=project.env,
-                                  capture_output=True, text=True)
+            logs = subprocess.run(
+                ["dvc", "queue", "logs", name], cwd=project.root, env=project.env, capture_output=True, text=True
+            )
             yield f"\n--- dvc queue logs {name}\n{logs.stdout[-4000:]}{logs.stderr[-2000:]}"
 
 
@@ -211,9 +231,23 @@ def start_mlflow_server(cwd: Path, port: int, store_uri: str, env: dict[str, str
     log = cwd / f"mlflow-server-{port}.log"
     with open(log, "a") as output:
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store_uri,
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=cwd, env=env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=output, stderr=subprocess.STDOUT)
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                store_uri,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=cwd,
+            env=env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -245,8 +279,14 @@ class Stage:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
 
     def start(self, **env) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=self.root,
-                                env=self.env | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "stages" / "train.py")],
+            cwd=self.root,
+            env=self.env | env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def run(self, **env) -> subprocess.CompletedProcess:
         process = self.start(**env)
@@ -286,9 +326,13 @@ class Server:
     def __init__(self, data: Path, port: int, *extra: str, env: dict[str, str] | None = None):
         self.log = data.parent / f"server-{port}.log"
         self.output = open(self.log, "a")
-        self.process = subprocess.Popen([CLI, "server", "--data", str(data), "--port", str(port), *extra],
-                                        env=env if env is not None else clean_env() | ADMIN,
-                                        stdout=self.output, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            [CLI, "server", "--data", str(data), "--port", str(port), *extra],
+            env=env if env is not None else clean_env() | ADMIN,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.uri = f"http://127.0.0.1:{port}"
 
     def wait_ready(self, timeout: float = 180) -> Server:
@@ -322,8 +366,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def served(prefix: str, extra: Callable[[Path], tuple[str, ...]] = lambda folder: (),
-           env: dict[str, str] | None = None) -> Iterator[Server]:
+def served(
+    prefix: str, extra: Callable[[Path], tuple[str, ...]] = lambda folder: (), env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """A server in a folder of its own (PostgreSQL's user must reach it), stopped
     cleanly at the end; `extra(folder)` gives more options (files made there)."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
@@ -347,15 +392,22 @@ def moto_s3(log_folder: Path) -> Iterator[tuple[str, object]]:
 
     port = free_port()
     log = open(log_folder / "moto.log", "w")
-    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    moto = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                s3 = boto3.client("s3", endpoint_url=url, **{k.lower(): v for k, v in S3_KEYS.items()
-                                                            if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+                s3 = boto3.client(
+                    "s3",
+                    endpoint_url=url,
+                    **{k.lower(): v for k, v in S3_KEYS.items() if k != "AWS_DEFAULT_REGION"},
+                    region_name="us-east-1",
+                )
                 s3.create_bucket(Bucket="mlflow-e2e")
                 break
             except Exception:

@@ -15,14 +15,29 @@ import pytest
 from helpers import REPO_ROOT
 
 DOCUMENTED_KEYS = {
-    "reference_fp32_vs_seed_loader", "reference_fp32_ceiling_fraction", "reference_fp16_vs_fp32",
-    "reference_fp32_torch_optim_vs_bare_update", "malloc",
-    "reference_bf16_vs_fp32", "wide_fp16_vs_fp32", "wide_bf16_vs_fp32", "stage_overhead_ratio",
-    "stage_overhead_ratio_existing_store", "device", "reference_fp16-true_vs_fp32", "reference_bf16-true_vs_fp32",
-    "wide_fp16-true_vs_fp32", "wide_bf16-true_vs_fp32", "diagnostics_every_200_fp32_epoch_overhead",
-    "diagnostics_every_200_bf16_epoch_overhead", "skipped_precisions",
-    "reference_bf16-true-sr_vs_fp32", "reference_fp16-true-sr_vs_fp32", "reference_fp32_adamw_vs_sgd",
-    "reference_bf16-true-sr_adamw_vs_sgd", "diagnostics_every_200_bf16-true-sr_epoch_overhead",
+    "reference_fp32_vs_seed_loader",
+    "reference_fp32_ceiling_fraction",
+    "reference_fp16_vs_fp32",
+    "reference_fp32_torch_optim_vs_bare_update",
+    "malloc",
+    "reference_bf16_vs_fp32",
+    "wide_fp16_vs_fp32",
+    "wide_bf16_vs_fp32",
+    "stage_overhead_ratio",
+    "stage_overhead_ratio_existing_store",
+    "device",
+    "reference_fp16-true_vs_fp32",
+    "reference_bf16-true_vs_fp32",
+    "wide_fp16-true_vs_fp32",
+    "wide_bf16-true_vs_fp32",
+    "diagnostics_every_200_fp32_epoch_overhead",
+    "diagnostics_every_200_bf16_epoch_overhead",
+    "skipped_precisions",
+    "reference_bf16-true-sr_vs_fp32",
+    "reference_fp16-true-sr_vs_fp32",
+    "reference_fp32_adamw_vs_sgd",
+    "reference_bf16-true-sr_adamw_vs_sgd",
+    "diagnostics_every_200_bf16-true-sr_epoch_overhead",
     "diagnostics_every_200_fp32-adamw_epoch_overhead",
 }
 
@@ -75,8 +90,16 @@ def test_the_benchmarks_malloc_settings_keep_freed_memory():
 
     def faults(extra_env: dict[str, str]) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | extra_env
-        return int(subprocess.run([sys.executable, "-c", PAGE_FAULTS_OF_A_LATER_STEP], env=env, capture_output=True,
-                                  text=True, check=True, timeout=300).stdout)
+        return int(
+            subprocess.run(
+                [sys.executable, "-c", PAGE_FAULTS_OF_A_LATER_STEP],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=300,
+            ).stdout
+        )
 
     pages_of_one_gradient = 4096 * 4096 * 4 // 4096  # the 64 MiB fp32 gradient of the middle layer
     assert faults({}) > pages_of_one_gradient  # glibc's defaults: mapped afresh each step

@@ -25,18 +25,24 @@ def test_a_checkpoint_for_other_params_is_refused_naming_them(tmp_path, expected
     checkpoint.save(path, STATE, expected | {"precision": "fp16", "seed": 7}, "run-id")
     with pytest.raises(checkpoint.CheckpointError) as refused:
         checkpoint.load(path, expected, epochs=5)
-    assert str(refused.value) == (f"{path} was written for other params (precision was 'fp16', params say "
-                                  f"{expected['precision']!r}; seed was 7, params say {expected['seed']!r}): "
-                                  f"restore them to resume, or delete {path} to train from the start")
+    assert str(refused.value) == (
+        f"{path} was written for other params (precision was 'fp16', params say "
+        f"{expected['precision']!r}; seed was 7, params say {expected['seed']!r}): "
+        f"restore them to resume, or delete {path} to train from the start"
+    )
 
 
 def test_a_checkpoint_of_another_version_is_refused(tmp_path, expected):
     path = tmp_path / "train.pt"
     checkpoint.save(path, STATE, expected, "run-id")
     torch.save(torch.load(path, weights_only=True) | {"format": "mnist-precision-checkpoint/1"}, path)
-    with pytest.raises(checkpoint.CheckpointError, match=(
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=(
             "was written by another version of this project \\(format mnist-precision-checkpoint/1, "
-            f"this one reads {checkpoint.FORMAT}\\); delete .*train.pt")):
+            f"this one reads {checkpoint.FORMAT}\\); delete .*train.pt"
+        ),
+    ):
         checkpoint.load(path, expected, epochs=5)
 
 

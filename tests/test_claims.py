@@ -15,17 +15,32 @@ def group(device: str, runs: dict[str, list[tuple[float, float, float | None]]],
     for variant, seeds in runs.items():
         for seed, (accuracy, speed, lost) in enumerate(seeds):
             built.runs[variant][seed] = RunRecord(
-                run_id=f"{variant}{seed}", precision=variant, seed=seed, device=device, config=built.config,
-                test_accuracy=accuracy, samples_per_s=speed, peak_memory_mb=None, peak_memory_kind=None,
-                model_bytes_fp32=816, model_bytes_fp16=bytes_fp16, fp16_stored_test_accuracy=accuracy - 0.0001,
-                lost_updates=lost)
+                run_id=f"{variant}{seed}",
+                precision=variant,
+                seed=seed,
+                device=device,
+                config=built.config,
+                test_accuracy=accuracy,
+                samples_per_s=speed,
+                peak_memory_mb=None,
+                peak_memory_kind=None,
+                model_bytes_fp32=816,
+                model_bytes_fp16=bytes_fp16,
+                fp16_stored_test_accuracy=accuracy - 0.0001,
+                lost_updates=lost,
+            )
     return built
 
 
 def test_each_claim_is_answered_from_the_numbers_of_the_device():
-    cpu = group(CPU, {"fp32": [(0.91, 100.0, 0.0001), (0.92, 110.0, 0.0001), (0.915, 105.0, 0.0001)],
-                      "fp16": [(0.91, 11.0, 0.0001), (0.92, 12.0, 0.0001), (0.915, 11.5, 0.0001)],
-                      "bf16-true": [(0.85, 150.0, 0.83), (0.86, 160.0, 0.84), (0.855, 155.0, 0.82)]})
+    cpu = group(
+        CPU,
+        {
+            "fp32": [(0.91, 100.0, 0.0001), (0.92, 110.0, 0.0001), (0.915, 105.0, 0.0001)],
+            "fp16": [(0.91, 11.0, 0.0001), (0.92, 12.0, 0.0001), (0.915, 11.5, 0.0001)],
+            "bf16-true": [(0.85, 150.0, 0.83), (0.86, 160.0, 0.84), (0.855, 155.0, 0.82)],
+        },
+    )
     text = claims.section([cpu], verdicts)
     assert f"- Yes, on {CPU}: the weights stored in fp16 take 0.50x the bytes of fp32" in text
     assert "differs by -0.0001 on average" in text
@@ -51,25 +66,59 @@ def test_the_answers_turn_with_the_numbers():
 
 
 def test_runs_of_another_torch_or_cuda_are_another_group_named_by_it():
-    cpu = {"device_resolved": "cpu", "device_name": "AMD EPYC", "cpu_capability": "AVX2", "cpu_features": "none",
-           "threads": "2", "torch_version": "2.14.1", "cuda_version": "13.0"}
-    gpu = {"device_resolved": "cuda", "device_name": "NVIDIA H200", "cuda_compute_capability": "9.0",
-           "torch_version": "2.14.1", "cuda_version": "13.0"}
+    cpu = {
+        "device_resolved": "cpu",
+        "device_name": "AMD EPYC",
+        "cpu_capability": "AVX2",
+        "cpu_features": "none",
+        "threads": "2",
+        "torch_version": "2.14.1",
+        "cuda_version": "13.0",
+    }
+    gpu = {
+        "device_resolved": "cuda",
+        "device_name": "NVIDIA H200",
+        "cuda_compute_capability": "9.0",
+        "torch_version": "2.14.1",
+        "cuda_version": "13.0",
+    }
     assert device_label(cpu) == "cpu (AMD EPYC; AVX2, features none, 2 threads; torch 2.14.1)"
     assert device_label(gpu) == "cuda (NVIDIA H200; compute capability 9.0; torch 2.14.1, CUDA 13.0)"
     assert device_label(cpu | {"cuda_version": "12.8"}) == device_label(cpu)  # the CPU runs no CUDA kernel
-    labels = {device_label(cpu), device_label(cpu | {"torch_version": "2.13.0"}),
-              device_label(gpu), device_label(gpu | {"cuda_version": "12.8"})}
-    records = [RunRecord(run_id=label, precision="fp32", seed=0, device=label, config=(), test_accuracy=0.9,
-                         samples_per_s=1.0, peak_memory_mb=None, peak_memory_kind=None, model_bytes_fp32=None,
-                         model_bytes_fp16=None) for label in labels]
+    labels = {
+        device_label(cpu),
+        device_label(cpu | {"torch_version": "2.13.0"}),
+        device_label(gpu),
+        device_label(gpu | {"cuda_version": "12.8"}),
+    }
+    records = [
+        RunRecord(
+            run_id=label,
+            precision="fp32",
+            seed=0,
+            device=label,
+            config=(),
+            test_accuracy=0.9,
+            samples_per_s=1.0,
+            peak_memory_mb=None,
+            peak_memory_kind=None,
+            model_bytes_fp32=None,
+            model_bytes_fp16=None,
+        )
+        for label in labels
+    ]
     assert sorted(group.device for group in group_runs(records)) == sorted(labels)
 
 
 def test_pure_half_is_answered_per_optimizer_and_for_stochastic_rounding():
-    sgd = group(CPU, {"fp32": [(0.91, 100.0, 0.0001)] * 3, "bf16-true": [(0.90, 90.0, 0.83), (0.905, 90.0, 0.84),
-                                                                       (0.902, 90.0, 0.82)],
-                      "bf16-true-sr": [(0.91, 60.0, 0.80), (0.912, 60.0, 0.79), (0.909, 60.0, 0.81)]})
+    sgd = group(
+        CPU,
+        {
+            "fp32": [(0.91, 100.0, 0.0001)] * 3,
+            "bf16-true": [(0.90, 90.0, 0.83), (0.905, 90.0, 0.84), (0.902, 90.0, 0.82)],
+            "bf16-true-sr": [(0.91, 60.0, 0.80), (0.912, 60.0, 0.79), (0.909, 60.0, 0.81)],
+        },
+    )
     for name, bias in (("fp32", 0.0), ("bf16-true", -0.49), ("bf16-true-sr", 0.001)):
         for run in sgd.runs[name].values():
             run.update_bias = bias
@@ -80,21 +129,46 @@ def test_pure_half_is_answered_per_optimizer_and_for_stochastic_rounding():
     text = claims.section([sgd, adamw], verdicts)
     assert f"on {CPU} with sgd: bf16-true lost 83.0% of its non-zero updates to rounding, update bias -0.490" in text
     assert "bf16-true-sr lost 80.0% of its non-zero updates to rounding, update bias +0.001" in text
-    assert ("  - Stochastic rounding: bf16-true-sr's update bias +0.001 against bf16-true's -0.490 (applied on "
-            "average: |bias| < 0.05 counts as unbiased); its test accuracy closer to fp32's by +0.0080.") in text
-    assert f"on {CPU} with adamw: fp16-true lost 10.0% of its non-zero updates to rounding, 27.0% of AdamW's " \
-           "second moment flushed to zero" in text
+    assert (
+        "  - Stochastic rounding: bf16-true-sr's update bias +0.001 against bf16-true's -0.490 (applied on "
+        "average: |bias| < 0.05 counts as unbiased); its test accuracy closer to fp32's by +0.0080."
+    ) in text
+    assert (
+        f"on {CPU} with adamw: fp16-true lost 10.0% of its non-zero updates to rounding, 27.0% of AdamW's "
+        "second moment flushed to zero" in text
+    )
 
 
 def test_runs_of_another_optimizer_are_another_group():
-    base = {"train.hidden": "[256]", "train.batch_size": "64", "train.epochs": "1", "train.lr": "0.01",
-            "train.compile": "False", "train.weight_decay": "0.01", "train.betas": "[0.9, 0.999]", "train.eps": "1e-08"}
+    base = {
+        "train.hidden": "[256]",
+        "train.batch_size": "64",
+        "train.epochs": "1",
+        "train.lr": "0.01",
+        "train.compile": "False",
+        "train.weight_decay": "0.01",
+        "train.betas": "[0.9, 0.999]",
+        "train.eps": "1e-08",
+    }
     before_the_param = config_of(base)  # logged before `optimizer` existed: SGD
     assert before_the_param == config_of(base | {"optimizer": "sgd"})
     assert dict(config_of(base | {"optimizer": "adamw"}))["train.eps"] == "1e-08"
     assert "train.eps" not in dict(before_the_param)  # SGD's groups are not split by AdamW's hyperparameters
-    records = [RunRecord(run_id=o, precision="fp32", seed=0, device=CPU, config=config_of(base | {"optimizer": o}),
-                         test_accuracy=0.9, samples_per_s=1.0, peak_memory_mb=None, peak_memory_kind=None,
-                         model_bytes_fp32=None, model_bytes_fp16=None) for o in ("sgd", "adamw")]
+    records = [
+        RunRecord(
+            run_id=o,
+            precision="fp32",
+            seed=0,
+            device=CPU,
+            config=config_of(base | {"optimizer": o}),
+            test_accuracy=0.9,
+            samples_per_s=1.0,
+            peak_memory_mb=None,
+            peak_memory_kind=None,
+            model_bytes_fp32=None,
+            model_bytes_fp16=None,
+        )
+        for o in ("sgd", "adamw")
+    ]
     assert sorted(g.optimizer for g in group_runs(records)) == ["adamw", "sgd"]
     assert [g.title().endswith("optimizer adamw") for g in group_runs(records)].count(True) == 1

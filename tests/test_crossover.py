@@ -25,10 +25,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def cell(width: int, batch: int, ratio: float | None, low: float | None = None, high: float | None = None,
-         precision: str = "bf16", mode: str = "eager") -> dict:
-    return Cell(precision, mode, width, batch, TIMED if low else ONCE if ratio else NOT_TIMED,
-                ratio, low, high).as_dict()
+def cell(
+    width: int,
+    batch: int,
+    ratio: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    precision: str = "bf16",
+    mode: str = "eager",
+) -> dict:
+    return Cell(
+        precision, mode, width, batch, TIMED if low else ONCE if ratio else NOT_TIMED, ratio, low, high
+    ).as_dict()
 
 
 def test_a_cell_pays_only_when_its_whole_interval_is_above_one():
@@ -40,12 +48,22 @@ def test_a_cell_pays_only_when_its_whole_interval_is_above_one():
 
 
 def test_the_sentence_names_from_which_batch_each_width_pays():
-    grid = [cell(256, 64, 0.5, 0.4, 0.6), cell(256, 512, 0.9, 0.8, 1.0), cell(256, 4096, 1.2, 1.1, 1.3),
-            cell(4096, 64, 1.2, 1.1, 1.3), cell(4096, 512, 1.8, 1.6, 2.0), cell(4096, 4096, 2.5, 2.2, 2.8),
-            cell(1024, 64, 1.3, 1.1, 1.4), cell(1024, 512, 0.9, 0.8, 1.05), cell(1024, 4096, None)]
+    grid = [
+        cell(256, 64, 0.5, 0.4, 0.6),
+        cell(256, 512, 0.9, 0.8, 1.0),
+        cell(256, 4096, 1.2, 1.1, 1.3),
+        cell(4096, 64, 1.2, 1.1, 1.3),
+        cell(4096, 512, 1.8, 1.6, 2.0),
+        cell(4096, 4096, 2.5, 2.2, 2.8),
+        cell(1024, 64, 1.3, 1.1, 1.4),
+        cell(1024, 512, 0.9, 0.8, 1.05),
+        cell(1024, 4096, None),
+    ]
     assert pays_from(grid) == {256: 4096, 1024: None, 4096: 64}
-    assert sentence(grid) == "pays at width 256 from batch 4096, width 4096 from batch 64; not at width 1024 " \
-                             "(1 of 9 cells not timed)"
+    assert (
+        sentence(grid) == "pays at width 256 from batch 4096, width 4096 from batch 64; not at width 1024 "
+        "(1 of 9 cells not timed)"
+    )
     slower = [cell(w, b, 0.3, 0.2, 0.4) for w in (256, 1024) for b in (64, 512)]
     assert sentence(slower) == "pays nowhere in this grid; slower than fp32 in 4 of 4 cells"
     faster = [cell(w, b, 1.5, 1.2, 1.8) for w in (256, 1024) for b in (64, 512)]
@@ -72,11 +90,25 @@ def test_the_grid_is_timed_smallest_first_within_the_budget(one_thread):
 
 
 def test_the_files_say_the_map_and_the_report_cites_it(tmp_path):
-    grid = [cell(256, 64, 0.5, 0.4, 0.6), cell(256, 512, 1.2, 1.1, 1.3),
-            cell(4096, 64, 1.1, 0.9, 1.3), cell(4096, 512, 2.0, 1.8, 2.2)]
-    result = {"device": "cuda (NVIDIA H200; compute capability 9.0)", "software": "torch 2.14.1, CUDA 13.0",
-              "date": "2026-12-03", "budget_s": 180.0, "elapsed_s": 170.0, "repeats": 5, "widths": [256, 4096],
-              "batches": [64, 512], "modes": ["eager"], "skipped": {}, "cells": grid}
+    grid = [
+        cell(256, 64, 0.5, 0.4, 0.6),
+        cell(256, 512, 1.2, 1.1, 1.3),
+        cell(4096, 64, 1.1, 0.9, 1.3),
+        cell(4096, 512, 2.0, 1.8, 2.2),
+    ]
+    result = {
+        "device": "cuda (NVIDIA H200; compute capability 9.0)",
+        "software": "torch 2.14.1, CUDA 13.0",
+        "date": "2026-12-03",
+        "budget_s": 180.0,
+        "elapsed_s": 170.0,
+        "repeats": 5,
+        "widths": [256, 4096],
+        "batches": [64, 512],
+        "modes": ["eager"],
+        "skipped": {},
+        "cells": grid,
+    }
     files = write(result, tmp_path, "crossover")
     assert sorted(p.name for p in files) == ["crossover-bf16.png", "crossover.json", "crossover.md"]
     assert json.loads((tmp_path / "crossover.json").read_text()) == result
@@ -87,5 +119,7 @@ def test_the_files_say_the_map_and_the_report_cites_it(tmp_path):
 
     said = claims.speed([], lambda group: [], [("run-1", result)])
     assert "- On a GPU: not measured" not in said
-    assert ("- Crossover map on cuda (NVIDIA H200; compute capability 9.0) (torch 2.14.1, CUDA 13.0; benchmark run "
-            "run-1): bf16 (eager) pays at width 256 from batch 512, width 4096 from batch 512.") in said
+    assert (
+        "- Crossover map on cuda (NVIDIA H200; compute capability 9.0) (torch 2.14.1, CUDA 13.0; benchmark run "
+        "run-1): bf16 (eager) pays at width 256 from batch 512, width 4096 from batch 512."
+    ) in said

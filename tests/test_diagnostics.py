@@ -23,8 +23,9 @@ SUBNORMAL, NORMAL = 2.0**-24, 2.0**-14
 
 
 def test_underflow_counts_values_just_above_and_below_fp16s_limits():
-    values = torch.tensor([0.0, SUBNORMAL * 0.99, SUBNORMAL, SUBNORMAL * 1.01, NORMAL * 0.99, NORMAL, -NORMAL * 1.01,
-                           1.0])
+    values = torch.tensor(
+        [0.0, SUBNORMAL * 0.99, SUBNORMAL, SUBNORMAL * 1.01, NORMAL * 0.99, NORMAL, -NORMAL * 1.01, 1.0]
+    )
     # Non-zero: 7. Below 2^-24: one. Below 2^-14: the four values under it (the sign does not matter).
     assert underflow_counts(values).tolist() == [7, 1, 4]
     # A loss scale of 2^10 lifts everything above 2^-24, and only 0.99 * 2^-24 stays below 2^-14 ...
@@ -44,7 +45,7 @@ def test_an_update_of_half_an_ulp_is_lost_in_fp16_and_kept_in_fp32():
         weights = torch.nn.Parameter(torch.ones(3, dtype=dtype))
         # lr 1: the updates are +2^-11 (half an fp16 ulp at 1.0: a tie, rounded to even, 1.0),
         # +2^-9 (two ulps) and 0 (no update meant).
-        weights.grad = torch.tensor([-2.0**-11, -2.0**-9, 0.0], dtype=dtype)
+        weights.grad = torch.tensor([-(2.0**-11), -(2.0**-9), 0.0], dtype=dtype)
         before = weights.detach().clone()
         torch.optim.SGD([weights], lr=1.0, fused=True).step()
         return lost_update_counts(before, weights.detach(), weights.grad).tolist()
@@ -67,21 +68,32 @@ def test_measuring_changes_nothing_in_the_run():
     def final_weights(every: int, precision: str):
         torch.manual_seed(0)
         model = build_mlp([32])
-        result = train(model, toy_split(), PrecisionPolicy(precision, "cpu"),
-                       TrainParams(2, 64, 0.01, (32,), False), 0, diagnose_every=every)
+        result = train(
+            model,
+            toy_split(),
+            PrecisionPolicy(precision, "cpu"),
+            TrainParams(2, 64, 0.01, (32,), False),
+            0,
+            diagnose_every=every,
+        )
         return [p.detach().clone() for p in model.parameters()], result
 
     for precision in ("fp32", "fp16"):
         plain, _ = final_weights(0, precision)
         measured, result = final_weights(3, precision)
-        assert all(torch.equal(a, b) for a, b in zip(plain, measured))
+        assert all(torch.equal(a, b) for a, b in zip(plain, measured, strict=True))
         record = result.epochs[0].diagnostics
         assert record.figures["sampled_steps"] == 2  # steps 3 and 6 of the 8 in epoch 1
         assert [step for step, _ in record.loss_scales] == [3, 6]
         assert {scale for _, scale in record.loss_scales} == ({65536.0} if precision == "fp16" else {1.0})
-        assert set(record.figures) >= {"underflow_act_grads_flushed", "underflow_act_grads_scaled_subnormal",
-                                          "underflow_weights_subnormal", "lost_updates", "range_act_max_layer0",
-                                          "range_grad_max_layer2"}
+        assert set(record.figures) >= {
+            "underflow_act_grads_flushed",
+            "underflow_act_grads_scaled_subnormal",
+            "underflow_weights_subnormal",
+            "lost_updates",
+            "range_act_max_layer0",
+            "range_grad_max_layer2",
+        }
 
 
 def test_a_skipped_step_loses_no_update():
@@ -112,9 +124,13 @@ def test_the_range_is_the_largest_magnitude_and_its_scaled_gradient():
 
 
 def test_the_histogram_rows_are_shares_of_the_last_sampled_step():
-    records = {1: EpochNumerics(histogram=Histogram(first_exponent=-2, counts=[1, 0, 3], loss_scale=1.0)),
-               2: EpochNumerics(histogram=Histogram(first_exponent=-2, counts=[0, 2, 2], loss_scale=8.0)),
-               3: EpochNumerics()}
-    assert histogram_rows(records) == [{"log2_magnitude": -2, "share": 0.0, "loss_scale": 8.0},
-                                       {"log2_magnitude": -1, "share": 0.5, "loss_scale": 8.0},
-                                       {"log2_magnitude": 0, "share": 0.5, "loss_scale": 8.0}]
+    records = {
+        1: EpochNumerics(histogram=Histogram(first_exponent=-2, counts=[1, 0, 3], loss_scale=1.0)),
+        2: EpochNumerics(histogram=Histogram(first_exponent=-2, counts=[0, 2, 2], loss_scale=8.0)),
+        3: EpochNumerics(),
+    }
+    assert histogram_rows(records) == [
+        {"log2_magnitude": -2, "share": 0.0, "loss_scale": 8.0},
+        {"log2_magnitude": -1, "share": 0.5, "loss_scale": 8.0},
+        {"log2_magnitude": 0, "share": 0.5, "loss_scale": 8.0},
+    ]

@@ -28,8 +28,8 @@ def test_the_mean_of_the_ranks_gradients_is_the_one_process_gradient(batch, size
         world = World(rank=rank, size=size, backend="gloo")
         share = world.share(images, labels)
         ranks.append(gradients(model, world.loss(model(share[0]), share[1], batch)))
-    averaged = [sum(grads) / size for grads in zip(*ranks)]  # what DDP's all-reduce gives
-    for a, b in zip(alone, averaged):
+    averaged = [sum(grads) / size for grads in zip(*ranks, strict=True)]  # what DDP's all-reduce gives
+    for a, b in zip(alone, averaged, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 

@@ -72,8 +72,12 @@ def jobs(tmp_path_factory, mnist_data):
         key = (precision, processes, grad_comm)
         if key not in done:
             root = tmp_path_factory.mktemp(f"{precision}-{processes}-{grad_comm}")
-            stage = Stage(root, mnist_data, precision=precision,
-                          train={"batch_size": BATCH, "processes": processes, "grad_comm": grad_comm})
+            stage = Stage(
+                root,
+                mnist_data,
+                precision=precision,
+                train={"batch_size": BATCH, "processes": processes, "grad_comm": grad_comm},
+            )
             result = stage.run(**THREADS)
             assert result.returncode == 0, result.stderr
             done[key] = Job.of(stage, mnist_data)
@@ -115,8 +119,10 @@ def test_dvc_exp_run_with_two_processes(dvc_two_processes):
 def test_two_processes_in_half_precision_stay_within_the_documented_tolerance(jobs, precision):
     one, two = jobs(precision, 1), jobs(precision, 2)
     difference = two.max_difference(one)
-    print(f"{precision}: 1 vs 2 processes, largest weight difference {difference:.2e}, "
-          f"test accuracy {one.test_accuracy:.4f} vs {two.test_accuracy:.4f}")
+    print(
+        f"{precision}: 1 vs 2 processes, largest weight difference {difference:.2e}, "
+        f"test accuracy {one.test_accuracy:.4f} vs {two.test_accuracy:.4f}"
+    )
     assert difference <= HALF_WEIGHT_TOLERANCE[precision]
     assert abs(two.test_accuracy - one.test_accuracy) <= HALF_ACCURACY_TOLERANCE
 
@@ -125,8 +131,10 @@ def test_two_processes_in_half_precision_stay_within_the_documented_tolerance(jo
 def test_gradients_sent_in_half_precision_change_the_weights_not_the_accuracy(jobs, precision):
     full, half = jobs(precision, 2, "fp32"), jobs(precision, 2, precision)
     difference = half.max_difference(full)
-    print(f"{precision} gradients between ranks: largest weight difference {difference:.2e}, "
-          f"test accuracy {half.test_accuracy:.4f} (fp32 gradients: {full.test_accuracy:.4f})")
+    print(
+        f"{precision} gradients between ranks: largest weight difference {difference:.2e}, "
+        f"test accuracy {half.test_accuracy:.4f} (fp32 gradients: {full.test_accuracy:.4f})"
+    )
     assert difference > 0  # the hook did compress what travelled
     assert abs(half.test_accuracy - full.test_accuracy) <= HALF_ACCURACY_TOLERANCE
     assert half.run.data.params["train.grad_comm"] == precision
@@ -143,12 +151,27 @@ def test_two_nodes_with_c10d_rendezvous_make_one_run(tmp_path, mnist_data, jobs)
     (here in one folder, as a shared file system would give them)."""
     stage = Stage(tmp_path, mnist_data, train={"batch_size": BATCH})
     endpoint = f"127.0.0.1:{free_port()}"
-    nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-         "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=mnist-e2e",
-         str(REPO_ROOT / "stages" / "train.py")],
-        cwd=tmp_path, env=stage.env | THREADS, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                "--rdzv-id=mnist-e2e",
+                str(REPO_ROOT / "stages" / "train.py"),
+            ],
+            cwd=tmp_path,
+            env=stage.env | THREADS,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for node in nodes:
         out, err = node.communicate(timeout=300)
         assert node.returncode == 0, err
@@ -203,8 +226,11 @@ def test_a_rank_killed_fails_the_job_naming_the_rank(tmp_path, mnist_data):
     stage = Stage(tmp_path, mnist_data, train={"batch_size": BATCH, "processes": 2, "epochs": 5})
     process = stage.start(**THREADS)
     wait_for_epoch(stage, 1, process)
-    workers = [p for p in psutil.Process(process.pid).children(recursive=True)
-               if "stages/train.py" in " ".join(p.cmdline()) and p.environ().get("RANK") == "1"]
+    workers = [
+        p
+        for p in psutil.Process(process.pid).children(recursive=True)
+        if "stages/train.py" in " ".join(p.cmdline()) and p.environ().get("RANK") == "1"
+    ]
     assert len(workers) == 1
     killed_at = time.monotonic()
     workers[0].send_signal(signal.SIGKILL)
@@ -219,4 +245,3 @@ def test_a_rank_killed_fails_the_job_naming_the_rank(tmp_path, mnist_data):
     checkpoint = torch.load(stage.root / "checkpoints" / "train.pt", weights_only=True)
     assert len(checkpoint["state"]["progress"]["records"]) >= 1
     assert not psutil.Process().children(recursive=True)  # no rank left behind
-

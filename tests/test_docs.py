@@ -10,8 +10,9 @@ from helpers import REPO_ROOT
 
 
 def test_the_findings_table_and_the_parameters_page_are_what_the_generator_writes():
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "docs" / "generate.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "docs" / "generate.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -32,8 +32,14 @@ print(json.dumps(sorted(str(p.relative_to(root)) for p in loaded
 
 
 def loaded_project_files(script: str, module: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", LIST_LOADED, str(REPO_ROOT), str(REPO_ROOT / script), module],
-                         cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", LIST_LOADED, str(REPO_ROOT), str(REPO_ROOT / script), module],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
     return json.loads(out)
 
 

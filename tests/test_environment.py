@@ -24,8 +24,9 @@ def test_the_cpu_capability_is_the_one_pytorch_dispatches_to(chosen):
         env["ATEN_CPU_CAPABILITY"] = chosen
     if chosen == "avx2" and cpu_capability(environ={}) == "DEFAULT":
         pytest.skip("this CPU has no AVX2")
-    said = json.loads(subprocess.run([sys.executable, "-c", TORCH_SAYS], env=env, capture_output=True, text=True,
-                                     check=True).stdout)
+    said = json.loads(
+        subprocess.run([sys.executable, "-c", TORCH_SAYS], env=env, capture_output=True, text=True, check=True).stdout
+    )
     assert cpu_capability(environ=env) == said
 
 
@@ -59,12 +60,20 @@ def test_a_cpu_run_is_described_by_its_cpu_and_a_forced_cpu_ignores_any_gpu():
 
 def test_the_stage_imports_no_torch_and_rewrites_the_file_only_when_it_changed(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
-    probe = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__'); "
-             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    probe = (
+        "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__'); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
 
     def run(**env) -> str:
-        return subprocess.run([sys.executable, "-c", probe, str(REPO_ROOT / "stages" / "environment.py")],
-                              cwd=tmp_path, env=os.environ | env, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            [sys.executable, "-c", probe, str(REPO_ROOT / "stages" / "environment.py")],
+            cwd=tmp_path,
+            env=os.environ | env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     out = run(ATEN_CPU_CAPABILITY="default")
     assert "written to environment.json" in out and out.splitlines()[-1] == "[]"

@@ -60,7 +60,9 @@ def three_epochs(tmp_path_factory, mnist_data) -> Stage:
 
 
 def epoch_figures(stage: Stage) -> list[tuple[float, float]]:
-    return [(e["loss"], e["accuracy"]) for e in yaml.safe_load((stage.root / "plots" / "train_epochs.json").read_text())]
+    return [
+        (e["loss"], e["accuracy"]) for e in yaml.safe_load((stage.root / "plots" / "train_epochs.json").read_text())
+    ]
 
 
 def test_sigterm_then_sigint_checkpoint_and_the_reruns_resume_bitwise_identically(tmp_path, mnist_data, three_epochs):
@@ -163,22 +165,25 @@ def wait_for_checkpoint(root: Path, epoch: int, process: subprocess.Popen) -> No
         time.sleep(0.02)
 
 
-def test_sigkill_mid_epoch_and_dvc_repro_resume_from_the_last_periodic_checkpoint(tmp_path, mnist_mirror,
-                                                                                   three_epochs):
+def test_sigkill_mid_epoch_and_dvc_repro_resume_from_the_last_periodic_checkpoint(tmp_path, mnist_mirror, three_epochs):
     """The params of `three_epochs`, through `dvc repro`: killed in the third
     epoch, resumed from the end of the second, it ends with the same weights."""
     project = make_project(tmp_path, mnist_mirror, epochs=3)
     project.run("dvc", "repro", "download")
-    repro = subprocess.Popen(["dvc", "repro"], cwd=tmp_path, env=project.env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    repro = subprocess.Popen(
+        ["dvc", "repro"], cwd=tmp_path, env=project.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline, seen = time.monotonic() + 300, {}
     while 3 not in seen:  # the checkpoint of the end of epoch 1 (epoch 2 next), then of epoch 2
         assert repro.poll() is None and time.monotonic() < deadline
         seen.setdefault(checkpoint_epoch(tmp_path), time.monotonic())
         time.sleep(0.02)
     time.sleep(0.4 * (seen[3] - seen[2]))  # 40% into epoch 3
-    train = next(child for child in psutil.Process(repro.pid).children(recursive=True)
-                 if child.cmdline()[-1:] == ["stages/train.py"] and "python" in Path(child.cmdline()[0]).name)
+    train = next(
+        child
+        for child in psutil.Process(repro.pid).children(recursive=True)
+        if child.cmdline()[-1:] == ["stages/train.py"] and "python" in Path(child.cmdline()[0]).name
+    )
     train.kill()  # SIGKILL: the stage's interpreter, as the OOM killer would
     assert repro.wait(timeout=120) != 0
     assert checkpoint_epoch(tmp_path) == 3
@@ -231,8 +236,11 @@ def test_a_run_left_running_by_a_dead_process_is_ended_killed(tmp_path, mnist_da
     process.communicate(timeout=60)
     assert checkpoint_epoch(stage.root) is None
     dead = runs[0].info.run_id
-    elsewhere = client.create_run(runs[0].info.experiment_id, run_name="fp32-elsewhere",
-                                  tags={"host": "another-host", "pid": "1", "process_start": "0"}).info.run_id
+    elsewhere = client.create_run(
+        runs[0].info.experiment_id,
+        run_name="fp32-elsewhere",
+        tags={"host": "another-host", "pid": "1", "process_start": "0"},
+    ).info.run_id
 
     listed = subprocess.run([CLI, "runs", "--stale"], cwd=stage.root, env=stage.env, capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr
@@ -245,28 +253,34 @@ def test_a_run_left_running_by_a_dead_process_is_ended_killed(tmp_path, mnist_da
     (stage.root / "params.yaml").write_text(yaml.safe_dump(params))
     result = stage.run()
     assert result.returncode == 0, result.stderr
-    assert f"train: marked KILLED 1 run(s) left RUNNING by a process of this host that no longer exists: {dead}" \
+    assert (
+        f"train: marked KILLED 1 run(s) left RUNNING by a process of this host that no longer exists: {dead}"
         in result.stderr
+    )
     client, runs = stage.runs()
     status = {r.info.run_id: r.info.status for r in runs}
     assert status.pop(dead) == "KILLED" and status.pop(elsewhere) == "RUNNING"  # another host's: not touched
     assert list(status.values()) == ["FINISHED"]
     assert "hard crash" in client.get_run(dead).data.tags["killed_reason"]
 
-    ended = subprocess.run([CLI, "runs", "--mark-killed", elsewhere], cwd=stage.root, env=stage.env,
-                           capture_output=True, text=True)
+    ended = subprocess.run(
+        [CLI, "runs", "--mark-killed", elsewhere], cwd=stage.root, env=stage.env, capture_output=True, text=True
+    )
     assert ended.returncode == 0 and f"{elsewhere}: KILLED" in ended.stdout
     assert "RUNNING" not in {r.info.status for r in stage.runs()[1]}
-    again = subprocess.run([CLI, "runs", "--mark-killed", elsewhere], cwd=stage.root, env=stage.env,
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        [CLI, "runs", "--mark-killed", elsewhere], cwd=stage.root, env=stage.env, capture_output=True, text=True
+    )
     assert again.returncode == 2 and f"run {elsewhere} is KILLED, not RUNNING: nothing to end" in again.stderr
 
 
 def file_size_limit(limit: int = 4 * 2**20):
     """A child's preexec: files past `limit` bytes cannot be written (EFBIG), as on a full disk."""
+
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -283,8 +297,15 @@ def test_a_full_disk_fails_the_run_and_keeps_the_previous_checkpoint(tmp_path, m
     before = checkpoint.read_bytes()
     assert len(before) > 4 * 2**20
 
-    limited = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path, env=stage.env,
-                             capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit())
+    limited = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "stages" / "train.py")],
+        cwd=tmp_path,
+        env=stage.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=file_size_limit(),
+    )
     assert limited.returncode == 2, limited.stderr
     assert "resuming from checkpoints/train.pt" in limited.stderr
     assert "train: error: no room to write checkpoints/train.pt (File too large; " in limited.stderr
@@ -302,14 +323,25 @@ def test_a_full_disk_at_the_model_keeps_the_previous_outputs(tmp_path, mnist_dat
     # 100 steps: the model's size is what counts here, not its training.
     stage = Stage(tmp_path, mnist_data, train={"hidden": [2048], "max_steps": 100})
     assert stage.run().returncode == 0
-    kept = (tmp_path / "models" / "model.pt", tmp_path / "models" / "mlflow_run.json", tmp_path / "metrics" / "train.json")
+    kept = (
+        tmp_path / "models" / "model.pt",
+        tmp_path / "models" / "mlflow_run.json",
+        tmp_path / "metrics" / "train.json",
+    )
     outputs = {path: path.read_bytes() for path in kept}
     assert len(outputs[tmp_path / "models" / "model.pt"]) > 4 * 2**20
 
     params = tmp_path / "params.yaml"
     params.write_text(params.read_text().replace("seed: 0", "seed: 1"))
-    limited = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path, env=stage.env,
-                             capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit())
+    limited = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "stages" / "train.py")],
+        cwd=tmp_path,
+        env=stage.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=file_size_limit(),
+    )
     assert limited.returncode == 2, limited.stderr
     assert "train: error: no room to write models/model.pt (File too large; " in limited.stderr
     assert "Traceback" not in limited.stderr

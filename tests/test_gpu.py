@@ -71,8 +71,10 @@ def test_an_epoch_waits_for_the_gpu_only_at_the_documented_points(name, diagnose
     the epoch's sums, and with diagnostics their figures at the epoch's end)
     are let through by counting them."""
     generator = torch.Generator().manual_seed(0)
-    data = Split(images=torch.randn(64 * 3 * SYNC_EVERY + 17, 784, generator=generator).cuda(),
-                 labels=torch.randint(0, 10, (64 * 3 * SYNC_EVERY + 17,), generator=generator).cuda())
+    data = Split(
+        images=torch.randn(64 * 3 * SYNC_EVERY + 17, 784, generator=generator).cuda(),
+        labels=torch.randint(0, 10, (64 * 3 * SYNC_EVERY + 17,), generator=generator).cuda(),
+    )
     torch.manual_seed(0)
     model = build_mlp([256]).cuda()
     policy = policy_for(name)
@@ -80,6 +82,7 @@ def test_an_epoch_waits_for_the_gpu_only_at_the_documented_points(name, diagnose
     diagnostics = Diagnostics(build_mlp([256]).cuda(), diagnose_every) if diagnose_every else None
     step = TrainStep(model, policy, state.optimizer)
     reads = []
+
     def documented(read):
         def documented_read(tensor):
             torch.cuda.set_sync_debug_mode(0)
@@ -88,6 +91,7 @@ def test_an_epoch_waits_for_the_gpu_only_at_the_documented_points(name, diagnose
                 return read(tensor)
             finally:
                 torch.cuda.set_sync_debug_mode("error")
+
         return documented_read
 
     monkeypatch.setattr(torch.Tensor, "item", documented(torch.Tensor.item))
@@ -105,6 +109,6 @@ def test_an_epoch_waits_for_the_gpu_only_at_the_documented_points(name, diagnose
     if diagnostics is None:
         assert reads == ["item"] * (steps // SYNC_EVERY + 1 + 3)
     else:  # and at the epoch's end only: the figures, the loss scales and the histogram's counts and scale
-        assert reads[:steps // SYNC_EVERY + 1 + 3] == ["item"] * (steps // SYNC_EVERY + 1 + 3)
+        assert reads[: steps // SYNC_EVERY + 1 + 3] == ["item"] * (steps // SYNC_EVERY + 1 + 3)
         assert record.diagnostics.figures["sampled_steps"] == steps // diagnose_every
-        assert reads[steps // SYNC_EVERY + 4:] == ["tolist", "tolist", "tolist", "item"]
+        assert reads[steps // SYNC_EVERY + 4 :] == ["tolist", "tolist", "tolist", "item"]

@@ -38,8 +38,12 @@ RESULTS = ["crossover_gpu.json", "crossover_gpu.md", "gpu.json", "gpu.md", "gpu_
 def mnist_gz(folder, mnist_data) -> None:
     """The four .gz files the lent machine is sent (../shared/mnist's, or gzipped from the downloaded set)."""
     folder.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         if (SHARED_MNIST / f"{name}.gz").is_file():
             shutil.copy(SHARED_MNIST / f"{name}.gz", folder)
         else:
@@ -53,8 +57,14 @@ def test_the_dry_run_passes_on_a_bare_machine_and_writes_the_files_a_gpu_run_bri
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "MNIST_"))}
     env |= {"PYTHONPATH": str(tmp_path / "bare"), "PYTHON": sys.executable}
     out = tmp_path / "out"
-    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--data", str(tmp_path / "mnist"),
-                             "--out", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--data", str(tmp_path / "mnist"), "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     assert sorted(p.name for p in out.iterdir()) == RESULTS  # at most 8 files, one folder: what a lease brings back
@@ -77,18 +87,39 @@ def test_the_dry_run_passes_on_a_bare_machine_and_writes_the_files_a_gpu_run_bri
     assert figures["skipped_precisions"] == "tf32, fp8"
     assert "skipped fp8: precision fp8 runs only on NVIDIA GPUs of compute capability 8.9" in speed
     crossover = json.loads((out / "crossover_gpu.json").read_text())
-    assert {c["precision"] for c in crossover["cells"]} == {"fp16", "bf16", "fp16-true", "bf16-true", "fp16-true-sr",
-                                                            "bf16-true-sr"}
+    assert {c["precision"] for c in crossover["cells"]} == {
+        "fp16",
+        "bf16",
+        "fp16-true",
+        "bf16-true",
+        "fp16-true-sr",
+        "bf16-true-sr",
+    }
     assert "## bf16, eager" in (out / "crossover_gpu.md").read_text()
     variants = json.loads((out / "gpu_variants.md").read_text().strip().splitlines()[-1])
     cpu_precisions = ["fp32", "fp16", "bf16", "fp16-true", "bf16-true", "fp16-true-sr", "bf16-true-sr"]
-    assert [(row["precision"], row["optimizer"]) for row in variants] == \
-        [(p, o) for o in ("sgd", "adamw") for p in cpu_precisions]
+    assert [(row["precision"], row["optimizer"]) for row in variants] == [
+        (p, o) for o in ("sgd", "adamw") for p in cpu_precisions
+    ]
     assert '"world_size": 1' in log
 
     # Where the files land, the heatmaps are drawn from the JSON.
-    drawn = subprocess.run([sys.executable, "-m", "mnist_precision.analysis.crossover", "--from-json",
-                            str(out / "crossover_gpu.json"), "--no-log", "--out", str(tmp_path / "drawn"),
-                            "--name", "crossover_gpu"], capture_output=True, text=True, timeout=300)
+    drawn = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_precision.analysis.crossover",
+            "--from-json",
+            str(out / "crossover_gpu.json"),
+            "--no-log",
+            "--out",
+            str(tmp_path / "drawn"),
+            "--name",
+            "crossover_gpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert drawn.returncode == 0, drawn.stderr
     assert (tmp_path / "drawn" / "crossover_gpu-bf16.png").read_bytes().startswith(b"\x89PNG")

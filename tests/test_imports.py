@@ -11,14 +11,18 @@ from helpers import REPO_ROOT
 
 
 def test_reading_params_and_listing_stale_runs_import_no_torch():
-    probe = ("import sys, mnist_precision.base.params, mnist_precision.operations.runs; "
-             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    probe = (
+        "import sys, mnist_precision.base.params, mnist_precision.operations.runs; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert imported.strip() == "[]"
 
 
 def test_the_train_stages_entry_imports_no_mlflow_before_it_trains():
-    probe = (f"import runpy, sys; runpy.run_path({str(REPO_ROOT / 'stages' / 'train.py')!r}, run_name='probe'); "
-             "print(sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.')))")
+    probe = (
+        f"import runpy, sys; runpy.run_path({str(REPO_ROOT / 'stages' / 'train.py')!r}, run_name='probe'); "
+        "print(sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.')))"
+    )
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert imported.strip() == "[]"

@@ -81,9 +81,9 @@ def test_no_two_modules_are_named_a_letter_apart():
         if abs(len(a) - len(b)) > 1:
             return False
         if len(a) == len(b):
-            return sum(x != y for x, y in zip(a, b)) == 1
+            return sum(x != y for x, y in zip(a, b, strict=True)) == 1
         short, long = sorted((a, b), key=len)
-        return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+        return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
     assert [(a, b) for a, b in itertools.combinations(names, 2) if a_letter_apart(a, b)] == []
 
@@ -92,5 +92,6 @@ def test_the_contract_catches_a_forbidden_import(tmp_path):
     """The reader sees imports inside functions and relative ones, as the contract needs."""
     module = tmp_path / "m.py"
     module.write_text("def f():\n    import mlflow.server\n    from ..analysis import stats\n")
-    assert {"mlflow.server", "mnist_precision.analysis", "mnist_precision.analysis.stats"} <= \
-        imports(module, "mnist_precision.core.m")
+    assert {"mlflow.server", "mnist_precision.analysis", "mnist_precision.analysis.stats"} <= imports(
+        module, "mnist_precision.core.m"
+    )

@@ -27,8 +27,9 @@ def test_every_field_dvc_plots_reads_is_a_defined_name():
             for ys in spec["y"].values():
                 fields |= set(ys if isinstance(ys, list) else [ys])
     assert len(fields) >= 8
-    assert fields <= NAMES | {m.underflow(v, b, s) for v in m.UNDERFLOW_VALUES for b in m.UNDERFLOW_BELOW
-                              for s in (False, True)}, fields - NAMES
+    assert fields <= NAMES | {
+        m.underflow(v, b, s) for v in m.UNDERFLOW_VALUES for b in m.UNDERFLOW_BELOW for s in (False, True)
+    }, fields - NAMES
 
 
 def test_the_numerics_of_an_epoch_are_named_by_metrics():
@@ -39,8 +40,15 @@ def test_the_numerics_of_an_epoch_are_named_by_metrics():
     diagnostics = Diagnostics(build_mlp([16]), every_steps=1)
     diagnostics.measure(step, model, torch.randn(8, 784), torch.randint(0, 10, (8,)), None, 1)
     figures = diagnostics.end_epoch().figures
-    expected = ({m.SAMPLED_STEPS, m.LOST_UPDATES}
-                | {m.underflow(v, b, s) for v in m.UNDERFLOW_VALUES for b in m.UNDERFLOW_BELOW for s in (False, True)
-                   if v != "weights" or not s}
-                | {f(layer) for layer in ("0", "1", "2") for f in (m.range_act_max, m.range_grad_max)})
+    expected = (
+        {m.SAMPLED_STEPS, m.LOST_UPDATES}
+        | {
+            m.underflow(v, b, s)
+            for v in m.UNDERFLOW_VALUES
+            for b in m.UNDERFLOW_BELOW
+            for s in (False, True)
+            if v != "weights" or not s
+        }
+        | {f(layer) for layer in ("0", "1", "2") for f in (m.range_act_max, m.range_grad_max)}
+    )
     assert set(figures) == expected

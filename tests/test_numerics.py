@@ -25,12 +25,20 @@ def one_epoch(mnist_data):
     data, test = load_split(mnist_data, "train"), load_split(mnist_data, "test")
 
     @functools.cache
-    def run(precision: str, loss_scale: str = "dynamic", optimizer: OptimizerChoice = SGD,
-            lr: float = 0.01) -> TrainResult:
+    def run(
+        precision: str, loss_scale: str = "dynamic", optimizer: OptimizerChoice = SGD, lr: float = 0.01
+    ) -> TrainResult:
         torch.manual_seed(0)
         model = build_mlp([256])
-        result = train(model, data, PrecisionPolicy(precision, "cpu", loss_scale),
-                       TrainParams(1, 64, lr, (256,), False), 0, diagnose_every=EVERY_STEPS, optimizer=optimizer)
+        result = train(
+            model,
+            data,
+            PrecisionPolicy(precision, "cpu", loss_scale),
+            TrainParams(1, 64, lr, (256,), False),
+            0,
+            diagnose_every=EVERY_STEPS,
+            optimizer=optimizer,
+        )
         result.test_accuracy = evaluate(model, test, PrecisionPolicy(precision, "cpu"), 1000).accuracy
         return result
 
@@ -52,8 +60,12 @@ def test_the_narrower_the_stored_weights_the_more_updates_are_lost(one_epoch):
 def test_without_a_loss_scale_fp16s_activation_gradients_underflow_at_least_as_often(one_epoch):
     unscaled = figures(one_epoch("fp16", "none"))
     scaled = figures(one_epoch("fp16", "dynamic"))
-    print("activation gradients below 2^-14 as the run holds them: none",
-          unscaled["underflow_act_grads_scaled_subnormal"], "dynamic", scaled["underflow_act_grads_scaled_subnormal"])
+    print(
+        "activation gradients below 2^-14 as the run holds them: none",
+        unscaled["underflow_act_grads_scaled_subnormal"],
+        "dynamic",
+        scaled["underflow_act_grads_scaled_subnormal"],
+    )
     for bound in ("flushed", "subnormal"):
         assert unscaled[f"underflow_act_grads_scaled_{bound}"] >= scaled[f"underflow_act_grads_scaled_{bound}"]
     # The scale is what moves them: without it, the values as held are the unscaled ones.

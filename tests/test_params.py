@@ -45,7 +45,11 @@ def test_every_precision_is_accepted(precision):
 @pytest.mark.parametrize(
     "key, value, expected",
     [
-        ("precision", "fp64", ["precision", "'fp64'", "fp32, fp16, bf16, fp16-true, bf16-true, fp16-true-sr, bf16-true-sr, tf32, fp8"]),
+        (
+            "precision",
+            "fp64",
+            ["precision", "'fp64'", "fp32, fp16, bf16, fp16-true, bf16-true, fp16-true-sr, bf16-true-sr, tf32, fp8"],
+        ),
         ("loss_scale", "static", ["loss_scale", "dynamic (the GradScaler), none (no scaling) or a fixed", "'static'"]),
         ("loss_scale", 0, ["loss_scale", "positive number", "0"]),
         ("loss_scale", True, ["loss_scale", "True"]),
@@ -113,12 +117,20 @@ def test_fp16_takes_any_loss_scale(loss_scale):
     assert parse(tree).loss_scale == (loss_scale if loss_scale == "none" else float(loss_scale))
 
 
-@pytest.mark.parametrize("precision, why", [
-    ("bf16", "bf16's exponent range is fp32's"), ("bf16-true", "bf16's exponent range is fp32's"),
-    ("fp16-true", "no fp32 master weights"), ("fp32", "not half precision"), ("fp8", "scales each float8 tensor")])
+@pytest.mark.parametrize(
+    "precision, why",
+    [
+        ("bf16", "bf16's exponent range is fp32's"),
+        ("bf16-true", "bf16's exponent range is fp32's"),
+        ("fp16-true", "no fp32 master weights"),
+        ("fp32", "not half precision"),
+        ("fp8", "scales each float8 tensor"),
+    ],
+)
 def test_a_loss_scale_is_refused_where_it_does_not_apply(precision, why):
-    with pytest.raises(ParamsError, match=f"loss_scale applies to fp16 only, got 'none' with precision {precision}"
-                                          f": .*{why}"):
+    with pytest.raises(
+        ParamsError, match=f"loss_scale applies to fp16 only, got 'none' with precision {precision}: .*{why}"
+    ):
         parse(with_value("precision", precision) | {"loss_scale": "none"})
     assert parse(with_value("precision", precision)).loss_scale == "dynamic"  # the default passes
 
@@ -133,24 +145,38 @@ def test_data_parallel_runs_of_unverified_precisions_are_refused(precision):
 
 def test_train_stage_refuses_bad_params_before_any_work(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("precision", "fp64")))
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "stages" / "train.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert "train: error: precision must be one of fp32, fp16, bf16, fp16-true, bf16-true, fp16-true-sr, bf16-true-sr, tf32, fp8; got 'fp64'" \
-        in result.stderr
+    assert (
+        "train: error: precision must be one of fp32, fp16, bf16, fp16-true, bf16-true, fp16-true-sr, bf16-true-sr, "
+        "tf32, fp8; got 'fp64'" in result.stderr
+    )
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no store, no outputs
 
 
-@pytest.mark.parametrize("precision, needs", [("tf32", "8.0 or newer (Ampere and later"),
-                                              ("fp8", "8.9 or newer (Ada Lovelace and Hopper")])
+@pytest.mark.parametrize(
+    "precision, needs", [("tf32", "8.0 or newer (Ampere and later"), ("fp8", "8.9 or newer (Ada Lovelace and Hopper")]
+)
 def test_gpu_only_precisions_are_refused_on_the_cpu_before_any_work(tmp_path, precision, needs):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("precision", precision) | {"device": "cpu"}))
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "train.py")], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "stages" / "train.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert f"train: error: precision {precision} runs only on NVIDIA GPUs of compute capability {needs}" \
-        in result.stderr
+    assert (
+        f"train: error: precision {precision} runs only on NVIDIA GPUs of compute capability {needs}" in result.stderr
+    )
     assert "this run's device is cpu: choose another precision (fp32, fp16, bf16)" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
@@ -175,10 +201,16 @@ def test_every_bad_value_is_reported_at_once():
         parse(tree)
     message = str(error.value)
     assert message.startswith("params.yaml has 8 problems:\n")
-    for fragment in ("precision must be one of", "missing the key 'seed'", "train.epochs must be an integer >= 1",
-                     "train.lr must be a positive number, got -1", "unknown key 'train.batchsize'",
-                     "optimizer must be one of sgd, adamw; got 'lamb'", "train.betas must be a list of two",
-                     "train.eps must be a positive number, got -1e-08"):
+    for fragment in (
+        "precision must be one of",
+        "missing the key 'seed'",
+        "train.epochs must be an integer >= 1",
+        "train.lr must be a positive number, got -1",
+        "unknown key 'train.batchsize'",
+        "optimizer must be one of sgd, adamw; got 'lamb'",
+        "train.betas must be a list of two",
+        "train.eps must be a positive number, got -1e-08",
+    ):
         assert fragment in message
 
 

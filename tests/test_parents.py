@@ -24,13 +24,26 @@ from mnist_precision.operations.ui import refuse_a_taken_port
 from mnist_precision.tracking.run_types import RUN_TYPE_TAG, VARIANT
 from mnist_precision.tracking.view import VIEW_KEY, VIEW_TAG, runs_table_address, save_view
 
-DEVICE = {"device_resolved": "cpu", "device_name": "AMD EPYC", "cpu_capability": "AVX2", "threads": "1",
-          "torch_version": "2.14.1"}
-RECIPE = {"train.hidden": "[256]", "train.batch_size": "64", "train.epochs": "1", "train.lr": "0.01",
-          "train.compile": "False", "optimizer": "sgd"}
+DEVICE = {
+    "device_resolved": "cpu",
+    "device_name": "AMD EPYC",
+    "cpu_capability": "AVX2",
+    "threads": "1",
+    "torch_version": "2.14.1",
+}
+RECIPE = {
+    "train.hidden": "[256]",
+    "train.batch_size": "64",
+    "train.epochs": "1",
+    "train.lr": "0.01",
+    "train.compile": "False",
+    "optimizer": "sgd",
+}
 # Per precision, per seed: (test accuracy, samples/s).
-SWEEP = {"fp32": [(0.950, 1000.0), (0.952, 1010.0), (0.951, 990.0)],
-         "fp16": [(0.951, 160.0), (0.952, 170.0), (0.950, 165.0)]}
+SWEEP = {
+    "fp32": [(0.950, 1000.0), (0.952, 1010.0), (0.951, 990.0)],
+    "fp16": [(0.951, 160.0), (0.952, 170.0), (0.950, 165.0)],
+}
 
 
 @pytest.fixture
@@ -41,8 +54,11 @@ def store(tmp_path) -> tuple[MlflowClient, str]:
         for seed, (accuracy, speed) in enumerate(seeds):
             run = client.create_run(experiment_id, run_name=f"{precision}-seed{seed}")
             params = DEVICE | RECIPE | {"precision": precision, "seed": str(seed)}
-            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()],
-                             metrics=[Metric(m.TEST_ACCURACY, accuracy, 0, 0), Metric(m.SAMPLES_PER_S, speed, 0, 0)])
+            client.log_batch(
+                run.info.run_id,
+                params=[Param(k, v) for k, v in params.items()],
+                metrics=[Metric(m.TEST_ACCURACY, accuracy, 0, 0), Metric(m.SAMPLES_PER_S, speed, 0, 0)],
+            )
             client.set_terminated(run.info.run_id)
     return client, experiment_id
 
@@ -64,7 +80,10 @@ def test_each_variant_gets_one_parent_with_its_verdict_and_its_seed_runs_beneath
     verdict = fp16.data.metrics
     assert verdict[m.VERDICT_SEEDS] == 3 and verdict[m.VERDICT_TEST_ACCURACY] == pytest.approx(0.951)
     assert verdict[m.VERDICT_ACCURACY_DIFFERENCE] == pytest.approx(0.0)
-    low, high = verdict[m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "low")], verdict[m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "high")]
+    low, high = (
+        verdict[m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "low")],
+        verdict[m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "high")],
+    )
     assert low < 0 < high and verdict[m.VERDICT_WITHIN_NOISE] == 1.0
     assert verdict[m.VERDICT_THROUGHPUT_RATIO] == pytest.approx(165 / 1000, rel=0.01)
     ratio_low = verdict[m.bound(m.VERDICT_THROUGHPUT_RATIO, "low")]
@@ -72,8 +91,11 @@ def test_each_variant_gets_one_parent_with_its_verdict_and_its_seed_runs_beneath
     description = fp16.data.tags[DESCRIPTION_TAG]
     assert description.startswith("fp16 against fp32 (sgd; 3 vs 3 seeds): test accuracy +0.0000 [")
     assert "within noise; throughput 0.16 [" in description
-    assert found["fp32"].data.tags[DESCRIPTION_TAG].startswith("fp32, the reference (sgd; 3 seeds): mean test "
-                                                               "accuracy 0.9510")
+    assert (
+        found["fp32"]
+        .data.tags[DESCRIPTION_TAG]
+        .startswith("fp32, the reference (sgd; 3 seeds): mean test accuracy 0.9510")
+    )
     for precision, parent in found.items():
         children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
         assert sorted(r.info.run_name for r in children) == [f"{precision}-seed{s}" for s in range(3)]
@@ -104,7 +126,9 @@ def test_a_second_report_updates_the_parents_and_never_counts_them_as_training_r
     update_parents(client, experiment_id, group_runs(collect(client, experiment_id)))
     single = parents(client, experiment_id)["fp16"].data
     assert math.isnan(single.metrics[m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "low")])
-    assert math.isnan(single.metrics[m.VERDICT_WITHIN_NOISE]) and "too few seeds to tell" in single.tags[DESCRIPTION_TAG]
+    assert (
+        math.isnan(single.metrics[m.VERDICT_WITHIN_NOISE]) and "too few seeds to tell" in single.tags[DESCRIPTION_TAG]
+    )
     # A parent left RUNNING (a report stopped between creating it and ending it) is no stale training run.
     client.update_run(first["fp16"], status="RUNNING")
     assert stale(client, experiment_id) == []
@@ -119,11 +143,16 @@ def test_the_saved_view_is_the_runs_table_with_precision_and_the_verdict(store):
     view = json.loads(tags[VIEW_TAG])
     assert view["name"] == "Precision verdict" and view["updatedAt"] >= view["createdAt"]
     state = json.loads(zlib.decompress(base64.b64decode(view["state"].removeprefix("deflate;"))))
-    assert state["selectedColumns"][:3] == ["params.`precision`", "params.`optimizer`",
-                                            f"metrics.`{m.VERDICT_ACCURACY_DIFFERENCE}`"]
+    assert state["selectedColumns"][:3] == [
+        "params.`precision`",
+        "params.`optimizer`",
+        f"metrics.`{m.VERDICT_ACCURACY_DIFFERENCE}`",
+    ]
     assert state["columnOrder"] == state["selectedColumns"] and state["orderByKey"] == "attributes.start_time"
-    assert runs_table_address("http://127.0.0.1:5000/", experiment_id) == \
-        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    assert (
+        runs_table_address("http://127.0.0.1:5000/", experiment_id)
+        == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    )
 
 
 def test_the_ui_refuses_a_port_another_server_holds():

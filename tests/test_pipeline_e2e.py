@@ -24,6 +24,7 @@ def project(tmp_path_factory, mnist_mirror) -> Project:
     # params.yaml's own thread budget, as a user runs it: the variants check it.
     return make_project(tmp_path_factory.mktemp("project"), mnist_mirror, threads="auto")
 
+
 MIN_TEST_ACCURACY = 0.90  # one epoch of the reference recipe reaches about 0.91
 NOTHING_RERUN = {"Stage 'train' didn't change, skipping", "Stage 'evaluate' didn't change, skipping"}
 
@@ -63,7 +64,7 @@ def test_repro_then_fp16_experiment(project):
     assert experiment.artifact_location == (project.root / "mlartifacts").as_uri()
     by_precision = {run.data.params["precision"]: run for run in runs}
     assert sorted(by_precision) == ["fp16", "fp32"] and len(runs) == 2
-    for precision, run in by_precision.items():
+    for run in by_precision.values():
         assert run.info.status == "FINISHED"
         assert run.data.params["device_resolved"] == "cpu"
         assert run.data.params["cpu_capability"] and run.data.params["cpu_features"]
@@ -71,8 +72,9 @@ def test_repro_then_fp16_experiment(project):
         assert run.data.metrics["test_accuracy"] >= MIN_TEST_ACCURACY
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]
         assert run.data.tags["git_commit"]
-        models = client.search_logged_models([experiment.experiment_id],
-                                             filter_string=f"source_run_id = '{run.info.run_id}'")
+        models = client.search_logged_models(
+            [experiment.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
         assert [m.name for m in models] == ["model"]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"params.yaml", "metrics", "plots"} <= artifacts
@@ -88,8 +90,10 @@ def test_repro_then_fp16_experiment(project):
     # A maintainer edits a module of core/, which train and evaluate import (download uses
     # one module of it), then one of analysis/, which no stage imports.
     package = project.root / "src" / "mnist_precision"
-    for module, rerun in ((package / "core" / "device.py", {"environment", "train", "evaluate"}),
-                          (package / "analysis" / "stats.py", {"environment"})):
+    for module, rerun in (
+        (package / "core" / "device.py", {"environment", "train", "evaluate"}),
+        (package / "analysis" / "stats.py", {"environment"}),
+    ):
         original = module.read_text()
         module.write_text(original + "\n# edited\n")
         try:
@@ -112,8 +116,9 @@ def test_another_cpu_capability_reruns_train_and_evaluate_and_the_first_comes_ba
     assert {"Running stage 'train':", "Running stage 'evaluate':"} <= set(out.splitlines()), out
     assert project.json("environment.json")["cpu_capability"] == "DEFAULT"
     client, _, runs = project.mlflow_runs()
-    assert sorted(run.data.params["cpu_capability"] for run in runs if run.data.params["precision"] == "fp32") == \
-        sorted([native, "DEFAULT"])
+    assert sorted(
+        run.data.params["cpu_capability"] for run in runs if run.data.params["precision"] == "fp32"
+    ) == sorted([native, "DEFAULT"])
 
     out = project.run("dvc", "repro").stdout  # back on this machine's own kernels
     assert "Stage 'train' is cached - skipping run, checking out outputs" in out, out  # its run, not a new one
@@ -123,8 +128,13 @@ def test_another_cpu_capability_reruns_train_and_evaluate_and_the_first_comes_ba
 
 # (precision, loss_scale, optimizer): every precision the CPU runs but fp32 (the
 # committed baseline), bf16 (the sweep's queued experiments) and fp8.
-CPU_VARIANTS = (("fp16-true", "dynamic", "sgd"), ("bf16-true", "dynamic", "sgd"), ("fp16", "none", "sgd"),
-                ("bf16-true-sr", "dynamic", "adamw"), ("fp16-true-sr", "dynamic", "sgd"))
+CPU_VARIANTS = (
+    ("fp16-true", "dynamic", "sgd"),
+    ("bf16-true", "dynamic", "sgd"),
+    ("fp16", "none", "sgd"),
+    ("bf16-true-sr", "dynamic", "adamw"),
+    ("fp16-true-sr", "dynamic", "sgd"),
+)
 # The plumbing of each variant, not its learning (test_numerics.py trains whole
 # epochs): 400 steps, sampled every 100, are enough for the numerics to show.
 SHORT = ("-S", "train.max_steps=400", "-S", "diagnostics.every_steps=100")
@@ -132,17 +142,33 @@ SHORT = ("-S", "train.max_steps=400", "-S", "diagnostics.every_steps=100")
 
 def test_every_variant_that_runs_on_the_cpu_runs_as_an_experiment(project):
     for precision, loss_scale, optimizer in CPU_VARIANTS:
-        project.run("dvc", "exp", "run", "--queue", "-S", f"precision={precision}", "-S", f"loss_scale={loss_scale}",
-                    "-S", f"optimizer={optimizer}", "-S", "seed=2", *SHORT)
+        project.run(
+            "dvc",
+            "exp",
+            "run",
+            "--queue",
+            "-S",
+            f"precision={precision}",
+            "-S",
+            f"loss_scale={loss_scale}",
+            "-S",
+            f"optimizer={optimizer}",
+            "-S",
+            "seed=2",
+            *SHORT,
+        )
     with running_queue(project, jobs=2):
         status = wait_for_queue(project, timeout=900)
     assert status.count("Success") == len(CPU_VARIANTS), status
 
     client, experiment, runs = project.mlflow_runs()
-    variants = {(run.data.params["precision"], run.data.params["loss_scale"], run.data.params["optimizer"]): run
-                for run in runs if run.data.params["seed"] == "2"}
+    variants = {
+        (run.data.params["precision"], run.data.params["loss_scale"], run.data.params["optimizer"]): run
+        for run in runs
+        if run.data.params["seed"] == "2"
+    }
     assert sorted(variants) == sorted(CPU_VARIANTS)
-    for (precision, loss_scale, optimizer), run in variants.items():
+    for (precision, _loss_scale, optimizer), run in variants.items():
         assert run.info.status == "FINISHED", precision
         assert run.data.metrics["test_accuracy"] >= 0.85, (precision, run.data.metrics["test_accuracy"])
         # 2 cores shared by the experiments running when it started (1 or 2 of them)
@@ -152,14 +178,20 @@ def test_every_variant_that_runs_on_the_cpu_runs_as_an_experiment(project):
         assert ("second_moment_flushed" in run.data.metrics) == (optimizer == "adamw")
         scales = client.get_metric_history(run.info.run_id, "loss_scale")
         assert [m.step for m in scales] == [100, 200, 300, 400] and {m.value for m in scales} == {1.0}
-        models = client.search_logged_models([experiment.experiment_id],
-                                             filter_string=f"source_run_id = '{run.info.run_id}'")
+        models = client.search_logged_models(
+            [experiment.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
         assert [m.name for m in models] == ["model"]
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/diagnostics.json", "plots/loss_scale.json", "plots/underflow_histogram.json"} <= plots
     dtypes = {precision: run.data.params["compute_dtype"] for (precision, _, _), run in variants.items()}
-    assert dtypes == {"fp16-true": "float16", "bf16-true": "bfloat16", "fp16": "float16",
-                      "bf16-true-sr": "bfloat16", "fp16-true-sr": "float16"}
+    assert dtypes == {
+        "fp16-true": "float16",
+        "bf16-true": "bfloat16",
+        "fp16": "float16",
+        "bf16-true-sr": "bfloat16",
+        "fp16-true-sr": "float16",
+    }
     # What rounding to half does to the stored weights' updates, measured in the real runs.
     metrics = {precision: run.data.metrics for (precision, _, _), run in variants.items()}
     # (fp16 keeps fp32 master weights.)

@@ -69,8 +69,13 @@ def test_a_loss_scale_elsewhere_is_refused_with_the_reason():
 
 @pytest.mark.parametrize("order", [("tf32", "fp32"), ("fp32", "tf32")])
 def test_the_policys_numerics_switch_tf32_and_put_the_flags_back(order):
-    flags = lambda: (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,  # noqa: E731
-                     torch.backends.cudnn.allow_tf32)
+    def flags() -> tuple:
+        return (
+            torch.get_float32_matmul_precision(),
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+        )
+
     before = flags()
     policies = [PrecisionPolicy(name, "cuda" if name == "tf32" else "cpu") for name in order]
     assert flags() == before  # building a policy changes nothing
@@ -95,7 +100,9 @@ def test_fp8_converts_the_linear_layers_that_fit_and_keeps_the_others():
 
 
 def test_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match="fp32, fp16, bf16, fp16-true, bf16-true, fp16-true-sr, bf16-true-sr, tf32, fp8"):
+    with pytest.raises(
+        ValueError, match="fp32, fp16, bf16, fp16-true, bf16-true, fp16-true-sr, bf16-true-sr, tf32, fp8"
+    ):
         PrecisionPolicy("fp64", "cpu")
 
 
@@ -144,8 +151,10 @@ def test_a_precision_without_native_support_on_this_cpu_is_named(monkeypatch):
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(device, "cpu_features", lambda: ("avx512f", "avx512_bf16"))  # an AMD EPYC of this project
-    assert device.missing_native_support(PRECISIONS["fp16"].native_on_cpu, cpu) == \
-        "this CPU has none of avx512_fp16, amx_fp16"
+    assert (
+        device.missing_native_support(PRECISIONS["fp16"].native_on_cpu, cpu)
+        == "this CPU has none of avx512_fp16, amx_fp16"
+    )
     assert device.missing_native_support(PRECISIONS["bf16"].native_on_cpu, cpu) is None
     assert device.missing_native_support(PRECISIONS["fp32"].native_on_cpu, cpu) is None
     monkeypatch.setattr(device, "cpu_features", lambda: ("avx512f", "amx_tile", "amx_bf16", "avx512_fp16"))

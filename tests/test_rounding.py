@@ -32,8 +32,20 @@ def spacing_above(value: float, dtype: torch.dtype) -> float:
 
 @pytest.mark.parametrize("dtype", HALF)
 def test_a_representable_value_rounds_to_itself(dtype):
-    values = torch.tensor([0.0, -0.0, 1.0, -2.5, 2.0**-20, torch.finfo(dtype).max, torch.finfo(dtype).tiny,
-                           2.0**-24 if dtype == torch.float16 else 2.0**-133, math.inf, -math.inf])
+    values = torch.tensor(
+        [
+            0.0,
+            -0.0,
+            1.0,
+            -2.5,
+            2.0**-20,
+            torch.finfo(dtype).max,
+            torch.finfo(dtype).tiny,
+            2.0**-24 if dtype == torch.float16 else 2.0**-133,
+            math.inf,
+            -math.inf,
+        ]
+    )
     rounded = stochastic_round(values.repeat(1000), dtype, torch.Generator().manual_seed(0))
     assert torch.equal(rounded.float(), values.to(dtype).float().repeat(1000))
     assert stochastic_round(torch.tensor([math.nan]), dtype, torch.Generator()).isnan().all()
@@ -82,14 +94,17 @@ def test_the_rounding_stream_is_the_runs_seed_and_comes_back_from_its_state():
     assert not torch.equal(other, drawn)
     # Not the stream the weights were initialised from with the same seed (that would bias the rounding).
     for seed in (0, 7):
-        assert not torch.equal(torch.rand(100, generator=rounding_generator(torch.device("cpu"), seed)),
-                               torch.rand(100, generator=torch.Generator().manual_seed(seed)))
+        assert not torch.equal(
+            torch.rand(100, generator=rounding_generator(torch.device("cpu"), seed)),
+            torch.rand(100, generator=torch.Generator().manual_seed(seed)),
+        )
 
 
 def test_the_stochastic_rounding_optimizer_keeps_weights_and_state_in_half():
     weight = torch.nn.Parameter(torch.ones(DRAWS, dtype=torch.bfloat16))
-    optimizer = StochasticRounding([weight], lambda tensors: torch_optimizer(tensors, 1e-3, ADAMW),
-                                   torch.Generator().manual_seed(0))
+    optimizer = StochasticRounding(
+        [weight], lambda tensors: torch_optimizer(tensors, 1e-3, ADAMW), torch.Generator().manual_seed(0)
+    )
     weight.grad = torch.full_like(weight, 1e-3)
     optimizer.step()
     assert weight.dtype == torch.bfloat16
@@ -123,8 +138,15 @@ def test_a_half_adamw_whose_eps_is_zero_is_named_with_a_value_that_survives():
 def test_a_diverging_half_adamw_says_which_numeric_cause_the_diagnostics_saw():
     torch.manual_seed(0)
     with pytest.raises(DivergenceError) as error:
-        train(build_mlp([32]), toy_split(), PrecisionPolicy("fp16-true", "cpu"), recipe(lr=1e-3), 0,
-              optimizer=ADAMW, diagnose_every=1)
+        train(
+            build_mlp([32]),
+            toy_split(),
+            PrecisionPolicy("fp16-true", "cpu"),
+            recipe(lr=1e-3),
+            0,
+            optimizer=ADAMW,
+            diagnose_every=1,
+        )
     message = str(error.value)
     assert "the numerics show AdamW's eps flushed to zero (train.eps=1e-08 is 0.0 in float16" in message
     assert "AdamW's second moment underflowed" in message and "lower train.lr" not in message
@@ -141,8 +163,10 @@ def test_a_second_moment_that_float16_flushes_is_named_as_the_cause():
         parameter.grad = torch.full_like(parameter, 1e-5)
     optimizer.step()
     [cause] = numeric_causes(policy, ADAMW, optimizer, diagnostics=None)
-    assert cause.startswith("AdamW's second moment underflowed (100.0% of the weights with a first moment have a "
-                            "second moment of 0 in float16, so their update is m / eps)")
+    assert cause.startswith(
+        "AdamW's second moment underflowed (100.0% of the weights with a first moment have a "
+        "second moment of 0 in float16, so their update is m / eps)"
+    )
     assert "or a train.eps that bounds the update, such as 6.1e-05" in cause
     fp32 = PrecisionPolicy("fp32", "cpu")
     assert numeric_causes(fp32, ADAMW, make_optimizer(torch.nn.Linear(4, 4), fp32, 1e-3, ADAMW), None) == ()

@@ -13,27 +13,40 @@ from mnist_precision.core.device import DeviceError, resolve_device
 from helpers import REPO_ROOT
 
 TRACKED = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
-TEXT = {name: (REPO_ROOT / name).read_text(errors="replace") for name in TRACKED
-        if (REPO_ROOT / name).is_file() and name.endswith((".py", ".md", ".sh", ".yaml", ".toml", "run"))}
+TEXT = {
+    name: (REPO_ROOT / name).read_text(errors="replace")
+    for name in TRACKED
+    if (REPO_ROOT / name).is_file() and name.endswith((".py", ".md", ".sh", ".yaml", ".toml", "run"))
+}
 
 
 def test_models_are_loaded_with_weights_only():
-    calls = [(name, line) for name, text in TEXT.items() if name.endswith(".py")
-             for line in text.splitlines() if re.search(r"torch\.load\(", line)]
+    calls = [
+        (name, line)
+        for name, text in TEXT.items()
+        if name.endswith(".py")
+        for line in text.splitlines()
+        if re.search(r"torch\.load\(", line)
+    ]
     assert calls, "expected the stages to load weights"
     assert all("weights_only=True" in line for _, line in calls), calls
 
 
 def test_every_mlflow_server_command_binds_to_loopback():
-    shell = [(name, command) for name, text in TEXT.items()
-             for command in re.findall(r"mlflow (?:server|ui)\b[^\n`]*", text.replace("\\\n", " "))
-             if "--backend-store-uri" in command]
-    python = [name for name, text in TEXT.items() if '"server", "--backend-store-uri"' in text]
+    shell = [
+        (name, command)
+        for name, text in TEXT.items()
+        for command in re.findall(r"mlflow (?:server|ui)\b[^\n`]*", text.replace("\\\n", " "))
+        if "--backend-store-uri" in command
+    ]
+    # The Python that starts one, its arguments on one line or spread over several.
+    flat = {name: re.sub(r"\s+", " ", text) for name, text in TEXT.items()}
+    python = [name for name, text in flat.items() if '"server", "--backend-store-uri"' in text]
     assert {"src/mnist_precision/operations/server.py", "src/mnist_precision/operations/ui.py"} <= set(python)
     assert all("--host 127.0.0.1" in command for _, command in shell), shell  # any a page spells out
     # A command may take the address from its caller only where 127.0.0.1 is the default.
     loopback = ('"--host", "127.0.0.1"', 'add_argument("--host", default="127.0.0.1"', 'Network("127.0.0.1"')
-    assert all(any(way in TEXT[name] for way in loopback) for name in python), python
+    assert all(any(way in flat[name] for way in loopback) for name in python), python
 
 
 def test_no_credentials_in_the_repository():

@@ -30,18 +30,24 @@ def s3(tmp_path_factory):
 def server(s3):
     """The file's one team server, its artifacts on S3 (moto) as a team in a cloud keeps them."""
     url, _ = s3
-    with served("mnist-precision-team-", lambda folder: ("--artifacts-destination", "s3://mlflow-e2e/team"),
-                env=clean_env() | ADMIN | S3_KEYS | {"MLFLOW_S3_ENDPOINT_URL": url}) as running:
+    with served(
+        "mnist-precision-team-",
+        lambda folder: ("--artifacts-destination", "s3://mlflow-e2e/team"),
+        env=clean_env() | ADMIN | S3_KEYS | {"MLFLOW_S3_ENDPOINT_URL": url},
+    ) as running:
         yield running
 
 
 def no_postgres_of(data: Path) -> bool:
-    return not [p for p in psutil.process_iter(["cmdline"]) if str(data / "postgres") in " ".join(p.info["cmdline"] or [])]
+    return not [
+        p for p in psutil.process_iter(["cmdline"]) if str(data / "postgres") in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 def test_without_credentials_the_server_refuses_to_start(tmp_path):
-    result = subprocess.run([CLI, "server", "--data", str(tmp_path / "data")], env=clean_env(),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [CLI, "server", "--data", str(tmp_path / "data")], env=clean_env(), capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the server's environment" in result.stderr
     assert not (tmp_path / "data" / "postgres").exists()
@@ -49,8 +55,13 @@ def test_without_credentials_the_server_refuses_to_start(tmp_path):
 
 def test_a_second_server_on_the_same_data_is_refused(server):
     data = Path(server.log.parent) / "data"
-    result = subprocess.run([CLI, "server", "--data", str(data), "--port", str(free_port())],
-                            env=clean_env() | ADMIN, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [CLI, "server", "--data", str(data), "--port", str(free_port())],
+        env=clean_env() | ADMIN,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert f"a server is already running on the data folder {data}" in result.stderr
 
@@ -71,8 +82,9 @@ def test_the_server_requires_the_admin_credentials(server):
         os.environ.update(env)
 
 
-def test_the_train_stage_logs_through_the_server_and_its_artifacts_land_on_s3(server, s3, tmp_path, mnist_data,
-                                                                              monkeypatch):
+def test_the_train_stage_logs_through_the_server_and_its_artifacts_land_on_s3(
+    server, s3, tmp_path, mnist_data, monkeypatch
+):
     import mlflow
 
     stage = Stage(tmp_path, mnist_data)
@@ -108,8 +120,10 @@ def test_the_train_stage_logs_through_the_server_and_its_artifacts_land_on_s3(se
     assert torch.equal(predicted, expected)
 
 
-@pytest.mark.parametrize("credentials", [{}, {"MLFLOW_TRACKING_USERNAME": "team-admin",
-                                               "MLFLOW_TRACKING_PASSWORD": "not-the-password-at-all"}])
+@pytest.mark.parametrize(
+    "credentials",
+    [{}, {"MLFLOW_TRACKING_USERNAME": "team-admin", "MLFLOW_TRACKING_PASSWORD": "not-the-password-at-all"}],
+)
 def test_wrong_or_missing_credentials_fail_before_training(server, tmp_path, mnist_data, credentials):
     result = Stage(tmp_path, mnist_data).run(MLFLOW_TRACKING_URI=server.uri, **credentials)
     assert result.returncode == 2
@@ -127,8 +141,7 @@ def test_sigterm_stops_every_component(server):
     assert "MLflow tracking server and PostgreSQL stopped" in server.log.read_text()
 
 
-def test_postgresql_stopped_mid_run_fails_the_stage_naming_the_server(reachable_tmp, tmp_path, mnist_data,
-                                                                     monkeypatch):
+def test_postgresql_stopped_mid_run_fails_the_stage_naming_the_server(reachable_tmp, tmp_path, mnist_data, monkeypatch):
     """The database goes away under a running stage: the stage fails with a
     message that names the tracking server, and no run claims FINISHED. A
     restart on the same data serves that run (the same cluster, database and
@@ -142,9 +155,13 @@ def test_postgresql_stopped_mid_run_fails_the_stage_naming_the_server(reachable_
     process = stage.start(MLFLOW_TRACKING_URI=server.uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", **ADMIN)
     try:
         wait_for_epoch(stage, 1, process, server.uri)
-        [postmaster] = [p for p in psutil.process_iter(["cmdline"])
-                        if (p.info["cmdline"] or [])[:1] and p.info["cmdline"][0].endswith("postgres")
-                        and str(reachable_tmp / "data" / "postgres") in p.info["cmdline"]]
+        [postmaster] = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [])[:1]
+            and p.info["cmdline"][0].endswith("postgres")
+            and str(reachable_tmp / "data" / "postgres") in p.info["cmdline"]
+        ]
         postmaster.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
         out, err = process.communicate(timeout=600)
     finally:

@@ -36,17 +36,31 @@ FAILURES = 6
 
 @pytest.fixture(scope="module")
 def server():
-    options = ("--login-failures", str(FAILURES), "--login-lockout-seconds", str(LOCKOUT_S),
-               "--cors-origin", "https://dashboard.team.example")
+    options = (
+        "--login-failures",
+        str(FAILURES),
+        "--login-lockout-seconds",
+        str(LOCKOUT_S),
+        "--cors-origin",
+        "https://dashboard.team.example",
+    )
     with served("mnist-precision-guard-", lambda folder: options) as running:
-        status, _, _ = call(running, "POST", "/api/2.0/mlflow/users/create", ADMIN_USER,
-                            {"username": EVE[0], "password": EVE[1]})
+        status, _, _ = call(
+            running, "POST", "/api/2.0/mlflow/users/create", ADMIN_USER, {"username": EVE[0], "password": EVE[1]}
+        )
         assert status == 200
         yield running
 
 
-def call(server, method: str, path: str, user: tuple[str, str] | None = None, body: dict | None = None,
-         headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Message, str]:
+def call(
+    server,
+    method: str,
+    path: str,
+    user: tuple[str, str] | None = None,
+    body: dict | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> tuple[int, Message, str]:
     """The status, the headers (names in any case) and the text of one request."""
     headers = dict(headers or {})
     if user:
@@ -86,10 +100,15 @@ def fake_model(marker: Path) -> Iterator[tuple[str, list[str]]]:
             if any(message.get("role") == "tool" for message in sent["messages"]):
                 frames = [sse_frame({"choices": [{"delta": {"content": "done"}, "finish_reason": "stop"}]})]
             else:
-                call = {"index": 0, "id": "call-1", "function": {
-                    "name": "Bash", "arguments": json.dumps({"command": f"id > {marker}"})}}
-                frames = [sse_frame({"choices": [{"delta": {"tool_calls": [call]}}]}),
-                          sse_frame({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]})]
+                call = {
+                    "index": 0,
+                    "id": "call-1",
+                    "function": {"name": "Bash", "arguments": json.dumps({"command": f"id > {marker}"})},
+                }
+                frames = [
+                    sse_frame({"choices": [{"delta": {"tool_calls": [call]}}]}),
+                    sse_frame({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}),
+                ]
             self.answer("text/event-stream", b"".join(frames) + sse_frame("[DONE]"))
 
         def answer(self, kind: str, body: bytes):
@@ -116,17 +135,33 @@ def test_a_user_with_no_grants_cannot_make_the_server_run_a_command(server, reac
     """The published exploit, step by step: each step is refused, nothing runs, nothing is written."""
     marker, skills = reachable_tmp / "owned", reachable_tmp / "skills"
     with fake_model(marker) as (url, requests):
-        config = {"providers": {"ollama": {"model": "fake", "selected": True, "base_url": url,
-                                           "permissions": {"full_access": full_access}}}}
+        config = {
+            "providers": {
+                "ollama": {
+                    "model": "fake",
+                    "selected": True,
+                    "base_url": url,
+                    "permissions": {"full_access": full_access},
+                }
+            }
+        }
         answers = [call(server, "PUT", f"{ASSISTANT}/config", EVE, config)]
         answers.append(call(server, "POST", f"{ASSISTANT}/message", EVE, {"message": "run id"}))
         session = json.loads(answers[-1][2]).get("session_id", "none") if answers[-1][0] == 200 else "none"
         answers.append(call(server, "GET", f"{ASSISTANT}/sessions/{session}/stream", EVE))
-        answers.append(call(server, "POST", f"{ASSISTANT}/sessions/{session}/permission", EVE,
-                            {"request_id": "call-1", "decision": "allow"}))
+        answers.append(
+            call(
+                server,
+                "POST",
+                f"{ASSISTANT}/sessions/{session}/permission",
+                EVE,
+                {"request_id": "call-1", "decision": "allow"},
+            )
+        )
         answers.append(call(server, "GET", f"{ASSISTANT}/sessions/{session}/stream", EVE))
-        answers.append(call(server, "POST", f"{ASSISTANT}/skills/install", EVE,
-                            {"type": "custom", "custom_path": str(skills)}))
+        answers.append(
+            call(server, "POST", f"{ASSISTANT}/skills/install", EVE, {"type": "custom", "custom_path": str(skills)})
+        )
     assert not marker.exists() and not skills.exists()
     assert requests == []  # the server never reached the endpoint she named
     assert [status for status, _, _ in answers] == [403] * 6
@@ -135,8 +170,12 @@ def test_a_user_with_no_grants_cannot_make_the_server_run_a_command(server, reac
 
 
 def test_the_user_list_and_permission_maps_are_for_admins_only(server):
-    for path in ("/api/2.0/mlflow/users/list", "/api/3.0/mlflow/users/permissions/list?username=team-admin",
-                 f"/api/2.0/mlflow/users/get?username={ADMIN_USER[0]}", "/api/3.0/mlflow/roles/list"):
+    for path in (
+        "/api/2.0/mlflow/users/list",
+        "/api/3.0/mlflow/users/permissions/list?username=team-admin",
+        f"/api/2.0/mlflow/users/get?username={ADMIN_USER[0]}",
+        "/api/3.0/mlflow/roles/list",
+    ):
         status, _, text = call(server, "GET", path, EVE)
         assert status == 403 and "for the server's admins only" in text, path
     status, _, text = call(server, "GET", "/api/2.0/mlflow/users/list", ADMIN_USER)
@@ -162,8 +201,9 @@ def test_cors_grants_only_the_servers_own_origin_and_the_named_one(server):
 
 
 def test_a_bearer_header_is_answered_401_not_a_server_error(server):
-    status, headers, text = call(server, "GET", "/api/2.0/mlflow/experiments/search?max_results=1",
-                                 headers={"Authorization": "Bearer x"})
+    status, headers, text = call(
+        server, "GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Authorization": "Bearer x"}
+    )
     assert status == 401 and headers.get("WWW-Authenticate") == 'Basic realm="mlflow"'
     assert "basic authentication only" in text
     assert "Traceback" not in server.log.read_text()
@@ -173,8 +213,9 @@ def wrong_login_seconds(server, name: str) -> float:
     times = []
     for attempt in range(5):
         started = time.perf_counter()
-        status, _, _ = call(server, "GET", "/api/2.0/mlflow/experiments/search?max_results=1",
-                            (name, f"wrong-password-{attempt}"))
+        status, _, _ = call(
+            server, "GET", "/api/2.0/mlflow/experiments/search?max_results=1", (name, f"wrong-password-{attempt}")
+        )
         times.append(time.perf_counter() - started)
         assert status == 401
     return statistics.median(times)
@@ -187,8 +228,10 @@ def test_a_wrong_password_costs_the_same_whether_the_user_exists_or_not(server):
 
 def test_repeated_failures_are_refused_for_a_while_then_the_right_password_works(server):
     user = ("guessed", "the-right-password-3321")
-    assert call(server, "POST", "/api/2.0/mlflow/users/create", ADMIN_USER,
-                {"username": user[0], "password": user[1]})[0] == 200
+    assert (
+        call(server, "POST", "/api/2.0/mlflow/users/create", ADMIN_USER, {"username": user[0], "password": user[1]})[0]
+        == 200
+    )
     search = "/api/2.0/mlflow/experiments/search?max_results=1"
     codes = [call(server, "GET", search, (user[0], f"guess-{n}"))[0] for n in range(FAILURES + 1)]
     assert codes == [401] * FAILURES + [429]
@@ -221,8 +264,13 @@ def test_every_route_answers_without_credentials_as_classified(server):
 def test_an_experiment_cannot_point_the_server_at_files_of_its_creators_choosing(server, reachable_tmp):
     """With an artifact location of her own, a user had the server write (upload-artifact) and read files there."""
     target = reachable_tmp / "elsewhere"
-    status, _, text = call(server, "POST", "/api/2.0/mlflow/experiments/create", EVE,
-                           {"name": "eves-experiment", "artifact_location": f"file://{target}"})
+    status, _, text = call(
+        server,
+        "POST",
+        "/api/2.0/mlflow/experiments/create",
+        EVE,
+        {"name": "eves-experiment", "artifact_location": f"file://{target}"},
+    )
     assert status == 403 and "create it without artifact_location" in text
     status, _, text = call(server, "POST", "/api/2.0/mlflow/experiments/create", EVE, {"name": "eves-experiment"})
     assert status == 200

@@ -28,9 +28,10 @@ def test_tls_takes_a_certificate_and_its_key(tmp_path):
     key.write_text("-----BEGIN PRIVATE KEY-----\n")
     served = network("0.0.0.0", 5443, cert, key, insecure_http=False)
     assert served.url == "https://127.0.0.1:5443"
-    assert served.uvicorn_options() == ["--uvicorn-opts",
-                                        f"--no-proxy-headers --timeout-graceful-shutdown 5 "
-                                        f"--ssl-certfile {cert} --ssl-keyfile {key}"]
+    assert served.uvicorn_options() == [
+        "--uvicorn-opts",
+        f"--no-proxy-headers --timeout-graceful-shutdown 5 --ssl-certfile {cert} --ssl-keyfile {key}",
+    ]
 
 
 def test_the_allowed_host_names_follow_the_address_served():
@@ -52,20 +53,29 @@ def test_a_negative_auth_cache_is_refused_before_anything_starts(tmp_path, capsy
 
 
 def test_other_cors_origins_are_origins_not_urls():
-    named = network("127.0.0.1", 5000, None, None, insecure_http=False,
-                    cors_origins=("https://dashboard.team.example:8443",))
+    named = network(
+        "127.0.0.1", 5000, None, None, insecure_http=False, cors_origins=("https://dashboard.team.example:8443",)
+    )
     assert named.cors_origins == ("https://dashboard.team.example:8443",)
-    with pytest.raises(ServerError, match=r"--cors-origin takes an origin such as https://dashboard.team.example"
-                                          r":8443 \(a scheme, a host and an optional port, no path\): not "
-                                          r"'https://dashboard.team.example/page'"):
-        network("127.0.0.1", 5000, None, None, insecure_http=False, cors_origins=("https://dashboard.team.example/page",))
+    with pytest.raises(
+        ServerError,
+        match=r"--cors-origin takes an origin such as https://dashboard.team.example"
+        r":8443 \(a scheme, a host and an optional port, no path\): not "
+        r"'https://dashboard.team.example/page'",
+    ):
+        network(
+            "127.0.0.1", 5000, None, None, insecure_http=False, cors_origins=("https://dashboard.team.example/page",)
+        )
 
 
 def test_started_as_root_without_the_service_user_the_server_names_the_command_that_creates_it(monkeypatch):
     monkeypatch.setattr("os.geteuid", lambda: 0)
-    with pytest.raises(ServerError, match=r"there is no `no-such-service-user` user: run the server as another user, "
-                                          r"or create it \(useradd --system --home-dir /nonexistent --shell "
-                                          r"/usr/sbin/nologin no-such-service-user\)"):
+    with pytest.raises(
+        ServerError,
+        match=r"there is no `no-such-service-user` user: run the server as another user, "
+        r"or create it \(useradd --system --home-dir /nonexistent --shell "
+        r"/usr/sbin/nologin no-such-service-user\)",
+    ):
         service_user("no-such-service-user", "the MLflow server runs as an unprivileged user when started as root")
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     assert service_user("no-such-service-user", "unused") is None  # not root: it runs as the caller

@@ -42,8 +42,9 @@ print(json.dumps([[route.method, route.path] for route in served_routes(auth.cre
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> list[Route]:
     folder = tmp_path_factory.mktemp("routes")
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", PROBE, str(folder)], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", PROBE, str(folder)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return [Route(method, path) for method, path in json.loads(result.stdout.splitlines()[-1])]
 
@@ -82,11 +83,15 @@ def test_a_route_without_a_class_stops_the_server_naming_it():
 
 def test_templates_match_their_parameters_as_their_frameworks_do():
     assert template_pattern("/ajax-api/2.0/mlflow-artifacts/artifacts/<path:artifact_path>").fullmatch(
-        "/ajax-api/2.0/mlflow-artifacts/artifacts/a/b/c")
-    assert template_pattern("/ajax-api/2.0/mlflow/webhooks/<webhook_id>").fullmatch(
-        "/ajax-api/2.0/mlflow/webhooks/a/b") is None
+        "/ajax-api/2.0/mlflow-artifacts/artifacts/a/b/c"
+    )
+    assert (
+        template_pattern("/ajax-api/2.0/mlflow/webhooks/<webhook_id>").fullmatch("/ajax-api/2.0/mlflow/webhooks/a/b")
+        is None
+    )
     assert template_pattern("/gateway/gemini/v1beta/models/{endpoint_name}:generateContent").fullmatch(
-        "/gateway/gemini/v1beta/models/m1:generateContent")
+        "/gateway/gemini/v1beta/models/m1:generateContent"
+    )
     assert template_pattern("/gateway/proxy/{endpoint_name}/{path:path}").fullmatch("/gateway/proxy/e/a/b")
 
 
@@ -120,8 +125,10 @@ def test_credentials_are_basic_or_none():
 
 def test_the_settings_come_from_the_auth_ini(tmp_path):
     ini = tmp_path / "auth.ini"
-    ini.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n\n[mnist-precision]\n"
-                   "cors_origins = https://a.example https://b.example:8443\nlogin_failures = 4\n"
-                   "login_window_seconds = 60\nlogin_lockout_seconds = 9\n")
+    ini.write_text(
+        "[mlflow]\ndefault_permission = NO_PERMISSIONS\n\n[mnist-precision]\n"
+        "cors_origins = https://a.example https://b.example:8443\nlogin_failures = 4\n"
+        "login_window_seconds = 60\nlogin_lockout_seconds = 9\n"
+    )
     assert Settings.from_ini(str(ini)) == Settings(("https://a.example", "https://b.example:8443"), 4, 60.0, 9.0)
     assert Settings.from_ini(None) == Settings()

@@ -28,9 +28,28 @@ STRANGER = ("stranger", "a-strangers-password-3390")
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -49,8 +68,12 @@ def tls_server():
 
 
 def as_user(user: tuple[str, str], server) -> dict[str, str]:
-    return {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_TRACKING_USERNAME": user[0],
-            "MLFLOW_TRACKING_PASSWORD": user[1], "MLFLOW_TRACKING_SERVER_CERT_PATH": str(server.cert)}
+    return {
+        "MLFLOW_TRACKING_URI": server.uri,
+        "MLFLOW_TRACKING_USERNAME": user[0],
+        "MLFLOW_TRACKING_PASSWORD": user[1],
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(server.cert),
+    }
 
 
 def client_as(user: tuple[str, str], server, monkeypatch):
@@ -62,14 +85,24 @@ def client_as(user: tuple[str, str], server, monkeypatch):
 
 
 def users(server, *args: str, password: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, "server", "users", *args], input=f"{password}\n" if password else "",
-                          env=clean_env() | as_user(tuple(ADMIN.values()), server), capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [CLI, "server", "users", *args],
+        input=f"{password}\n" if password else "",
+        env=clean_env() | as_user(tuple(ADMIN.values()), server),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_plain_http_beyond_loopback_is_refused_naming_both_ways_out(tmp_path):
-    result = subprocess.run([CLI, "server", "--data", str(tmp_path / "data"), "--host", "0.0.0.0"],
-                            env=clean_env() | ADMIN, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [CLI, "server", "--data", str(tmp_path / "data"), "--host", "0.0.0.0"],
+        env=clean_env() | ADMIN,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "refusing to serve on 0.0.0.0 over plain HTTP" in result.stderr and "in the clear" in result.stderr
     assert "--tls-cert FILE --tls-key FILE" in result.stderr and "--insecure-http" in result.stderr
@@ -95,8 +128,9 @@ def test_a_client_without_the_ca_fails_before_training_naming_the_variable(tls_s
     assert "epoch" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_reader_reads_and_is_refused_logging_and_a_stranger_sees_nothing(tls_server, tmp_path, mnist_data,
-                                                                            monkeypatch):
+def test_a_reader_reads_and_is_refused_logging_and_a_stranger_sees_nothing(
+    tls_server, tmp_path, mnist_data, monkeypatch
+):
     for name, password in (READER, STRANGER):
         added = users(tls_server, "add", name, password=password)
         assert added.returncode == 0, added.stderr
@@ -109,22 +143,28 @@ def test_a_reader_reads_and_is_refused_logging_and_a_stranger_sees_nothing(tls_s
     assert experiment is not None and reader.search_runs([experiment.experiment_id])  # READ: it sees the runs
     result = Stage(tmp_path, mnist_data, train={"max_steps": 5}).run(**as_user(READER, tls_server))
     assert result.returncode == 2
-    assert "refused user 'reader' (HTTP 403): logging a run needs the EDIT permission on 'mnist-precision'" \
+    assert (
+        "refused user 'reader' (HTTP 403): logging a run needs the EDIT permission on 'mnist-precision'"
         in result.stderr
+    )
     assert "mnist-precision server users grant reader mnist-precision EDIT" in result.stderr
 
     stranger = client_as(STRANGER, tls_server, monkeypatch)
     assert "mnist-precision" not in [e.name for e in stranger.search_experiments()]  # no grant: not visible
 
 
-def request(server, path: str, host: str | None = None,
-            user: tuple[str, str] = tuple(ADMIN.values())) -> urllib.response.addinfourl | urllib.error.HTTPError:
+def request(
+    server, path: str, host: str | None = None, user: tuple[str, str] = tuple(ADMIN.values())
+) -> urllib.response.addinfourl | urllib.error.HTTPError:
     headers = {"Authorization": "Basic " + base64.b64encode(":".join(user).encode()).decode()}
     if host:
         headers["Host"] = host
     try:
-        return urllib.request.urlopen(urllib.request.Request(server.uri + path, headers=headers), timeout=10,
-                                      context=ssl.create_default_context(cafile=str(server.cert)))
+        return urllib.request.urlopen(
+            urllib.request.Request(server.uri + path, headers=headers),
+            timeout=10,
+            context=ssl.create_default_context(cafile=str(server.cert)),
+        )
     except urllib.error.HTTPError as error:
         return error
 
@@ -135,14 +175,18 @@ def test_a_foreign_host_header_and_wrong_credentials_are_refused_and_tls_sends_h
     assert answer.status == 200 and answer.headers["Strict-Transport-Security"] == "max-age=31536000"
     assert request(tls_server, search, host="rebinding.example.com").status in (400, 403)
     # Below the login throttle's default of 10 failures (test_server_guard_e2e.py tests the throttle).
-    codes = {request(tls_server, search, user=("wrong-user", "wrong-password-%d" % i)).status for i in range(6)}
+    codes = {request(tls_server, search, user=("wrong-user", f"wrong-password-{i}")).status for i in range(6)}
     assert codes == {401}
 
 
 def test_no_secret_where_it_does_not_belong(tls_server, monkeypatch):
     data = tls_server.log.parent / "data"
-    secrets = [ADMIN["MLFLOW_TRACKING_PASSWORD"], READER[1], STRANGER[1],
-               (data / "secrets" / "postgres-password").read_text().strip()]
+    secrets = [
+        ADMIN["MLFLOW_TRACKING_PASSWORD"],
+        READER[1],
+        STRANGER[1],
+        (data / "secrets" / "postgres-password").read_text().strip(),
+    ]
     command_lines = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
     assert not [line for line in command_lines for secret in secrets if secret in line]  # `ps`
     logs = [path.read_text(errors="replace") for path in (data / "logs").iterdir()] + [tls_server.log.read_text()]
@@ -157,8 +201,11 @@ def test_no_secret_where_it_does_not_belong(tls_server, monkeypatch):
     # Least privilege: MLflow runs as its service user, with no secret it does not need in its environment,
     # and what it keeps (artifacts, its home with the pgpass file) and the logs are closed to other accounts.
     service = pwd.getpwnam("mlflow")
-    mlflow_processes = [process for process in tls_server.descendants() if "mlflow" in " ".join(process.cmdline())
-                        and process.username() != "postgres"]
+    mlflow_processes = [
+        process
+        for process in tls_server.descendants()
+        if "mlflow" in " ".join(process.cmdline()) and process.username() != "postgres"
+    ]
     assert mlflow_processes and {process.uids().effective for process in mlflow_processes} == {service.pw_uid}
     for process in mlflow_processes:
         environment = Path(f"/proc/{process.pid}/environ").read_bytes().decode(errors="replace")

@@ -77,8 +77,17 @@ def swept(tmp_path_factory, mnist_mirror) -> Sweep:
     project = make_project(tmp_path_factory.mktemp("sweep"), mnist_mirror)
     # One thread each, set: the report compares throughput within one thread count
     # only, and the budget's count depends on which experiments overlap.
-    project.run("dvc", "exp", "run", "--queue", "-S", f"precision={','.join(PRECISIONS)}",
-                "-S", f"seed={','.join(map(str, SEEDS))}", *SETTINGS)
+    project.run(
+        "dvc",
+        "exp",
+        "run",
+        "--queue",
+        "-S",
+        f"precision={','.join(PRECISIONS)}",
+        "-S",
+        f"seed={','.join(map(str, SEEDS))}",
+        *SETTINGS,
+    )
     with running_queue(project, jobs=2):
         killed = kill_a_training_midway(project)
         first = wait_for_queue(project, timeout=1200)
@@ -87,8 +96,17 @@ def swept(tmp_path_factory, mnist_mirror) -> Sweep:
 
     # What a user does: drop the failed task, queue its params again, start the queue again.
     project.run("dvc", "queue", "remove", "--failed")
-    project.run("dvc", "exp", "run", "--queue", "-S", f"precision={params['precision']}",
-                "-S", f"seed={params['seed']}", *SETTINGS)
+    project.run(
+        "dvc",
+        "exp",
+        "run",
+        "--queue",
+        "-S",
+        f"precision={params['precision']}",
+        "-S",
+        f"seed={params['seed']}",
+        *SETTINGS,
+    )
     with running_queue(project, jobs=2):
         rerun = wait_for_queue(project, timeout=600)
     return Sweep(project, killed, first, rerun)
@@ -103,8 +121,9 @@ def test_twelve_experiments_on_two_workers_one_killed_midway_and_run_again_lose_
     assert dead.info.status == "KILLED" and "hard crash" in dead.data.tags["killed_reason"]
 
     finished = [run for run in runs if run.info.status == "FINISHED"]
-    assert sorted((r.data.params["precision"], int(r.data.params["seed"])) for r in finished) == \
-        sorted((p, s) for p in PRECISIONS for s in SEEDS)
+    assert sorted((r.data.params["precision"], int(r.data.params["seed"])) for r in finished) == sorted(
+        (p, s) for p in PRECISIONS for s in SEEDS
+    )
     mlartifacts = (swept.project.root / "mlartifacts").as_uri()
     for run in finished:
         assert run.data.metrics["test_accuracy"] >= MIN_TEST_ACCURACY
@@ -141,16 +160,19 @@ def test_dvc_exp_show_lists_precision_seed_accuracy_and_throughput(project):
 
 def test_report_compares_each_reduced_precision_with_fp32(project):
     # A crossover map of this machine (a small grid), which the report cites.
-    mapped = project.run("mnist-precision", "crossover", "--budget", "8", "--widths", "32,128", "--batches", "16,64",
-                         "--threads", "1")
+    mapped = project.run(
+        "mnist-precision", "crossover", "--budget", "8", "--widths", "32,128", "--batches", "16,64", "--threads", "1"
+    )
     assert "Logged as benchmark run" in mapped.stdout
     for name in ("crossover.md", "crossover.json", *(f"crossover-{p}.png" for p in ("fp16", "bf16", "fp16-true"))):
         assert (project.root / "reports" / name).is_file(), name
     result = project.run("mnist-precision", "report")
     assert "| fp16 | 4 vs 4 |" in result.stdout  # the verdict table, in the terminal
     # What the device offers for each precision, beside the group.
-    assert (f"{torch.backends.cpu.get_cpu_capability()}, features {','.join(cpu_features()) or 'none'}, 1 threads; "
-            f"torch {torch.__version__})") in result.stdout
+    assert (
+        f"{torch.backends.cpu.get_cpu_capability()}, features {','.join(cpu_features()) or 'none'}, 1 threads; "
+        f"torch {torch.__version__})"
+    ) in result.stdout
     report = (project.root / "reports" / "precision.md").read_text()
     verdict = report.split("### Verdict", 1)[1].split("###", 1)[0]
     rows = [line for line in verdict.splitlines() if line.startswith("| fp16") or line.startswith("| bf16")]
@@ -159,9 +181,16 @@ def test_report_compares_each_reduced_precision_with_fp32(project):
     assert all("[" in row for row in rows)  # an interval, not a bare estimate
     assert "from 12 finished runs" in report  # the killed run is not one of them
     figures = sorted((project.root / "reports").glob("group*.png"))
-    assert [f.name for f in figures] == ["group1-accuracy.png", "group1-costs.png", "group1-loss-scale.png",
-                                         "group1-loss.png", "group1-lost-updates.png", "group1-second-moment.png",
-                                         "group1-underflow.png", "group1-update-bias.png"]
+    assert [f.name for f in figures] == [
+        "group1-accuracy.png",
+        "group1-costs.png",
+        "group1-loss-scale.png",
+        "group1-loss.png",
+        "group1-lost-updates.png",
+        "group1-second-moment.png",
+        "group1-underflow.png",
+        "group1-update-bias.png",
+    ]
     claims = report.split("## The claims, measured", 1)[1].split("## Group 1", 1)[0]
     assert "**Half precision halves storage.**\n- Yes, on cpu (" in claims
     assert "- On a GPU: not measured, no GPU runs or crossover map in this store" in claims and "fp16 0." in claims
@@ -184,18 +213,26 @@ def test_report_compares_each_reduced_precision_with_fp32(project):
     [benchmark] = client.search_runs([client.get_experiment_by_name("mnist-precision-benchmarks").experiment_id])
     assert benchmark.data.tags["mnist_precision.run_type"] == "benchmark"
     assert {a.path for a in client.list_artifacts(benchmark.info.run_id, "crossover")} >= {
-        "crossover/crossover.json", "crossover/crossover.md", "crossover/crossover-bf16.png"}
+        "crossover/crossover.json",
+        "crossover/crossover.md",
+        "crossover/crossover-bf16.png",
+    }
     summaries = client.search_runs([client.get_experiment_by_name("mnist-precision-reports").experiment_id])
     assert len(summaries) == 1
     assert summaries[0].data.tags["mnist_precision.run_type"] == "summary"
     assert {a.path for a in client.list_artifacts(summaries[0].info.run_id, "report")} == {
-        "report/precision.md", *(f"report/{f.name}" for f in figures)}
+        "report/precision.md",
+        *(f"report/{f.name}" for f in figures),
+    }
 
 
 def test_report_says_when_there_are_too_few_seeds(project, tmp_path):
     client, experiment, runs = project.mlflow_runs()
-    others = [r for r in runs if r.data.params["seed"] != "0" and r.data.params["precision"] == "fp16"
-              and r.info.status == "FINISHED"]
+    others = [
+        r
+        for r in runs
+        if r.data.params["seed"] != "0" and r.data.params["precision"] == "fp16" and r.info.status == "FINISHED"
+    ]
     for run in others:
         client.delete_run(run.info.run_id)
     try:
@@ -211,8 +248,14 @@ def test_report_says_when_there_are_too_few_seeds(project, tmp_path):
 def ui(project) -> Iterator[str]:
     """`mnist-precision ui`, as the README says, on a free port: the address it
     prints. Stopped with Ctrl-C (SIGINT) after the test, its server with it."""
-    process = subprocess.Popen([CLI, "ui", "--port", str(free_port())], cwd=project.root, env=project.env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [CLI, "ui", "--port", str(free_port())],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         printed = process.stdout.readline()
         assert "(Ctrl-C stops it)" in printed, process.communicate(timeout=60)
@@ -224,8 +267,15 @@ def ui(project) -> Iterator[str]:
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def center_row(page, run_name: str):
@@ -246,8 +296,12 @@ def test_the_readme_address_opens_the_runs_table_with_each_variant_verdict_over_
     # The report again (the report tests made the parents): the parents are updated, never added.
     project.run("mnist-precision", "report", "--out", str(tmp_path / "again.md"))
     client, experiment, runs = project.mlflow_runs()
-    parents = {run.data.params["precision"]: run for run in client.search_runs(
-        [experiment.experiment_id], filter_string="tags.`mnist_precision.run_type` = 'variant'")}
+    parents = {
+        run.data.params["precision"]: run
+        for run in client.search_runs(
+            [experiment.experiment_id], filter_string="tags.`mnist_precision.run_type` = 'variant'"
+        )
+    }
     assert sorted(parents) == sorted(PRECISIONS) and len(runs) == 13
     fp16 = parents["fp16"]
     assert fp16.info.run_name == "fp16: 4 seeds, sgd" and fp16.data.metrics["verdict_seeds"] == 4
@@ -263,7 +317,7 @@ def test_the_readme_address_opens_the_runs_table_with_each_variant_verdict_over_
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(ui)
             expect(page.get_by_role("columnheader", name="precision").first).to_be_visible(timeout=60_000)
-            for precision, parent in parents.items():
+            for parent in parents.values():
                 expect(page.get_by_text(parent.info.run_name, exact=True)).to_be_visible()
             for child in children:  # beneath their parent, folded
                 expect(page.get_by_text(child.info.run_name, exact=True)).to_have_count(0)
@@ -316,8 +370,10 @@ def test_mlflow_ui_lists_and_compares_the_runs_in_a_real_browser(project, ui):
 
             # The comparison's test_accuracy (the compare page's metric grid renders
             # only the rows in view; this is where its test_accuracy link leads).
-            page.goto(f'{server}/#/metric?runs={ids}&metric="test_accuracy"&experiments={experiments}'
-                      '&plot_metric_keys=["test_accuracy"]')
+            page.goto(
+                f'{server}/#/metric?runs={ids}&metric="test_accuracy"&experiments={experiments}'
+                '&plot_metric_keys=["test_accuracy"]'
+            )
             for run in (fp32, fp16):
                 row = page.get_by_role("row").filter(has_text=run.info.run_name)
                 expect(row).to_contain_text(f"{run.data.metrics['test_accuracy']:.4f}".rstrip("0"), timeout=60_000)

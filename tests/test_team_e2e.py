@@ -56,11 +56,13 @@ def test_a_dvc_remote_carries_data_and_models_between_clones(tmp_path, mnist_mir
         machine = clone(origin, tmp_path / f"machine-{remote}", seed.env)
         machine.run("dvc", "pull", "-r", remote)
         assert sorted(p.name for p in (machine.root / "data" / "mnist").iterdir()) == sorted(
-            p.name for p in (seed.root / "data" / "mnist").iterdir())
+            p.name for p in (seed.root / "data" / "mnist").iterdir()
+        )
         assert (machine.root / "models" / "model.pt").read_bytes() == (seed.root / "models" / "model.pt").read_bytes()
         out = machine.run("dvc", "repro").stdout  # the same kind of machine: nothing to redo
-        assert {"Stage 'train' didn't change, skipping", "Stage 'evaluate' didn't change, skipping"} <= \
-            set(out.splitlines()), out
+        assert {"Stage 'train' didn't change, skipping", "Stage 'evaluate' didn't change, skipping"} <= set(
+            out.splitlines()
+        ), out
 
     # A machine whose PyTorch dispatches to other kernels (ATEN_CPU_CAPABILITY, as
     # another CPU would): the run-cache it pulled is keyed by the seed's
@@ -77,10 +79,16 @@ def test_a_dvc_remote_carries_data_and_models_between_clones(tmp_path, mnist_mir
 
 def train_run_cache_environments(root: Path) -> list[str]:
     """The environment.json hash of every run-cache entry of the train stage in this clone's DVC cache."""
-    entries = [yaml.safe_load(path.read_text()) for path in (root / ".dvc" / "cache" / "runs").rglob("*")
-               if path.is_file()]
-    return [dep["md5"] for entry in entries if any(out["path"] == "models/model.pt" for out in entry["outs"])
-            for dep in entry["deps"] if dep["path"] == "environment.json"]
+    entries = [
+        yaml.safe_load(path.read_text()) for path in (root / ".dvc" / "cache" / "runs").rglob("*") if path.is_file()
+    ]
+    return [
+        dep["md5"]
+        for entry in entries
+        if any(out["path"] == "models/model.pt" for out in entry["outs"])
+        for dep in entry["deps"]
+        if dep["path"] == "environment.json"
+    ]
 
 
 def runs_on(server: Server) -> list:
@@ -114,10 +122,20 @@ def test_a_sweep_split_across_two_machines_meets_in_one_server(tmp_path, mnist_m
         seed, origin = published(tmp_path, mnist_mirror, epochs=2)
         client_env = {"MLFLOW_TRACKING_URI": server.uri, **ADMIN, "OMP_NUM_THREADS": "1"}
         machines = [clone(origin, tmp_path / name, seed.env | client_env) for name in ("machine-a", "machine-b")]
-        for machine, seeds in zip(machines, ("0", "1")):
+        for machine, seeds in zip(machines, ("0", "1"), strict=True):
             # Two epochs of 300 steps: the server's restart falls between epochs, not learning.
-            machine.run("dvc", "exp", "run", "--queue", "-S", "precision=fp32,bf16", "-S", f"seed={seeds}",
-                        "-S", "train.max_steps=300")
+            machine.run(
+                "dvc",
+                "exp",
+                "run",
+                "--queue",
+                "-S",
+                "precision=fp32,bf16",
+                "-S",
+                f"seed={seeds}",
+                "-S",
+                "train.max_steps=300",
+            )
         for machine in machines:
             machine.run("dvc", "queue", "start", "--jobs", "2")
 
@@ -139,7 +157,8 @@ def test_a_sweep_split_across_two_machines_meets_in_one_server(tmp_path, mnist_m
             assert sorted(steps) == [1, 2], (run.info.run_name, steps)
             assert run.data.tags["host"] and run.data.metrics["test_accuracy"] > 0.85
         assert sorted((r.data.params["precision"], r.data.params["seed"]) for r, _ in runs) == sorted(
-            (p, str(s)) for p in ("fp32", "bf16") for s in range(2))
+            (p, str(s)) for p in ("fp32", "bf16") for s in range(2)
+        )
 
         third = clone(origin, tmp_path / "machine-c", seed.env | client_env)
         third.run("dvc", "exp", "pull", "origin", "-A")

@@ -31,8 +31,9 @@ def recipe(**overrides) -> TrainParams:
 def run(precision: str, seed: int = 0, optimizer: OptimizerChoice = SGD, **overrides):
     torch.manual_seed(0)
     model = build_mlp([32])
-    result = train(model, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(**overrides), seed,
-                   optimizer=optimizer)
+    result = train(
+        model, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(**overrides), seed, optimizer=optimizer
+    )
     return model, result
 
 
@@ -56,7 +57,7 @@ def test_same_seed_on_cpu_is_bitwise_repeatable(precision):
     first, a = run(precision)
     second, b = run(precision)
     assert [e.loss for e in a.epochs] == [e.loss for e in b.epochs]
-    for p, q in zip(first.parameters(), second.parameters()):
+    for p, q in zip(first.parameters(), second.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -80,7 +81,7 @@ def test_the_step_updates_as_plain_torch_sgd(precision):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-    for p, q in zip(ours.parameters(), textbook.parameters()):
+    for p, q in zip(ours.parameters(), textbook.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
     torch.manual_seed(0)
     assert not torch.equal(ours[0].weight, build_mlp([32])[0].weight)  # it did train
@@ -108,7 +109,9 @@ def test_the_seed_changes_the_batch_order():
 
 
 def test_divergence_stops_training_with_a_clear_error():
-    with pytest.raises(DivergenceError, match=r"training diverged: the loss became (nan|inf) at step \d+ .*lower train.lr"):
+    with pytest.raises(
+        DivergenceError, match=r"training diverged: the loss became (nan|inf) at step \d+ .*lower train.lr"
+    ):
         run("fp32", lr=1e30)
 
 
@@ -132,8 +135,10 @@ class StopAfter:
 ADAMW = OptimizerChoice("adamw")
 
 
-@pytest.mark.parametrize("precision, optimizer", [("fp32", SGD), ("fp16", SGD), ("fp32", ADAMW),
-                                                  ("fp16-true-sr", SGD), ("bf16-true-sr", ADAMW)])
+@pytest.mark.parametrize(
+    "precision, optimizer",
+    [("fp32", SGD), ("fp16", SGD), ("fp32", ADAMW), ("fp16-true-sr", SGD), ("bf16-true-sr", ADAMW)],
+)
 @pytest.mark.parametrize("stop_at", [5, 8, 16])  # mid-epoch, at an epoch boundary, later
 def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(precision, optimizer, stop_at):
     """Stochastic rounding's random stream too: it is saved with the optimizer."""
@@ -142,8 +147,15 @@ def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(precisio
     torch.manual_seed(0)
     model = build_mlp([32])
     with pytest.raises(Stopped) as stopped:
-        train(model, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, stop=StopAfter(stop_at),
-              optimizer=optimizer)
+        train(
+            model,
+            toy_split(),
+            PrecisionPolicy(precision, "cpu"),
+            recipe(),
+            0,
+            stop=StopAfter(stop_at),
+            optimizer=optimizer,
+        )
     state = stopped.value.checkpoint
     assert state["progress"]["step"] == stop_at
     torch_state = state["optimizer"]["optimizer"] if precision.endswith("-sr") else state["optimizer"]
@@ -157,12 +169,14 @@ def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(precisio
     checkpoint = torch.load(buffer, weights_only=True)
 
     resumed = build_mlp([32])  # other initial weights: all must come from the checkpoint
-    result = train(resumed, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, resume=checkpoint,
-                   optimizer=optimizer)
-    for p, q in zip(reference.parameters(), resumed.parameters()):
+    result = train(
+        resumed, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, resume=checkpoint, optimizer=optimizer
+    )
+    for p, q in zip(reference.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
-    assert [(e.loss, e.accuracy, e.skipped_steps) for e in result.epochs] == \
-        [(e.loss, e.accuracy, e.skipped_steps) for e in expected.epochs]
+    assert [(e.loss, e.accuracy, e.skipped_steps) for e in result.epochs] == [
+        (e.loss, e.accuracy, e.skipped_steps) for e in expected.epochs
+    ]
     assert result.samples == expected.samples and result.final_scale == expected.final_scale
 
 
@@ -172,22 +186,40 @@ def test_a_periodic_checkpoint_resumes_bitwise_identically(precision):
     reference, expected = run(precision)
     saved = []
     torch.manual_seed(0)
-    train(build_mlp([32]), toy_split(), PrecisionPolicy(precision, "cpu"), recipe(checkpoint_every=1), 0,
-          on_checkpoint=lambda state: saved.append(copy.deepcopy(state)))
+    train(
+        build_mlp([32]),
+        toy_split(),
+        PrecisionPolicy(precision, "cpu"),
+        recipe(checkpoint_every=1),
+        0,
+        on_checkpoint=lambda state: saved.append(copy.deepcopy(state)),
+    )
     assert [state["progress"]["epoch"] for state in saved] == [2, 3]  # none after the last epoch
     assert all(state["progress"]["done_in_epoch"] == 0 for state in saved)
 
     resumed = build_mlp([32])
     result = train(resumed, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, resume=saved[-1])
-    assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), resumed.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), resumed.parameters(), strict=True))
     assert [(e.loss, e.accuracy) for e in result.epochs] == [(e.loss, e.accuracy) for e in expected.epochs]
 
     saved.clear()
-    train(build_mlp([32]), toy_split(), PrecisionPolicy(precision, "cpu"), recipe(checkpoint_every=2), 0,
-          on_checkpoint=saved.append)
+    train(
+        build_mlp([32]),
+        toy_split(),
+        PrecisionPolicy(precision, "cpu"),
+        recipe(checkpoint_every=2),
+        0,
+        on_checkpoint=saved.append,
+    )
     assert [state["progress"]["epoch"] for state in saved] == [3]
-    train(build_mlp([32]), toy_split(), PrecisionPolicy(precision, "cpu"), recipe(checkpoint_every=0), 0,
-          on_checkpoint=saved.append)
+    train(
+        build_mlp([32]),
+        toy_split(),
+        PrecisionPolicy(precision, "cpu"),
+        recipe(checkpoint_every=0),
+        0,
+        on_checkpoint=saved.append,
+    )
     assert len(saved) == 1
 
 
@@ -207,12 +239,12 @@ def test_max_steps_cuts_each_epoch_and_a_resume_honours_it():
     reference, expected = run("fp32", max_steps=3)
     torch.manual_seed(0)
     with pytest.raises(Stopped) as stopped:
-        train(build_mlp([32]), toy_split(), PrecisionPolicy("fp32", "cpu"), recipe(max_steps=3), 0,
-              stop=StopAfter(4))
+        train(build_mlp([32]), toy_split(), PrecisionPolicy("fp32", "cpu"), recipe(max_steps=3), 0, stop=StopAfter(4))
     resumed = build_mlp([32])
-    result = train(resumed, toy_split(), PrecisionPolicy("fp32", "cpu"), recipe(max_steps=3), 0,
-                   resume=stopped.value.checkpoint)
-    assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), resumed.parameters()))
+    result = train(
+        resumed, toy_split(), PrecisionPolicy("fp32", "cpu"), recipe(max_steps=3), 0, resume=stopped.value.checkpoint
+    )
+    assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), resumed.parameters(), strict=True))
     assert [e.loss for e in result.epochs] == [e.loss for e in expected.epochs]
 
     assert run("fp32", max_steps=100)[1].samples == whole.samples  # more than an epoch has: the whole epoch

@@ -25,7 +25,9 @@ class Interval:
         return self.low is not None
 
     def contains(self, value: float) -> bool | None:
-        return None if self.low is None else self.low <= value <= self.high
+        if self.low is None or self.high is None:
+            return None
+        return self.low <= value <= self.high
 
 
 def difference_of_means(treated: dict[int, float], control: dict[int, float], level: float = 0.95) -> Interval:
@@ -56,9 +58,13 @@ def difference_of_means(treated: dict[int, float], control: dict[int, float], le
 def ratio_of_means(treated: dict[int, float], control: dict[int, float], level: float = 0.95) -> Interval:
     """Geometric-mean ratio treated / control, with the interval of the
     difference of log values carried back: ratios are symmetric on a log scale."""
-    logs = difference_of_means({s: math.log(v) for s, v in treated.items()},
-                               {s: math.log(v) for s, v in control.items()}, level)
-    back = (lambda x: None if x is None else math.exp(x))
+    logs = difference_of_means(
+        {s: math.log(v) for s, v in treated.items()}, {s: math.log(v) for s, v in control.items()}, level
+    )
+
+    def back(x: float | None) -> float | None:
+        return None if x is None else math.exp(x)
+
     return Interval(math.exp(logs.estimate), back(logs.low), back(logs.high), logs.method + ", on logs")
 
 

@@ -7,9 +7,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mnist_precision.base.errors import UserError
 
@@ -28,9 +29,11 @@ class NoSpaceError(UserError, OSError):
 
 def no_space(target: Path, error: OSError) -> NoSpaceError:
     free = shutil.disk_usage(target.parent).free
-    return NoSpaceError(f"no room to write {target} ({error.strerror}; {free / 2**20:,.0f} MiB free on its "
-                        f"filesystem): {target} and the other outputs were left as they were; free some space "
-                        "(or raise the file-size limit), then run the stage again")
+    return NoSpaceError(
+        f"no room to write {target} ({error.strerror}; {free / 2**20:,.0f} MiB free on its "
+        f"filesystem): {target} and the other outputs were left as they were; free some space "
+        "(or raise the file-size limit), then run the stage again"
+    )
 
 
 @contextmanager

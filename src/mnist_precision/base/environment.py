@@ -67,8 +67,14 @@ def torch_versions() -> dict[str, str]:
     version_py = Path(spec.origin).parent / "version.py" if spec and spec.origin else None
     text = version_py.read_text() if version_py and version_py.is_file() else ""
     found = dict(re.findall(r"^(__version__|cuda)\s*(?::[^=]*)?=\s*['\"]([^'\"]*)['\"]", text, re.MULTILINE))
-    cudnn = next((dist.version for dist in importlib.metadata.distributions()
-                  if (dist.metadata["Name"] or "").lower().startswith("nvidia-cudnn")), "none")
+    cudnn = next(
+        (
+            dist.version
+            for dist in importlib.metadata.distributions()
+            if (dist.metadata["Name"] or "").lower().startswith("nvidia-cudnn")
+        ),
+        "none",
+    )
     return {"torch": found.get("__version__", "none"), "cuda": found.get("cuda", "none"), "cudnn": cudnn}
 
 
@@ -92,8 +98,11 @@ def visible_gpu() -> dict[str, str] | None:
     except Exception:  # no driver, no library: no GPU to use
         return None
     try:
-        handle = (pynvml.nvmlDeviceGetHandleByUUID(first) if first.startswith(("GPU-", "MIG-"))
-                  else pynvml.nvmlDeviceGetHandleByIndex(int(first)))
+        handle = (
+            pynvml.nvmlDeviceGetHandleByUUID(first)
+            if first.startswith(("GPU-", "MIG-"))
+            else pynvml.nvmlDeviceGetHandleByIndex(int(first))
+        )
         major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
         return {"name": pynvml.nvmlDeviceGetName(handle), "compute_capability": f"{major}.{minor}"}
     except (pynvml.NVMLError, ValueError):
@@ -109,5 +118,11 @@ def describe(device: str) -> dict:
     if device == "cuda" or (device == "auto" and gpu):
         return {"device": "cuda", "gpu": gpu or "none visible", **software}
     flags = cpu_flags()
-    return {"device": "cpu", "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
-            "cpu_capability": cpu_capability(flags), "cpu_features": list(cpu_features(flags)), **software}
+    return {
+        "device": "cpu",
+        "cpu": cpu_name(),
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu_capability": cpu_capability(flags),
+        "cpu_features": list(cpu_features(flags)),
+        **software,
+    }

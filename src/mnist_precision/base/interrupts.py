@@ -34,8 +34,9 @@ def deferred() -> Iterator[None]:
     MLflow run: a run cut off there stays RUNNING). A signal that came is
     raised after the block, unless an error is already on its way out."""
     received: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -58,7 +59,7 @@ class StopRequest:
 
     @property
     def signal_name(self) -> str:
-        return signal.Signals(self.signum).name if self else ""
+        return signal.Signals(self.signum).name if self.signum is not None else ""
 
     def _handle(self, signum, frame):
         if self:

@@ -60,7 +60,7 @@ MODEL_BYTES_FP16 = "model_bytes_fp16"
 FP16_STORED_TEST_ACCURACY = "fp16_stored_test_accuracy"
 
 
-def test_accuracy_of_class(label: int) -> str:
+def test_accuracy_of_class(label: int | str) -> str:
     return f"test_accuracy_class_{label}"
 
 

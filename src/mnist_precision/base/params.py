@@ -113,8 +113,11 @@ def _non_negative_float(key: str, value: Any) -> float:
 
 
 def _betas(key: str, value: Any) -> tuple[float, float]:
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value)
+    ):
         raise ParamsError(f"{key} must be a list of two numbers in [0, 1) such as [0.9, 0.999], got {value!r}")
     return float(value[0]), float(value[1])
 
@@ -152,16 +155,19 @@ def _loss_scale(key: str, value: Any) -> str | float:
     try:
         return parse_loss_scale(value)
     except ValueError:
-        raise ParamsError(f"{key} must be dynamic (the GradScaler), none (no scaling) or a fixed positive "
-                          f"number such as 1024, got {value!r}") from None
+        raise ParamsError(
+            f"{key} must be dynamic (the GradScaler), none (no scaling) or a fixed positive "
+            f"number such as 1024, got {value!r}"
+        ) from None
 
 
 def _threads(key: str, value: Any) -> int | str:
     if value == "auto":
         return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParamsError(f"{key} must be a number of threads >= 1 or 'auto' (this experiment's share of the "
-                          f"cores), got {value!r}")
+        raise ParamsError(
+            f"{key} must be a number of threads >= 1 or 'auto' (this experiment's share of the cores), got {value!r}"
+        )
     return value
 
 
@@ -189,43 +195,71 @@ class Key:
 
 
 SCHEMA: dict[str, Any] = {
-    "precision": Key(_choice(PRECISIONS), ", ".join(PRECISIONS),
-                     "what the run computes in ([precisions](precisions.md))"),
-    "loss_scale": Key(_loss_scale, "dynamic, none or a positive number",
-                      "fp16 only: the GradScaler, no scaling (the ablation), or a fixed scale"),
-    "optimizer": Key(_choice(OPTIMIZERS), ", ".join(OPTIMIZERS),
-                     "torch.optim.SGD (the tutorial's) or torch.optim.AdamW (train.weight_decay, betas, eps)"),
-    "seed": Key(_int(0), "an integer >= 0",
-                "the weights' initialisation, the shuffling and stochastic rounding's random stream"),
+    "precision": Key(
+        _choice(PRECISIONS), ", ".join(PRECISIONS), "what the run computes in ([precisions](precisions.md))"
+    ),
+    "loss_scale": Key(
+        _loss_scale,
+        "dynamic, none or a positive number",
+        "fp16 only: the GradScaler, no scaling (the ablation), or a fixed scale",
+    ),
+    "optimizer": Key(
+        _choice(OPTIMIZERS),
+        ", ".join(OPTIMIZERS),
+        "torch.optim.SGD (the tutorial's) or torch.optim.AdamW (train.weight_decay, betas, eps)",
+    ),
+    "seed": Key(
+        _int(0), "an integer >= 0", "the weights' initialisation, the shuffling and stochastic rounding's random stream"
+    ),
     "device": Key(_choice(DEVICES), ", ".join(DEVICES), "auto: CUDA where a GPU is visible, else the CPU"),
     "train": {
         "epochs": Key(_int(1), "an integer >= 1", "passes over the 60,000 training images"),
         "batch_size": Key(_int(1), "an integer >= 1", "the global batch, whatever the number of processes"),
         "lr": Key(_positive_float, "a finite positive number", "the optimizer's learning rate"),
-        "hidden": Key(_hidden, "a non-empty list of integers >= 1",
-                      "the hidden layers' widths: [256] is Linear(784, 256), ReLU, Linear(256, 10)"),
+        "hidden": Key(
+            _hidden,
+            "a non-empty list of integers >= 1",
+            "the hidden layers' widths: [256] is Linear(784, 256), ReLU, Linear(256, 10)",
+        ),
         "compile": Key(_bool, "true or false", "torch.compile the model (on a GPU with CUDA graphs)"),
-        "processes": Key(_processes, "an integer >= 1, or auto",
-                         "data-parallel processes through torchrun and DDP; auto: one per visible GPU"),
-        "grad_comm": Key(_choice(GRAD_COMM), ", ".join(GRAD_COMM),
-                         "the precision gradients travel in between processes: fp32, or the run's own"),
-        "checkpoint_every": Key(_int(0), "an integer >= 0",
-                                "write a checkpoint every this many epochs; 0: only when stopped"),
-        "threads": Key(_threads, "an integer >= 1, or auto",
-                       "intra-op threads; auto: the cores shared among this repository's running experiments"),
-        "max_steps": Key(_max_steps, "an integer >= 1, or null",
-                         "at most this many steps in each epoch, for smoke runs; null: whole epochs"),
+        "processes": Key(
+            _processes,
+            "an integer >= 1, or auto",
+            "data-parallel processes through torchrun and DDP; auto: one per visible GPU",
+        ),
+        "grad_comm": Key(
+            _choice(GRAD_COMM),
+            ", ".join(GRAD_COMM),
+            "the precision gradients travel in between processes: fp32, or the run's own",
+        ),
+        "checkpoint_every": Key(
+            _int(0), "an integer >= 0", "write a checkpoint every this many epochs; 0: only when stopped"
+        ),
+        "threads": Key(
+            _threads,
+            "an integer >= 1, or auto",
+            "intra-op threads; auto: the cores shared among this repository's running experiments",
+        ),
+        "max_steps": Key(
+            _max_steps,
+            "an integer >= 1, or null",
+            "at most this many steps in each epoch, for smoke runs; null: whole epochs",
+        ),
         "weight_decay": Key(_non_negative_float, "a finite number >= 0", "AdamW's decoupled weight decay"),
         "betas": Key(_betas, "two numbers in [0, 1)", "AdamW's moment decay rates"),
-        "eps": Key(_positive_float, "a finite positive number",
-                   "AdamW's term added to the root of the second moment (0 in float16 below 2^-25)"),
+        "eps": Key(
+            _positive_float,
+            "a finite positive number",
+            "AdamW's term added to the root of the second moment (0 in float16 below 2^-25)",
+        ),
     },
     "evaluate": {
         "batch_size": Key(_int(1), "an integer >= 1", "the test set's batch (no effect on the result)"),
     },
     "diagnostics": {
-        "every_steps": Key(_int(0), "an integer >= 0",
-                           "measure the numerics every this many steps, on rank 0; 0: never"),
+        "every_steps": Key(
+            _int(0), "an integer >= 0", "measure the numerics every this many steps, on rank 0; 0: never"
+        ),
     },
     "mlflow": {
         "experiment": Key(_name, "a non-empty string", "the MLflow experiment the runs go to"),
@@ -245,8 +279,14 @@ def reference(defaults: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 walk(entry, f"{prefix}{name}.")
             else:
                 key = f"{prefix}{name}"
-                rows.append((key, entry.accepts, yaml.safe_dump(flat.get(key), default_flow_style=True)
-                             .removesuffix("\n...\n").strip(), entry.meaning))
+                rows.append(
+                    (
+                        key,
+                        entry.accepts,
+                        yaml.safe_dump(flat.get(key), default_flow_style=True).removesuffix("\n...\n").strip(),
+                        entry.meaning,
+                    )
+                )
 
     walk(SCHEMA, "")
     return rows
@@ -285,16 +325,22 @@ def parse(tree: Any) -> Params:
     clean = _validate(tree, SCHEMA, errors)
     grad_comm, precision = clean.get("train", {}).get("grad_comm"), clean.get("precision")
     if grad_comm not in (None, "fp32", precision) and precision is not None:
-        errors.append(f"train.grad_comm must be fp32 or the run's precision ({precision}), got {grad_comm!r}: "
-                      "gradients are sent in fp16 or bf16 only by runs that compute in it")
+        errors.append(
+            f"train.grad_comm must be fp32 or the run's precision ({precision}), got {grad_comm!r}: "
+            "gradients are sent in fp16 or bf16 only by runs that compute in it"
+        )
     processes = clean.get("train", {}).get("processes")
     if processes not in (None, 1) and precision in TABLE and not TABLE[precision].data_parallel_verified:
-        errors.append(f"train.processes must be 1 with precision {precision}, got {processes!r}: data-parallel "
-                      f"training is verified for fp32, fp16 and bf16 only")
+        errors.append(
+            f"train.processes must be 1 with precision {precision}, got {processes!r}: data-parallel "
+            f"training is verified for fp32, fp16 and bf16 only"
+        )
     loss_scale = clean.get("loss_scale")
     if loss_scale not in (None, "dynamic") and precision in TABLE and not TABLE[precision].loss_scaling:
-        errors.append(f"loss_scale applies to fp16 only, got {loss_scale!r} with precision {precision}: "
-                      f"{TABLE[precision].no_loss_scale_because}; leave it at dynamic")
+        errors.append(
+            f"loss_scale applies to fp16 only, got {loss_scale!r} with precision {precision}: "
+            f"{TABLE[precision].no_loss_scale_because}; leave it at dynamic"
+        )
     if len(errors) == 1:
         raise ParamsError(errors[0])
     if errors:

@@ -43,6 +43,6 @@ def repo_root(start: str | Path | None = None) -> Path:
     path = Path(start or os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
     parts = path.parts
     for i in range(len(parts) - len(DVC_QUEUE_DIR) + 1):
-        if parts[i:i + len(DVC_QUEUE_DIR)] == DVC_QUEUE_DIR:
+        if parts[i : i + len(DVC_QUEUE_DIR)] == DVC_QUEUE_DIR:
             return Path(*parts[:i])
     return path

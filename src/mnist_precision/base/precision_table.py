@@ -47,48 +47,95 @@ class Precision:
         return self.param_dtype == "float32" and not self.fp8
 
 
-PRECISIONS: dict[str, Precision] = {p.name: p for p in (
-    Precision("fp32", None, False,
-              "true single precision: no autocast, TF32 off for matmul and cuDNN",
-              no_loss_scale_because="fp32's gradients are not half precision"),
-    Precision("fp16", "float16", True,
-              "torch.amp.autocast to float16 with a torch.amp.GradScaler; weights stay fp32",
-              native_on_cpu=("avx512_fp16", "amx_fp16")),
-    Precision("bf16", "bfloat16", False,
-              "autocast to bfloat16, no scaler (its exponent range is fp32's); weights stay fp32",
-              native_on_cpu=("avx512_bf16", "amx_bf16"),
-              no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
-                                    "where fp32's would not"),
-    Precision("fp16-true", None, False,
-              "the model, its gradients and the optimizer all in float16: no fp32 master weights, no scaler",
-              native_on_cpu=("avx512_fp16", "amx_fp16"), param_dtype="float16",
-              no_loss_scale_because="it has no fp32 master weights to unscale the gradients into "
-                                    "(Lightning's 16-true has no scaler either); use fp16 for a loss scale"),
-    Precision("bf16-true", None, False,
-              "the model, its gradients and the optimizer all in bfloat16: no fp32 master weights",
-              native_on_cpu=("avx512_bf16", "amx_bf16"), param_dtype="bfloat16",
-              no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
-                                    "where fp32's would not"),
-    Precision("fp16-true-sr", None, False,
-              "as fp16-true, but each update computed in fp32 and rounded to float16 stochastically",
-              native_on_cpu=("avx512_fp16", "amx_fp16"), param_dtype="float16", stochastic_rounding=True,
-              no_loss_scale_because="it has no fp32 master weights to unscale the gradients into; "
-                                    "use fp16 for a loss scale"),
-    Precision("bf16-true-sr", None, False,
-              "as bf16-true, but each update computed in fp32 and rounded to bfloat16 stochastically",
-              native_on_cpu=("avx512_bf16", "amx_bf16"), param_dtype="bfloat16", stochastic_rounding=True,
-              no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
-                                    "where fp32's would not"),
-    Precision("tf32", None, False,
-              "fp32 with TF32 tensor-core matmuls and convolutions (10 mantissa bits in the products)",
-              tf32=True, needs_cuda_capability=(8, 0),
-              no_loss_scale_because="TF32 keeps fp32's exponent range"),
-    Precision("fp8", "bfloat16", False,
-              "torchao float8 training of the linear layers (e4m3 forward, e5m2 gradients, "
-              "scaled per tensor); the rest under bf16 autocast",
-              fp8=True, needs_cuda_capability=(8, 9),
-              no_loss_scale_because="torchao scales each float8 tensor itself"),
-)}
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision(
+            "fp32",
+            None,
+            False,
+            "true single precision: no autocast, TF32 off for matmul and cuDNN",
+            no_loss_scale_because="fp32's gradients are not half precision",
+        ),
+        Precision(
+            "fp16",
+            "float16",
+            True,
+            "torch.amp.autocast to float16 with a torch.amp.GradScaler; weights stay fp32",
+            native_on_cpu=("avx512_fp16", "amx_fp16"),
+        ),
+        Precision(
+            "bf16",
+            "bfloat16",
+            False,
+            "autocast to bfloat16, no scaler (its exponent range is fp32's); weights stay fp32",
+            native_on_cpu=("avx512_bf16", "amx_bf16"),
+            no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
+            "where fp32's would not",
+        ),
+        Precision(
+            "fp16-true",
+            None,
+            False,
+            "the model, its gradients and the optimizer all in float16: no fp32 master weights, no scaler",
+            native_on_cpu=("avx512_fp16", "amx_fp16"),
+            param_dtype="float16",
+            no_loss_scale_because="it has no fp32 master weights to unscale the gradients into "
+            "(Lightning's 16-true has no scaler either); use fp16 for a loss scale",
+        ),
+        Precision(
+            "bf16-true",
+            None,
+            False,
+            "the model, its gradients and the optimizer all in bfloat16: no fp32 master weights",
+            native_on_cpu=("avx512_bf16", "amx_bf16"),
+            param_dtype="bfloat16",
+            no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
+            "where fp32's would not",
+        ),
+        Precision(
+            "fp16-true-sr",
+            None,
+            False,
+            "as fp16-true, but each update computed in fp32 and rounded to float16 stochastically",
+            native_on_cpu=("avx512_fp16", "amx_fp16"),
+            param_dtype="float16",
+            stochastic_rounding=True,
+            no_loss_scale_because="it has no fp32 master weights to unscale the gradients into; "
+            "use fp16 for a loss scale",
+        ),
+        Precision(
+            "bf16-true-sr",
+            None,
+            False,
+            "as bf16-true, but each update computed in fp32 and rounded to bfloat16 stochastically",
+            native_on_cpu=("avx512_bf16", "amx_bf16"),
+            param_dtype="bfloat16",
+            stochastic_rounding=True,
+            no_loss_scale_because="bf16's exponent range is fp32's: its gradients do not underflow "
+            "where fp32's would not",
+        ),
+        Precision(
+            "tf32",
+            None,
+            False,
+            "fp32 with TF32 tensor-core matmuls and convolutions (10 mantissa bits in the products)",
+            tf32=True,
+            needs_cuda_capability=(8, 0),
+            no_loss_scale_because="TF32 keeps fp32's exponent range",
+        ),
+        Precision(
+            "fp8",
+            "bfloat16",
+            False,
+            "torchao float8 training of the linear layers (e4m3 forward, e5m2 gradients, "
+            "scaled per tensor); the rest under bf16 autocast",
+            fp8=True,
+            needs_cuda_capability=(8, 9),
+            no_loss_scale_because="torchao scales each float8 tensor itself",
+        ),
+    )
+}
 NAMES = tuple(PRECISIONS)
 BASELINE = "fp32"
 LOSS_SCALES = ("dynamic", "none")  # or a fixed positive number

@@ -50,18 +50,29 @@ def atomic_torch_save(target: str | Path, value: Any) -> None:
 def fingerprint(params: Params, device: torch.device) -> dict[str, Any]:
     """What must not change between a stop and its resume (epochs may grow, and
     train.processes may change: the state is the same on every rank)."""
-    return {"precision": params.precision, "loss_scale": params.loss_scale, "seed": params.seed, "device": device.type,
-            "train.batch_size": params.train.batch_size, "train.lr": params.train.lr,
-            "train.hidden": list(params.train.hidden), "train.compile": params.train.compile,
-            "train.grad_comm": params.train.grad_comm, "train.max_steps": params.train.max_steps,
-            "optimizer": params.optimizer} | adamw_fingerprint(params)
+    return {
+        "precision": params.precision,
+        "loss_scale": params.loss_scale,
+        "seed": params.seed,
+        "device": device.type,
+        "train.batch_size": params.train.batch_size,
+        "train.lr": params.train.lr,
+        "train.hidden": list(params.train.hidden),
+        "train.compile": params.train.compile,
+        "train.grad_comm": params.train.grad_comm,
+        "train.max_steps": params.train.max_steps,
+        "optimizer": params.optimizer,
+    } | adamw_fingerprint(params)
 
 
 def adamw_fingerprint(params: Params) -> dict[str, Any]:
     if params.optimizer != "adamw":
         return {}
-    return {"train.weight_decay": params.train.weight_decay, "train.betas": list(params.train.betas),
-            "train.eps": params.train.eps}
+    return {
+        "train.weight_decay": params.train.weight_decay,
+        "train.betas": list(params.train.betas),
+        "train.eps": params.train.eps,
+    }
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,7 @@ class Checkpoint:
 
 
 def save(path: Path, state: dict, expected: dict[str, Any], mlflow_run_id: str) -> None:
-    atomic_torch_save(path, {"format": FORMAT, "fingerprint": expected, "mlflow_run_id": mlflow_run_id,
-                             "state": state})
+    atomic_torch_save(path, {"format": FORMAT, "fingerprint": expected, "mlflow_run_id": mlflow_run_id, "state": state})
 
 
 def load(path: Path, expected: dict[str, Any], epochs: int) -> Checkpoint | None:
@@ -92,21 +102,30 @@ def load(path: Path, expected: dict[str, Any], epochs: int) -> Checkpoint | None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: any unpickling error
-        raise CheckpointError(f"{path} is corrupt or not a checkpoint ({type(error).__name__}: {error}); {fix}") from None
+        raise CheckpointError(
+            f"{path} is corrupt or not a checkpoint ({type(error).__name__}: {error}); {fix}"
+        ) from None
     written_format = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if str(written_format).startswith(f"{FORMAT_NAME}/") and written_format != FORMAT:
-        raise CheckpointError(f"{path} was written by another version of this project "
-                              f"(format {written_format}, this one reads {FORMAT}); {fix}")
+        raise CheckpointError(
+            f"{path} was written by another version of this project "
+            f"(format {written_format}, this one reads {FORMAT}); {fix}"
+        )
     if written_format != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project; {fix}")
     written = checkpoint["fingerprint"]
-    changed = [f"{key} was {written.get(key)!r}, params say {value!r}"
-               for key, value in expected.items() if written.get(key) != value]
+    changed = [
+        f"{key} was {written.get(key)!r}, params say {value!r}"
+        for key, value in expected.items()
+        if written.get(key) != value
+    ]
     if changed:
-        raise CheckpointError(f"{path} was written for other params ({'; '.join(changed)}): "
-                              f"restore them to resume, or {fix}")
+        raise CheckpointError(
+            f"{path} was written for other params ({'; '.join(changed)}): restore them to resume, or {fix}"
+        )
     epoch = checkpoint["state"]["progress"]["epoch"]
     if epoch > epochs:
-        raise CheckpointError(f"{path} stopped in epoch {epoch}, beyond train.epochs={epochs}; "
-                              f"raise train.epochs to resume, or {fix}")
+        raise CheckpointError(
+            f"{path} stopped in epoch {epoch}, beyond train.epochs={epochs}; raise train.epochs to resume, or {fix}"
+        )
     return Checkpoint(checkpoint["state"], checkpoint["mlflow_run_id"])

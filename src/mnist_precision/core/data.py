@@ -7,9 +7,9 @@ a slice of a seeded permutation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -38,7 +38,9 @@ def load_split(data_dir: str | Path, split: str, device: torch.device | str = "c
     return Split(images=pixels, labels=labels.to(device).long())
 
 
-def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def shuffled_batches(
+    split: Split, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of batches in the generator's order; the last batch may be short.
 
     Each batch is gathered by index: measured here, 938 gathers of 64 rows
@@ -47,11 +49,11 @@ def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator) 
     """
     order = torch.randperm(len(split), generator=generator, device=generator.device)
     for start in range(0, len(split), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         yield split.images.index_select(0, index), split.labels.index_select(0, index)
 
 
 def batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The split in its stored order, for evaluation."""
     for start in range(0, len(split), batch_size):
-        yield split.images[start:start + batch_size], split.labels[start:start + batch_size]
+        yield split.images[start : start + batch_size], split.labels[start : start + batch_size]

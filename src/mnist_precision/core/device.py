@@ -16,8 +16,10 @@ class DeviceError(UserError, RuntimeError):
 
 
 # The GPUs that have each compute capability a precision may need, for the refusal.
-GPU_GENERATIONS = {(8, 0): "Ampere and later: A100, A10, RTX 30xx, L4, H100, H200",
-                   (8, 9): "Ada Lovelace and Hopper or later: L4, L40, RTX 40xx, H100, H200"}
+GPU_GENERATIONS = {
+    (8, 0): "Ampere and later: A100, A10, RTX 30xx, L4, H100, H200",
+    (8, 9): "Ada Lovelace and Hopper or later: L4, L40, RTX 40xx, H100, H200",
+}
 
 
 def resolve_device(requested: str, precision: str) -> torch.device:
@@ -28,11 +30,15 @@ def resolve_device(requested: str, precision: str) -> torch.device:
     if needs is not None:
         have = torch.cuda.get_device_capability() if requested == "cuda" and torch.cuda.is_available() else None
         if have is None or have < needs:
-            where = (f"{torch.cuda.get_device_name()} has compute capability {have[0]}.{have[1]}" if have
-                     else f"this run's device is {requested}")
+            where = (
+                f"{torch.cuda.get_device_name()} has compute capability {have[0]}.{have[1]}"
+                if have
+                else f"this run's device is {requested}"
+            )
             raise DeviceError(
                 f"precision {precision} runs only on NVIDIA GPUs of compute capability {needs[0]}.{needs[1]} or "
-                f"newer ({GPU_GENERATIONS[needs]}); {where}: choose another precision (fp32, fp16, bf16)")
+                f"newer ({GPU_GENERATIONS[needs]}); {where}: choose another precision (fp32, fp16, bf16)"
+            )
     if PRECISIONS[precision].fp8:
         torchao_float8()  # installed, or an error that says how
     if requested == "cuda":
@@ -79,10 +85,14 @@ def capability_params(device: torch.device) -> dict[str, str]:
     """What the device offers for each precision, logged with every run."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
-        return {"cuda_compute_capability": f"{major}.{minor}",
-                "cuda_native_bf16": str(torch.cuda.is_bf16_supported(including_emulation=False))}
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_features": ",".join(cpu_features()) or "none"}
+        return {
+            "cuda_compute_capability": f"{major}.{minor}",
+            "cuda_native_bf16": str(torch.cuda.is_bf16_supported(including_emulation=False)),
+        }
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_features": ",".join(cpu_features()) or "none",
+    }
 
 
 def missing_native_support(native_on_cpu: tuple[str, ...], device: torch.device) -> str | None:

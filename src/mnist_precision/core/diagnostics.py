@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,8 +84,13 @@ def underflow_counts(values: torch.Tensor, scale: torch.Tensor | float = 1.0) ->
     magnitude = values.detach().float().abs()
     scaled = magnitude * scale
     nonzero = magnitude > 0
-    return torch.stack([nonzero.sum(), (nonzero & (scaled < FP16_SMALLEST_SUBNORMAL)).sum(),
-                        (nonzero & (scaled < FP16_SMALLEST_NORMAL)).sum()])
+    return torch.stack(
+        [
+            nonzero.sum(),
+            (nonzero & (scaled < FP16_SMALLEST_SUBNORMAL)).sum(),
+            (nonzero & (scaled < FP16_SMALLEST_NORMAL)).sum(),
+        ]
+    )
 
 
 def lost_update_counts(before: torch.Tensor, after: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -92,6 +98,12 @@ def lost_update_counts(before: torch.Tensor, after: torch.Tensor, gradient: torc
     SGD's update is -lr * gradient), and those of them left unchanged."""
     intended = gradient != 0
     return torch.stack([intended.sum(), (intended & (after == before)).sum()])
+
+
+def gradient(tensor: torch.Tensor) -> torch.Tensor:
+    """The gradient backward() just gave `tensor` (every tensor measured here takes part in the loss)."""
+    assert tensor.grad is not None, "no gradient: the tensor took no part in the loss"
+    return tensor.grad
 
 
 def log2_histogram(values: torch.Tensor) -> torch.Tensor:
@@ -108,16 +120,22 @@ def update_sums(before: torch.Tensor, after: torch.Tensor, shadow: torch.Tensor)
     applied update a = after - before and the intended one u = shadow - before."""
     intended, applied = shadow - before.float(), after.float() - before.float()
     miss = applied - intended
-    return torch.stack([(intended.sign() * miss).sum(), intended.abs().sum(), miss.square().sum(),
-                        intended.square().sum()]).double()
+    return torch.stack(
+        [(intended.sign() * miss).sum(), intended.abs().sum(), miss.square().sum(), intended.square().sum()]
+    ).double()
 
 
 def stored_underflow_counts(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[non-zero, 0 in `dtype`, below `dtype`'s smallest normal] counts of the fp32 `values`."""
     nonzero = values != 0
     stored = values.to(dtype)
-    return torch.stack([nonzero.sum(), (nonzero & (stored == 0)).sum(),
-                        (nonzero & (values.abs() < torch.finfo(dtype).smallest_normal)).sum()])
+    return torch.stack(
+        [
+            nonzero.sum(),
+            (nonzero & (stored == 0)).sum(),
+            (nonzero & (values.abs() < torch.finfo(dtype).smallest_normal)).sum(),
+        ]
+    )
 
 
 def share(part: float, whole: float) -> float:
@@ -127,9 +145,14 @@ def share(part: float, whole: float) -> float:
 class Diagnostics:
     """The measurements of one run: `sample` on the steps `due` says, `end_epoch` once an epoch."""
 
-    def __init__(self, reference: nn.Module, every_steps: int,
-                 shadow_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
-                 optimizer_state: Callable[[object], dict] | None = None, eps_survives: bool | None = None):
+    def __init__(
+        self,
+        reference: nn.Module,
+        every_steps: int,
+        shadow_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
+        optimizer_state: Callable[[object], dict] | None = None,
+        eps_survives: bool | None = None,
+    ):
         """`shadow_optimizer` builds the run's optimizer over fp32 tensors, and
         `optimizer_state` reads the run's optimizer's torch.optim state_dict:
         with both, the update is measured against fp32's. `eps_survives`: for
@@ -147,6 +170,7 @@ class Diagnostics:
         def hook(module, inputs, output):
             output.retain_grad()
             self._outputs[name] = output
+
         return hook
 
     def reset(self) -> None:
@@ -164,15 +188,16 @@ class Diagnostics:
         """The weights before the step, as stored."""
         return [parameter.detach().clone() for parameter in model.parameters()]
 
-    def measure(self, step, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                global_count: int | None, number: int):
+    def measure(
+        self, step, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, global_count: int | None, number: int
+    ):
         """Run the training step `step` (a `training.TrainStep`) on the batch
         and measure it as step `number`; returns what the step returns."""
         before, used_scale, optimizer_state = self.snapshot(model), [], []
 
         def before_update() -> None:
             used_scale.append(step.policy.scale_tensor())
-            if self.shadow_optimizer is not None and used_scale[0] is None:  # gradients the update uses as they are
+            if self.optimizer_state is not None and used_scale[0] is None:  # gradients the update uses as they are
                 optimizer_state.append(copy.deepcopy(self.optimizer_state(step.optimizer)))
 
         result = step(images, labels, global_count, before_update=before_update)
@@ -182,20 +207,22 @@ class Diagnostics:
             self.sample_update(model, before, gradients, optimizer_state[0])
         return result
 
-    def sample_update(self, model: nn.Module, before: list[torch.Tensor], gradients: list[torch.Tensor | None],
-                      optimizer_state: dict) -> None:
+    def sample_update(
+        self, model: nn.Module, before: list[torch.Tensor], gradients: list[torch.Tensor | None], optimizer_state: dict
+    ) -> None:
         """The step's update against the fp32 shadow's, from the same weights,
         optimizer state (as it was before the step) and gradients."""
-        shadow = list(self.reference.parameters())
+        assert self.shadow_optimizer is not None  # given with optimizer_state (see __init__)
+        shadow: list[torch.Tensor] = list(self.reference.parameters())
         with torch.no_grad():
-            for weight, old, gradient in zip(shadow, before, gradients):
+            for weight, old, gradient in zip(shadow, before, gradients, strict=True):
                 weight.copy_(old)
                 weight.grad = None if gradient is None else gradient.float()
         optimizer = self.shadow_optimizer(shadow)
         optimizer.load_state_dict(optimizer_state)
         optimizer.step()
         stored = next(model.parameters()).dtype
-        for weight, old, parameter in zip(shadow, before, model.parameters()):
+        for weight, old, parameter in zip(shadow, before, model.parameters(), strict=True):
             self._add("update", update_sums(old, parameter.detach(), weight.detach()))
             moment = optimizer.state[weight].get("exp_avg_sq")
             if moment is not None:
@@ -209,36 +236,46 @@ class Diagnostics:
         else:
             torch.maximum(self.sums[key], value, out=self.sums[key])
 
-    def sample(self, model: nn.Module, before: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
-               step: int, scale: torch.Tensor | None, skipped: torch.Tensor | None) -> None:
+    def sample(
+        self,
+        model: nn.Module,
+        before: list[torch.Tensor],
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        step: int,
+        scale: torch.Tensor | None,
+        skipped: torch.Tensor | None,
+    ) -> None:
         """Measure the step that took the weights from `before` to `model`'s, on
         `images`, under the loss scale `scale` (None: no scaler)."""
         scale = scale if scale is not None else torch.ones((), device=images.device)
         self.sampled += 1
         self.scales.append((step, scale))
         not_skipped = ~skipped if skipped is not None else torch.ones((), dtype=torch.bool, device=images.device)
-        for parameter, old in zip(model.parameters(), before):
+        for parameter, old in zip(model.parameters(), before, strict=True):
             if parameter.grad is not None:
                 self._add("lost_updates", lost_update_counts(old, parameter.detach(), parameter.grad) * not_skipped)
 
         # The fp32 replica of the step: the same weights and batch, before any rounding to half.
         with torch.no_grad():
-            for weight, old in zip(self.reference.parameters(), before):
+            for weight, old in zip(self.reference.parameters(), before, strict=True):
                 weight.copy_(old)
         self.reference.zero_grad(set_to_none=True)
         F.cross_entropy(self.reference(images.float()), labels).backward()
         for weight in self.reference.parameters():
             self._add("weights", underflow_counts(weight))
-            self._add("weight_grads", underflow_counts(weight.grad))
-            self._add("weight_grads_scaled", underflow_counts(weight.grad, scale))
+            self._add("weight_grads", underflow_counts(gradient(weight)))
+            self._add("weight_grads_scaled", underflow_counts(gradient(weight), scale))
         for name in self.layers:
             output = self._outputs[name]
-            self._add("act_grads", underflow_counts(output.grad))
-            self._add("act_grads_scaled", underflow_counts(output.grad, scale))
+            self._add("act_grads", underflow_counts(gradient(output)))
+            self._add("act_grads_scaled", underflow_counts(gradient(output), scale))
             self._add(m.range_act_max(name), output.detach().abs().max(), reduce="max")
-            self._add(m.range_grad_max(name), output.grad.abs().max() * scale, reduce="max")
-        self.histogram = (log2_histogram(torch.cat([self._outputs[name].grad.flatten() for name in self.layers])),
-                          scale)
+            self._add(m.range_grad_max(name), gradient(output).abs().max() * scale, reduce="max")
+        self.histogram = (
+            log2_histogram(torch.cat([gradient(self._outputs[name]).flatten() for name in self.layers])),
+            scale,
+        )
         self._outputs.clear()
 
     def end_epoch(self) -> EpochNumerics:
@@ -252,15 +289,16 @@ class Diagnostics:
 
     def loss_scales(self) -> list[list[float]]:
         scales = torch.stack([scale for _, scale in self.scales]).tolist() if self.scales else []
-        return [[step, value] for (step, _), value in zip(self.scales, scales)]
+        return [[step, value] for (step, _), value in zip(self.scales, scales, strict=True)]
 
     def figures_so_far(self) -> dict[str, float]:
         """The figures of the epoch in progress, pooled over its sampled steps so far."""
         # One read of the device for all the sums (counts stay exact in float64 below 2^53).
         flat = torch.cat([value.reshape(-1).double() for value in self.sums.values()]).tolist() if self.sums else []
-        sums, at = {}, 0
+        sums: dict[str, Any] = {}  # a float for a 0-dim sum, else a list
+        at = 0
         for key, value in self.sums.items():
-            sums[key] = flat[at] if value.dim() == 0 else flat[at:at + value.numel()]
+            sums[key] = flat[at] if value.dim() == 0 else flat[at : at + value.numel()]
             at += value.numel()
         figures: dict[str, float] = {m.SAMPLED_STEPS: self.sampled}
         for values in m.UNDERFLOW_VALUES:
@@ -287,8 +325,12 @@ class Diagnostics:
 
     def state_dict(self) -> dict:
         """The sums of the epoch in progress (for a checkpoint)."""
-        return {"sampled": self.sampled, "sums": dict(self.sums), "scales": list(self.scales),
-                "histogram": self.histogram}
+        return {
+            "sampled": self.sampled,
+            "sums": dict(self.sums),
+            "scales": list(self.scales),
+            "histogram": self.histogram,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.sampled, self.sums = state["sampled"], dict(state["sums"])
@@ -301,8 +343,11 @@ def epoch_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
 
 
 def loss_scale_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
-    return [{m.PLOT_STEP: step, m.LOSS_SCALE: scale} for numerics in by_epoch.values()
-            for step, scale in numerics.loss_scales]
+    return [
+        {m.PLOT_STEP: step, m.LOSS_SCALE: scale}
+        for numerics in by_epoch.values()
+        for step, scale in numerics.loss_scales
+    ]
 
 
 def histogram_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
@@ -312,5 +357,7 @@ def histogram_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
     if last is None:
         return []
     total = sum(last.counts) or 1
-    return [{m.PLOT_LOG2_MAGNITUDE: last.first_exponent + i, m.PLOT_SHARE: count / total, m.LOSS_SCALE: last.loss_scale}
-            for i, count in enumerate(last.counts)]
+    return [
+        {m.PLOT_LOG2_MAGNITUDE: last.first_exponent + i, m.PLOT_SHARE: count / total, m.LOSS_SCALE: last.loss_scale}
+        for i, count in enumerate(last.counts)
+    ]

@@ -159,9 +159,15 @@ def joined(device_type: str) -> Iterator[World]:
     dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
     control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if backend == "nccl" else dist.group.WORLD
     try:
-        yield World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank,
-                    node_rank=int(os.environ.get("GROUP_RANK", "0")),
-                    nodes=int(os.environ.get("GROUP_WORLD_SIZE", "1")), backend=backend, control=control)
+        yield World(
+            rank=dist.get_rank(),
+            size=dist.get_world_size(),
+            local_rank=local_rank,
+            node_rank=int(os.environ.get("GROUP_RANK", "0")),
+            nodes=int(os.environ.get("GROUP_WORLD_SIZE", "1")),
+            backend=backend,
+            control=control,
+        )
     finally:
         dist.destroy_process_group()
 
@@ -188,7 +194,7 @@ def launch(processes: int, script: str) -> None:
     summary: list[str] = []
 
     def relay() -> None:  # torchrun's output goes on to ours, and its summary is kept
-        for line in job.stderr:
+        for line in job.stderr or ():
             sys.stderr.write(line)
             summary.append(line)
             del summary[:-200]
@@ -211,6 +217,8 @@ def launch(processes: int, script: str) -> None:
     if failed:
         rank, exit_code = failed[0]
         cause = f"killed by {signal.Signals(-int(exit_code)).name}" if int(exit_code) < 0 else f"exit code {exit_code}"
-        raise DistributedError(f"rank {rank} of the {processes}-process job failed ({cause}); "
-                               "the other ranks were stopped and no output was written: run the stage again")
+        raise DistributedError(
+            f"rank {rank} of the {processes}-process job failed ({cause}); "
+            "the other ranks were stopped and no output was written: run the stage again"
+        )
     raise DistributedError(f"torchrun exited with code {code}; no output was written: run the stage again")

@@ -172,8 +172,9 @@ def fetch(name: str, out_dir: Path, mirrors: list[str], policy: FetchPolicy = Fe
     )
 
 
-def download_mnist(out_dir: str | Path, mirrors: list[str] | None = None,
-                   policy: FetchPolicy = FetchPolicy()) -> list[Path]:
+def download_mnist(
+    out_dir: str | Path, mirrors: list[str] | None = None, policy: FetchPolicy = FetchPolicy()
+) -> list[Path]:
     """Fetch and verify all four MNIST files into `out_dir`."""
     mirrors = mirrors_from_env() if mirrors is None else mirrors
     for mirror in mirrors:

@@ -41,4 +41,3 @@ def parse_idx(data: bytes) -> torch.Tensor:
 
 def read_idx(path: str | Path) -> torch.Tensor:
     return parse_idx(Path(path).read_bytes())
-

@@ -46,19 +46,25 @@ def torch_optimizer(parameters, lr: float, choice: OptimizerChoice = SGD) -> tor
     if choice.name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, fused=True)
     half = parameters[0].dtype != torch.float32
-    return torch.optim.AdamW(parameters, lr=lr, betas=choice.betas, eps=choice.eps,
-                             weight_decay=choice.weight_decay, **({"foreach": True} if half else {"fused": True}))
+    return torch.optim.AdamW(
+        parameters,
+        lr=lr,
+        betas=choice.betas,
+        eps=choice.eps,
+        weight_decay=choice.weight_decay,
+        **({"foreach": True} if half else {"fused": True}),
+    )
 
 
-def make_optimizer(model: nn.Module, policy: PrecisionPolicy, lr: float, choice: OptimizerChoice = SGD,
-                   seed: int = 0):
+def make_optimizer(model: nn.Module, policy: PrecisionPolicy, lr: float, choice: OptimizerChoice = SGD, seed: int = 0):
     """The run's optimizer over `model` (already converted by `policy`): the
     torch.optim one, or for stochastic rounding that one stepping fp32 copies
     (the policy is required: without it a "-sr" run would round to nearest)."""
     if policy.precision.stochastic_rounding:
         device = next(model.parameters()).device
-        return StochasticRounding(model.parameters(), partial(torch_optimizer, lr=lr, choice=choice),
-                                  rounding_generator(device, seed))
+        return StochasticRounding(
+            model.parameters(), partial(torch_optimizer, lr=lr, choice=choice), rounding_generator(device, seed)
+        )
     return torch_optimizer(model.parameters(), lr, choice)
 
 
@@ -83,10 +89,12 @@ def eps_warning(choice: OptimizerChoice, policy: PrecisionPolicy) -> str | None:
     if became != 0.0:
         return None
     survives = torch.finfo(dtype).smallest_normal
-    return (f"train.eps={choice.eps:g} is {became} in {policy.precision.param_dtype}, so AdamW divides by the root "
-            f"of its second moment alone, which is 0 wherever that underflowed: set train.eps to at least "
-            f"{survives:.3g} ({policy.precision.param_dtype}'s smallest normal), or use a mixed precision, "
-            f"whose optimizer is fp32")
+    return (
+        f"train.eps={choice.eps:g} is {became} in {policy.precision.param_dtype}, so AdamW divides by the root "
+        f"of its second moment alone, which is 0 wherever that underflowed: set train.eps to at least "
+        f"{survives:.3g} ({policy.precision.param_dtype}'s smallest normal), or use a mixed precision, "
+        f"whose optimizer is fp32"
+    )
 
 
 def flushed_second_moments(optimizer) -> float:

@@ -36,8 +36,11 @@ def fp32_matmul_precision(tf32: bool) -> Iterator[None]:
     # The flag-per-backend API, not `torch.backends.fp32_precision`: with the
     # newer one set, torch.export (used by mlflow.pytorch.log_model) fails in
     # torch 2.14 with "a mix of the legacy and new APIs".
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-              torch.get_float32_matmul_precision())
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
     try:
@@ -50,8 +53,11 @@ def fp32_matmul_precision(tf32: bool) -> Iterator[None]:
 def fp8_kept_layers(model: nn.Module) -> list[str]:
     """The linear layers that float8 training cannot take (a dimension not a
     multiple of FP8_DIVISOR): they stay under the run's bf16 autocast."""
-    return [name for name, module in model.named_modules()
-            if type(module) is nn.Linear and (module.in_features % FP8_DIVISOR or module.out_features % FP8_DIVISOR)]
+    return [
+        name
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear and (module.in_features % FP8_DIVISOR or module.out_features % FP8_DIVISOR)
+    ]
 
 
 def torchao_float8():
@@ -65,8 +71,9 @@ def torchao_float8():
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     except ImportError:
-        raise PrecisionError("precision fp8 needs torchao, which is not installed: "
-                             "pip install 'mnist-precision[fp8]'") from None
+        raise PrecisionError(
+            "precision fp8 needs torchao, which is not installed: pip install 'mnist-precision[fp8]'"
+        ) from None
     finally:
         pytree_log.setLevel(level)
     return Float8LinearConfig, convert_to_float8_training
@@ -97,9 +104,10 @@ class PrecisionPolicy:
         if self.loss_scale != "dynamic" and not self.precision.loss_scaling:
             raise ValueError(f"loss_scale applies to fp16 only, not {name}: {self.precision.no_loss_scale_because}")
         scaling = self.precision.loss_scaling and self.loss_scale != "none"
-        self.fixed_scale = (torch.full((), self.loss_scale, device=device_type)
-                            if isinstance(self.loss_scale, float) else None)
-        init_scale = self.loss_scale if self.fixed_scale is not None else 2.0**16
+        self.fixed_scale = (
+            torch.full((), self.loss_scale, device=device_type) if isinstance(self.loss_scale, float) else None
+        )
+        init_scale = self.loss_scale if isinstance(self.loss_scale, float) else 2.0**16
         self.scaler = torch.amp.GradScaler(device_type, init_scale=init_scale, enabled=scaling)
 
     @property
@@ -123,8 +131,10 @@ class PrecisionPolicy:
             Float8LinearConfig, convert_to_float8_training = torchao_float8()
             kept = set(fp8_kept_layers(model))
             convert_to_float8_training(
-                model, config=Float8LinearConfig(emulate=self.device_type != "cuda"),
-                module_filter_fn=lambda module, name: type(module) is nn.Linear and name not in kept)
+                model,
+                config=Float8LinearConfig(emulate=self.device_type != "cuda"),
+                module_filter_fn=lambda module, name: type(module) is nn.Linear and name not in kept,
+            )
         return model.to(self.param_dtype)
 
     def convert_input(self, images: torch.Tensor) -> torch.Tensor:

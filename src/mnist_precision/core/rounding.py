@@ -67,8 +67,12 @@ class StochasticRounding:
     keeps state in its parameters' dtype.
     """
 
-    def __init__(self, parameters: Iterable[torch.nn.Parameter],
-                 make: Callable[[list[torch.Tensor]], torch.optim.Optimizer], generator: torch.Generator):
+    def __init__(
+        self,
+        parameters: Iterable[torch.nn.Parameter],
+        make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+        generator: torch.Generator,
+    ):
         self.parameters = list(parameters)
         self.work = [torch.zeros_like(p, dtype=torch.float32) for p in self.parameters]
         self.optimizer = make(self.work)
@@ -80,11 +84,11 @@ class StochasticRounding:
 
     @torch.no_grad()
     def step(self) -> None:
-        for parameter, work in zip(self.parameters, self.work):
+        for parameter, work in zip(self.parameters, self.work, strict=True):
             work.copy_(parameter)
             work.grad = None if parameter.grad is None else parameter.grad.float()
         self.optimizer.step()
-        for parameter, work in zip(self.parameters, self.work):
+        for parameter, work in zip(self.parameters, self.work, strict=True):
             parameter.copy_(stochastic_round(work, parameter.dtype, self.generator))
             for value in self.optimizer.state[work].values():
                 if torch.is_tensor(value) and value.shape == work.shape:

@@ -37,7 +37,7 @@ def experiment_workspaces(root: Path) -> set[Path]:
     if not queue.is_dir():
         return set()
     copies = {path.resolve() for path in queue.iterdir() if path.is_dir()}
-    busy = set()
+    busy: set[Path] = set()
     for process in psutil.process_iter(["cwd"]):
         cwd = process.info.get("cwd")
         if cwd:

@@ -61,8 +61,9 @@ class DivergenceError(UserError, RuntimeError):
 COLLAPSED_SCALE = 1.0
 
 
-def numeric_causes(policy: PrecisionPolicy, choice: OptimizerChoice, optimizer,
-                   diagnostics: Diagnostics | None) -> tuple[str, ...]:
+def numeric_causes(
+    policy: PrecisionPolicy, choice: OptimizerChoice, optimizer, diagnostics: Diagnostics | None
+) -> tuple[str, ...]:
     """What the numerics saw that makes a run diverge, each with its fix: from
     the optimizer's state as it stands, and the diagnostics' sampled steps."""
     causes = []
@@ -72,16 +73,23 @@ def numeric_causes(policy: PrecisionPolicy, choice: OptimizerChoice, optimizer,
     figures = diagnostics.figures_so_far() if diagnostics is not None else {}
     stalled = flushed_second_moments(optimizer) if policy.param_dtype != torch.float32 else 0.0
     if stalled or figures.get(m.SECOND_MOMENT_FLUSHED):
-        seen = (f"{stalled:.1%} of the weights with a first moment have a second moment of 0 in "
-                f"{policy.precision.param_dtype}, so their update is m / eps" if stalled else
-                f"{figures[m.SECOND_MOMENT_FLUSHED]:.1%} of its non-zero values flushed to zero on the sampled steps")
-        causes.append(f"AdamW's second moment underflowed ({seen}): use a mixed precision, whose optimizer state "
-                      f"is fp32, or a train.eps that bounds the update, such as "
-                      f"{torch.finfo(policy.param_dtype).smallest_normal:.3g}")
+        seen = (
+            f"{stalled:.1%} of the weights with a first moment have a second moment of 0 in "
+            f"{policy.precision.param_dtype}, so their update is m / eps"
+            if stalled
+            else f"{figures[m.SECOND_MOMENT_FLUSHED]:.1%} of its non-zero values flushed to zero on the sampled steps"
+        )
+        causes.append(
+            f"AdamW's second moment underflowed ({seen}): use a mixed precision, whose optimizer state "
+            f"is fp32, or a train.eps that bounds the update, such as "
+            f"{torch.finfo(policy.param_dtype).smallest_normal:.3g}"
+        )
     scale = policy.scale()
     if scale is not None and scale < COLLAPSED_SCALE:
-        causes.append(f"the loss scale collapsed to {scale:g}: the gradients overflow fp16 even unscaled; "
-                      f"lower train.lr or use bf16")
+        causes.append(
+            f"the loss scale collapsed to {scale:g}: the gradients overflow fp16 even unscaled; "
+            f"lower train.lr or use bf16"
+        )
     return tuple(causes)
 
 
@@ -133,17 +141,28 @@ class TrainStep:
     of `global_count` samples, and DDP (with the `grad_comm` hook) averages
     the gradients."""
 
-    def __init__(self, model: nn.Module, policy: PrecisionPolicy, optimizer: torch.optim.Optimizer,
-                 compile: bool = False, world: World = World(), grad_comm: str = "fp32"):
+    def __init__(
+        self,
+        model: nn.Module,
+        policy: PrecisionPolicy,
+        optimizer: torch.optim.Optimizer,
+        compile: bool = False,
+        world: World = World(),
+        grad_comm: str = "fp32",
+    ):
         self.policy, self.optimizer, self.world = policy, optimizer, world
         model = world.wrap(model, grad_comm)
         # On a GPU, "reduce-overhead" replays CUDA graphs: no per-kernel launch cost.
         mode = "reduce-overhead" if policy.device_type == "cuda" else None
         self.forward = torch.compile(model, mode=mode) if compile else model
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, global_count: int | None = None,
-                 before_update: Callable[[], None] | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        global_count: int | None = None,
+        before_update: Callable[[], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """`before_update`, if given, is called between the backward pass and the optimizer step."""
         with self.policy.autocast():
             logits = self.forward(self.policy.convert_input(images))
@@ -181,23 +200,29 @@ class Progress:
 class TrainState:
     """Everything a resumed run needs to end bitwise where an uninterrupted one would."""
 
-    def __init__(self, model: nn.Module, policy: PrecisionPolicy, lr: float, seed: int,
-                 optimizer: OptimizerChoice = SGD):
+    def __init__(
+        self, model: nn.Module, policy: PrecisionPolicy, lr: float, seed: int, optimizer: OptimizerChoice = SGD
+    ):
         self.model, self.policy = policy.convert_module(model), policy
         self.optimizer = make_optimizer(model, policy, lr, optimizer, seed)
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         self.progress = Progress()
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "precision": self.policy.state_dict(), "progress": self.progress.state_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "precision": self.policy.state_dict(),
+            "progress": self.progress.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.policy.load_state_dict(state["precision"])
         self.progress = Progress.from_state_dict(state["progress"])
-        self.generator.set_state(self.progress.epoch_generator_state)
+        if self.progress.epoch_generator_state is not None:  # None only before the first epoch began
+            self.generator.set_state(self.progress.epoch_generator_state)
 
 
 class Stopped(Exception):
@@ -228,14 +253,23 @@ def epoch_sums(progress: Progress, world: World, device: torch.device) -> tuple[
     (torch.full fills on the device; torch.tensor would copy from the host and wait.)
     """
     carried = world.is_main
-    return (torch.full((), progress.loss_sum if carried else 0.0, dtype=torch.float32, device=device),
-            torch.full((), progress.correct if carried else 0, dtype=torch.int64, device=device),
-            torch.full((), progress.skipped, dtype=torch.int64, device=device))  # the same on every rank
+    return (
+        torch.full((), progress.loss_sum if carried else 0.0, dtype=torch.float32, device=device),
+        torch.full((), progress.correct if carried else 0, dtype=torch.int64, device=device),
+        torch.full((), progress.skipped, dtype=torch.int64, device=device),
+    )  # the same on every rank
 
 
-def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, epochs: int,
-              stop: StopRequest | None = None, diagnostics: Diagnostics | None = None,
-              max_steps: int | None = None) -> EpochRecord:
+def run_epoch(
+    state: TrainState,
+    step: TrainStep,
+    data: Split,
+    batch_size: int,
+    epochs: int,
+    stop: StopRequest | None = None,
+    diagnostics: Diagnostics | None = None,
+    max_steps: int | None = None,
+) -> EpochRecord:
     """Run the rest of the epoch `state.progress.epoch` (its first `max_steps`
     steps, where set); raise `Stopped` (after a whole step, at the same step on
     every rank) when `stop` is set. `diagnostics` measures the steps it says
@@ -251,18 +285,32 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
     def progress_now() -> Progress:
         world.sum_(loss_sum)
         world.sum_(correct)
-        return Progress(**vars(progress) | {
-            "loss_sum": loss_sum.item(), "correct": int(correct.item()), "skipped": int(skipped.item()),
-            "seconds": progress.seconds + time.perf_counter() - started,
-            "diagnostics": diagnostics.state_dict() if diagnostics is not None else None})
+        return Progress(
+            **vars(progress)
+            | {
+                "loss_sum": loss_sum.item(),
+                "correct": int(correct.item()),
+                "skipped": int(skipped.item()),
+                "seconds": progress.seconds + time.perf_counter() - started,
+                "diagnostics": diagnostics.state_dict() if diagnostics is not None else None,
+            }
+        )
 
     steps_per_epoch, samples = epoch_length(len(data), batch_size, max_steps)
     # Reading the loss waits for the device: free on the CPU, a stall on a GPU.
     check_every = 1 if device.type == "cpu" else SYNC_EVERY
-    batches = itertools.islice(shuffled_batches(data, batch_size, state.generator), progress.done_in_epoch,
-                               steps_per_epoch)
-    with tqdm(batches, total=steps_per_epoch, initial=progress.done_in_epoch, leave=False, unit="step",
-              desc=f"{state.policy.name} epoch {progress.epoch}/{epochs}", disable=not world.is_main) as bar:
+    batches = itertools.islice(
+        shuffled_batches(data, batch_size, state.generator), progress.done_in_epoch, steps_per_epoch
+    )
+    with tqdm(
+        batches,
+        total=steps_per_epoch,
+        initial=progress.done_in_epoch,
+        leave=False,
+        unit="step",
+        desc=f"{state.policy.name} epoch {progress.epoch}/{epochs}",
+        disable=not world.is_main,
+    ) as bar:
         for images, labels in bar:
             if world.any(bool(stop)):  # between two steps: the state is whole
                 state.progress = progress_now()
@@ -272,8 +320,9 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
             global_count = len(labels)
             images, labels = world.share(images, labels)
             if diagnostics is not None and diagnostics.due(progress.step):
-                logits, loss, was_skipped = diagnostics.measure(step, state.model, images, labels, global_count,
-                                                                progress.step)
+                logits, loss, was_skipped = diagnostics.measure(
+                    step, state.model, images, labels, global_count, progress.step
+                )
             else:
                 logits, loss, was_skipped = step(images, labels, global_count)
             loss_sum.add_(loss.detach(), alpha=global_count / world.size)  # the loss summed over the share
@@ -283,9 +332,14 @@ def run_epoch(state: TrainState, step: TrainStep, data: Split, batch_size: int, 
             if progress.step % check_every == 0 or progress.done_in_epoch == steps_per_epoch:
                 check_loss(loss.item(), was_skipped is not None, progress, bar, batch_size)
     done = progress_now()
-    record = EpochRecord(epoch=done.epoch, loss=done.loss_sum / samples, accuracy=done.correct / samples,
-                         seconds=done.seconds, skipped_steps=done.skipped,
-                         diagnostics=diagnostics.end_epoch() if diagnostics is not None else None)
+    record = EpochRecord(
+        epoch=done.epoch,
+        loss=done.loss_sum / samples,
+        accuracy=done.correct / samples,
+        seconds=done.seconds,
+        skipped_steps=done.skipped,
+        diagnostics=diagnostics.end_epoch() if diagnostics is not None else None,
+    )
     state.progress = Progress(epoch=done.epoch + 1, step=done.step, records=[*done.records, record])
     return record
 
@@ -296,24 +350,39 @@ def check_loss(value: float, scaled: bool, progress: Progress, bar: tqdm, batch_
     if not math.isfinite(value) and not scaled:
         raise DivergenceError(progress.epoch, progress.step, value)
     if progress.step % SYNC_EVERY == 0:
-        bar.set_postfix(loss=f"{value:.4f}", refresh=False,
-                        samples_s=f"{(bar.format_dict['rate'] or 0) * batch_size:.0f}")
+        bar.set_postfix(
+            loss=f"{value:.4f}", refresh=False, samples_s=f"{(bar.format_dict['rate'] or 0) * batch_size:.0f}"
+        )
 
 
-def make_diagnostics(params: TrainParams, policy: PrecisionPolicy, optimizer: OptimizerChoice, every_steps: int,
-                     device: torch.device) -> Diagnostics:
+def make_diagnostics(
+    params: TrainParams, policy: PrecisionPolicy, optimizer: OptimizerChoice, every_steps: int, device: torch.device
+) -> Diagnostics:
     """The numerics of this run, measured on an fp32 replica and an fp32 shadow of its optimizer."""
-    return Diagnostics(build_mlp(params.hidden).to(device), every_steps,
-                       shadow_optimizer=partial(torch_optimizer, lr=params.lr, choice=optimizer),
-                       optimizer_state=torch_state,
-                       eps_survives=eps_warning(optimizer, policy) is None if optimizer.name == "adamw" else None)
+    return Diagnostics(
+        build_mlp(params.hidden).to(device),
+        every_steps,
+        shadow_optimizer=partial(torch_optimizer, lr=params.lr, choice=optimizer),
+        optimizer_state=torch_state,
+        eps_survives=eps_warning(optimizer, policy) is None if optimizer.name == "adamw" else None,
+    )
 
 
-def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainParams, seed: int, *,
-          world: World = World(), on_epoch: Callable[[EpochRecord], None] = lambda record: None,
-          stop: StopRequest | None = None, resume: dict | None = None, diagnose_every: int = 0,
-          on_checkpoint: Callable[[dict], None] = lambda state: None, optimizer: OptimizerChoice = SGD,
-          ) -> TrainResult:
+def train(
+    model: nn.Module,
+    data: Split,
+    policy: PrecisionPolicy,
+    params: TrainParams,
+    seed: int,
+    *,
+    world: World = World(),
+    on_epoch: Callable[[EpochRecord], None] = lambda record: None,
+    stop: StopRequest | None = None,
+    resume: dict | None = None,
+    diagnose_every: int = 0,
+    on_checkpoint: Callable[[dict], None] = lambda state: None,
+    optimizer: OptimizerChoice = SGD,
+) -> TrainResult:
     """Train for `params.epochs` epochs, or continue from `resume` (the state
     that `Stopped` carried) so that the end state is the same, bit for bit, as
     if training had never stopped. In a distributed job every rank calls it,
@@ -331,8 +400,7 @@ def train(model: nn.Module, data: Split, policy: PrecisionPolicy, params: TrainP
     model.train()
     while state.progress.epoch <= params.epochs:
         try:
-            record = run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics,
-                               params.max_steps)
+            record = run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics, params.max_steps)
         except DivergenceError as error:
             raise error.because(numeric_causes(policy, optimizer, state.optimizer, diagnostics)) from None
         on_epoch(record)

@@ -33,15 +33,20 @@ STATES = {"dead": "its process is gone", "unknown": "another host, or not record
 
 def stale(client: MlflowClient, experiment_id: str) -> list:
     """The RUNNING runs whose process is not alive on this host."""
-    return [run for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
-            if is_training_run(run.data.tags) and process_state(run.data.tags) != "alive"]
+    return [
+        run
+        for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+        if is_training_run(run.data.tags) and process_state(run.data.tags) != "alive"
+    ]
 
 
 def describe(run) -> str:
     tags = run.data.tags
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.info.start_time / 1000))
-    return (f"{run.info.run_id}  {run.info.run_name}  started {started}  host {tags.get('host', '?')}  "
-            f"pid {tags.get('pid', '?')}  ({STATES[process_state(tags)]})")
+    return (
+        f"{run.info.run_id}  {run.info.run_name}  started {started}  host {tags.get('host', '?')}  "
+        f"pid {tags.get('pid', '?')}  ({STATES[process_state(tags)]})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,8 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         name = args.experiment or load(paths.PARAMS).mlflow_experiment
         experiment = client.get_experiment_by_name(name)
         runs = stale(client, experiment.experiment_id) if experiment else []
-        print(f"{len(runs)} run(s) of experiment {name!r} in {store.uri.split('?')[0]} left RUNNING "
-              "by a process that is not alive here" + (":" if runs else "."))
+        print(
+            f"{len(runs)} run(s) of experiment {name!r} in {store.uri.split('?')[0]} left RUNNING "
+            "by a process that is not alive here" + (":" if runs else ".")
+        )
         for run in runs:
             print("  " + describe(run))
         return
@@ -70,8 +77,13 @@ def main(argv: list[str] | None = None) -> None:
         if run.info.status != "RUNNING":
             raise RunsError(f"run {run_id} is {run.info.status}, not RUNNING: nothing to end")
         if process_state(run.data.tags) == "alive":
-            raise RunsError(f"run {run_id} is still running here as pid {run.data.tags['pid']}: stop that "
-                            "process instead (SIGTERM checkpoints it and ends the run KILLED)")
-        mark_killed(client, run_id, "marked killed on request (mnist-precision runs --mark-killed): "
-                                    f"{STATES[process_state(run.data.tags)]}")
+            raise RunsError(
+                f"run {run_id} is still running here as pid {run.data.tags['pid']}: stop that "
+                "process instead (SIGTERM checkpoints it and ends the run KILLED)"
+            )
+        mark_killed(
+            client,
+            run_id,
+            f"marked killed on request (mnist-precision runs --mark-killed): {STATES[process_state(run.data.tags)]}",
+        )
         print(f"{run_id}: KILLED")

@@ -50,8 +50,14 @@ from mnist_precision.base.errors import UserError
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 # Secrets the MLflow server process must not hold: a command it were made to
 # run would read them from its environment.
-NOT_FOR_THE_SERVER = (*CREDENTIALS, "MLFLOW_TRACKING_TOKEN", "MLFLOW_AUTH_ADMIN_USERNAME",
-                      "MLFLOW_AUTH_ADMIN_PASSWORD", "PGPASSWORD", "PGPASSFILE")
+NOT_FOR_THE_SERVER = (
+    *CREDENTIALS,
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_AUTH_ADMIN_USERNAME",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "PGPASSWORD",
+    "PGPASSFILE",
+)
 APP_NAME = "mnist-precision"  # the `mlflow.app` entry point of pyproject.toml
 SERVICE_USER = "mlflow"
 DATABASES = ("mlflow", "mlflow_auth")  # runs and models; the auth app's users and permissions
@@ -132,10 +138,13 @@ class Layout:
 
 def postgres_bin(name: str) -> str:
     """A PostgreSQL server program: on PATH, or where Debian's packages put it."""
-    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)), None)
+    found = shutil.which(name) or next(
+        iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)), None
+    )
     if not found:
-        raise ServerError(f"PostgreSQL's `{name}` was not found: install PostgreSQL "
-                          "(on Debian or Ubuntu: apt-get install postgresql)")
+        raise ServerError(
+            f"PostgreSQL's `{name}` was not found: install PostgreSQL (on Debian or Ubuntu: apt-get install postgresql)"
+        )
     return str(found)
 
 
@@ -146,8 +155,10 @@ def service_user(name: str, why: str) -> str | None:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        raise ServerError(f"{why}, and there is no `{name}` user: run the server as another user, or create it "
-                          f"(useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin {name})") from None
+        raise ServerError(
+            f"{why}, and there is no `{name}` user: run the server as another user, or create it "
+            f"(useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin {name})"
+        ) from None
     return name
 
 
@@ -169,9 +180,11 @@ def check_reachable(user: str | None, paths: tuple[Path, ...]) -> None:
     for path in paths:
         for folder in path.parents:
             if not folder.stat().st_mode & 0o001:
-                raise ServerError(f"the server runs a component as the `{user}` user, which cannot enter {folder} "
-                                  f"(on the way to {path}): choose folders it can reach (e.g. under /srv, and a "
-                                  "virtual environment outside /root), or run the server as a user other than root")
+                raise ServerError(
+                    f"the server runs a component as the `{user}` user, which cannot enter {folder} "
+                    f"(on the way to {path}): choose folders it can reach (e.g. under /srv, and a "
+                    "virtual environment outside /root), or run the server as a user other than root"
+                )
 
 
 @contextmanager
@@ -181,8 +194,10 @@ def exclusive(layout: Layout) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ServerError(f"a server is already running on the data folder {layout.root} "
-                              f"(it holds {layout.lock}): stop it first, or give another --data") from None
+            raise ServerError(
+                f"a server is already running on the data folder {layout.root} "
+                f"(it holds {layout.lock}): stop it first, or give another --data"
+            ) from None
         yield
 
 
@@ -219,9 +234,23 @@ class Postgres:
         pwfile.write_text(password + "\n")
         self._own(pwfile)
         try:
-            subprocess.run([postgres_bin("initdb"), "-D", str(self.layout.pgdata), "-U", "mlflow",
-                            "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8", "--no-instructions"],
-                           check=True, capture_output=True, text=True, **self._as_service_user())
+            subprocess.run(
+                [
+                    postgres_bin("initdb"),
+                    "-D",
+                    str(self.layout.pgdata),
+                    "-U",
+                    "mlflow",
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                **self._as_service_user(),
+            )
         except subprocess.CalledProcessError as error:
             shutil.rmtree(self.layout.pgdata, ignore_errors=True)
             raise ServerError(f"initdb failed: {error.stderr.strip()}") from None
@@ -249,16 +278,30 @@ class Postgres:
     def connect(self, database: str, **options):
         import psycopg2
 
-        return psycopg2.connect(self.uri(database).replace("postgresql+psycopg2", "postgresql"),
-                                password=self.password(), **options)
+        return psycopg2.connect(
+            self.uri(database).replace("postgresql+psycopg2", "postgresql"), password=self.password(), **options
+        )
 
     def start(self) -> None:
         log = open(self.layout.logs / "postgres.log", "a")
         (self.layout.logs / "postgres.log").chmod(0o600)
         self.process = subprocess.Popen(
-            [postgres_bin("postgres"), "-D", str(self.layout.pgdata), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.layout.pgdata}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **self._as_service_user())
+            [
+                postgres_bin("postgres"),
+                "-D",
+                str(self.layout.pgdata),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.layout.pgdata}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **self._as_service_user(),
+        )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not self._accepts_connections():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -286,6 +329,9 @@ class Postgres:
         finally:
             connection.close()
 
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
     def stop(self) -> None:
         # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, then exit cleanly.
         stop_process(self.process, signal.SIGINT)
@@ -304,8 +350,12 @@ def stop_process(process: subprocess.Popen | None, signum: int) -> None:
 
 def migrate(postgres: Postgres) -> None:
     """MLflow's schema migrations, once, before any server process exists."""
-    result = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", postgres.uri("mlflow")],
-                            env=without_secrets(os.environ) | postgres.env(), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "db", "upgrade", postgres.uri("mlflow")],
+        env=without_secrets(os.environ) | postgres.env(),
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise ServerError(f"mlflow db upgrade failed: {result.stderr.strip()[-2000:]}")
 
@@ -316,9 +366,13 @@ def create_admin(postgres: Postgres) -> None:
     and it travels on the child's standard input, not its command line."""
     username, password = (os.environ[name] for name in CREDENTIALS)
     uri = postgres.uri("mlflow_auth").replace("mlflow@", f"mlflow:{postgres.password()}@")
-    result = subprocess.run([sys.executable, "-m", "mnist_precision.operations.server_app"], capture_output=True, text=True,
-                            input=json.dumps({"uri": uri, "username": username, "password": password}),
-                            env=without_secrets(os.environ))
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_precision.operations.server_app"],
+        capture_output=True,
+        text=True,
+        input=json.dumps({"uri": uri, "username": username, "password": password}),
+        env=without_secrets(os.environ),
+    )
     if result.returncode != 0:
         raise ServerError(f"the admin user {username!r} could not be created: {result.stderr.strip()[-2000:]}")
 
@@ -383,29 +437,50 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def network(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, insecure_http: bool,
-            extra_hosts: tuple[str, ...] = (), cors_origins: tuple[str, ...] = ()) -> Network:
+def network(
+    host: str,
+    port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure_http: bool,
+    extra_hosts: tuple[str, ...] = (),
+    cors_origins: tuple[str, ...] = (),
+) -> Network:
     """The server's network settings, or a refusal: plain HTTP beyond loopback
     sends every password in the clear, so it needs TLS or --insecure-http."""
     if (tls_cert is None) != (tls_key is None):
-        raise ServerError("give both --tls-cert FILE and --tls-key FILE (the certificate and its private key), "
-                          "or neither")
+        raise ServerError(
+            "give both --tls-cert FILE and --tls-key FILE (the certificate and its private key), or neither"
+        )
     for path in (tls_cert, tls_key):
         if path is not None and not path.is_file():
             raise ServerError(f"{path} is not a readable file: --tls-cert and --tls-key take PEM files")
     if not tls_cert and not is_loopback(host):
         if not insecure_http:
-            raise ServerError(f"refusing to serve on {host} over plain HTTP: every client would send its password "
-                              "in the clear on each request. Give --tls-cert FILE --tls-key FILE to serve HTTPS, "
-                              "or --insecure-http on a network you trust")
-        print(f"warning: serving on {host} over plain HTTP (--insecure-http): passwords cross the network in the "
-              "clear", file=sys.stderr, flush=True)
+            raise ServerError(
+                f"refusing to serve on {host} over plain HTTP: every client would send its password "
+                "in the clear on each request. Give --tls-cert FILE --tls-key FILE to serve HTTPS, "
+                "or --insecure-http on a network you trust"
+            )
+        print(
+            f"warning: serving on {host} over plain HTTP (--insecure-http): passwords cross the network in the clear",
+            file=sys.stderr,
+            flush=True,
+        )
     for origin in cors_origins:
         if not re.fullmatch(r"https?://[^/\s]+", origin):
-            raise ServerError(f"--cors-origin takes an origin such as https://dashboard.team.example:8443 "
-                              f"(a scheme, a host and an optional port, no path): not {origin!r}")
-    return Network(host, port, tls_cert.resolve() if tls_cert else None, tls_key.resolve() if tls_key else None,
-                   extra_hosts, cors_origins)
+            raise ServerError(
+                f"--cors-origin takes an origin such as https://dashboard.team.example:8443 "
+                f"(a scheme, a host and an optional port, no path): not {origin!r}"
+            )
+    return Network(
+        host,
+        port,
+        tls_cert.resolve() if tls_cert else None,
+        tls_key.resolve() if tls_key else None,
+        extra_hosts,
+        cors_origins,
+    )
 
 
 def wait_healthy(net: Network, process: subprocess.Popen, log: Path) -> None:
@@ -425,7 +500,7 @@ def wait_healthy(net: Network, process: subprocess.Popen, log: Path) -> None:
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 stop_process(process, signal.SIGTERM)
-                raise ServerError(f"mlflow server did not start; see {log}:\n{log.read_text()[-2000:]}")
+                raise ServerError(f"mlflow server did not start; see {log}:\n{log.read_text()[-2000:]}") from None
             time.sleep(0.5)
 
 
@@ -450,18 +525,20 @@ def write_private(path: Path, text: str, user: str | None) -> None:
 
 def auth_ini(postgres: Postgres, net: Network, auth_cache_seconds: int, logins: Logins) -> str:
     """MLflow's auth app settings, and the guard's in a section of their own (server_app.Settings)."""
-    return ("[mlflow]\n"
-            "default_permission = NO_PERMISSIONS\n"
-            f"database_uri = {postgres.uri('mlflow_auth')}\n"
-            f"admin_username = {os.environ[CREDENTIALS[0]].replace('%', '%%')}\n"  # configparser's escape
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            "grant_default_workspace_access = false\n"
-            f"auth_cache_ttl_seconds = {auth_cache_seconds}\n"
-            f"\n[{APP_NAME}]\n"
-            f"cors_origins = {' '.join(net.cors_origins)}\n"
-            f"login_failures = {logins.failures}\n"
-            f"login_window_seconds = {logins.window_s}\n"
-            f"login_lockout_seconds = {logins.lockout_s}\n")
+    return (
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = {postgres.uri('mlflow_auth')}\n"
+        f"admin_username = {os.environ[CREDENTIALS[0]].replace('%', '%%')}\n"  # configparser's escape
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n"
+        f"auth_cache_ttl_seconds = {auth_cache_seconds}\n"
+        f"\n[{APP_NAME}]\n"
+        f"cors_origins = {' '.join(net.cors_origins)}\n"
+        f"login_failures = {logins.failures}\n"
+        f"login_window_seconds = {logins.window_s}\n"
+        f"login_lockout_seconds = {logins.lockout_s}\n"
+    )
 
 
 def prepare_service_folders(layout: Layout, user: str | None, artifacts: str) -> None:
@@ -485,26 +562,65 @@ def service_copy_of_tls(layout: Layout, net: Network, user: str | None) -> Netwo
     return dataclasses.replace(net, tls_cert=cert, tls_key=key)
 
 
-def start_mlflow(layout: Layout, postgres: Postgres, net: Network, artifacts: str,
-                 auth_cache_seconds: int, logins: Logins, user: str | None) -> subprocess.Popen:
+def start_mlflow(
+    layout: Layout,
+    postgres: Postgres,
+    net: Network,
+    artifacts: str,
+    auth_cache_seconds: int,
+    logins: Logins,
+    user: str | None,
+) -> subprocess.Popen:
     write_private(layout.auth_config, auth_ini(postgres, net, auth_cache_seconds, logins), user)
     if not layout.secret_key.exists():  # signs the UI's CSRF tokens; kept, so sessions survive a restart
         write_private(layout.secret_key, secrets.token_hex(32), None)
     home = {"HOME": str(layout.service), **({"USER": user, "LOGNAME": user} if user else {})}
-    env = without_secrets(os.environ) | postgres.env() | home | {
-        "MLFLOW_AUTH_CONFIG_PATH": str(layout.auth_config), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": layout.secret_key.read_text().strip()}
+    env = (
+        without_secrets(os.environ)
+        | postgres.env()
+        | home
+        | {
+            "MLFLOW_AUTH_CONFIG_PATH": str(layout.auth_config),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": layout.secret_key.read_text().strip(),
+        }
+    )
     cors = ["--cors-allowed-origins", ",".join(net.cors_origins)] if net.cors_origins else []
     served = service_copy_of_tls(layout, net, user)
     log_path = layout.logs / "mlflow-server.log"
     log = open(log_path, "a")
     log_path.chmod(0o600)
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres.uri("mlflow"),
-         "--serve-artifacts", "--artifacts-destination", artifacts, "--app-name", APP_NAME,
-         "--host", net.host, "--port", str(net.port), "--workers", "1", "--allowed-hosts", net.allowed_hosts(),
-         *cors, *served.uvicorn_options()],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=layout.service, **as_user(user))
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            postgres.uri("mlflow"),
+            "--serve-artifacts",
+            "--artifacts-destination",
+            artifacts,
+            "--app-name",
+            APP_NAME,
+            "--host",
+            net.host,
+            "--port",
+            str(net.port),
+            "--workers",
+            "1",
+            "--allowed-hosts",
+            net.allowed_hosts(),
+            *cors,
+            *served.uvicorn_options(),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=layout.service,
+        **as_user(user),
+    )
     wait_healthy(net, process, log_path)
     return process
 
@@ -522,12 +638,20 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def serve(data: Path, net: Network, artifacts_destination: str | None, auth_cache_seconds: int,
-          logins: Logins = Logins(), user_name: str = SERVICE_USER) -> None:
+def serve(
+    data: Path,
+    net: Network,
+    artifacts_destination: str | None,
+    auth_cache_seconds: int,
+    logins: Logins = Logins(),
+    user_name: str = SERVICE_USER,
+) -> None:
     missing = [name for name in CREDENTIALS if not os.environ.get(name)]
     if missing:
-        raise ServerError(f"set {' and '.join(missing)} in the server's environment: they become the admin "
-                          "user of MLflow's basic-auth app (the same variables MLflow's clients read)")
+        raise ServerError(
+            f"set {' and '.join(missing)} in the server's environment: they become the admin "
+            "user of MLflow's basic-auth app (the same variables MLflow's clients read)"
+        )
     layout = Layout(data.resolve())
     user = service_user(user_name, "the MLflow server runs as an unprivileged user when started as root")
     with stop_requests() as stop, exclusive(layout):
@@ -548,13 +672,16 @@ def serve(data: Path, net: Network, artifacts_destination: str | None, auth_cach
             migrate(postgres)
             create_admin(postgres)
             mlflow_server = start_mlflow(layout, postgres, net, artifacts, auth_cache_seconds, logins, user)
-            trust = (f", and MLFLOW_TRACKING_SERVER_CERT_PATH={net.tls_cert} where its CA is private"
-                     if net.tls_cert else "")
-            print(f"MLflow tracking server ready: export MLFLOW_TRACKING_URI={net.url} "
-                  f"(with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD{trust}); Ctrl-C stops it",
-                  flush=True)
+            trust = (
+                f", and MLFLOW_TRACKING_SERVER_CERT_PATH={net.tls_cert} where its CA is private" if net.tls_cert else ""
+            )
+            print(
+                f"MLflow tracking server ready: export MLFLOW_TRACKING_URI={net.url} "
+                f"(with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD{trust}); Ctrl-C stops it",
+                flush=True,
+            )
             while not stop:
-                if mlflow_server.poll() is not None or postgres.process.poll() is not None:
+                if mlflow_server.poll() is not None or postgres.exited():
                     raise ServerError(f"a component stopped unexpectedly; see the logs in {layout.logs}")
                 time.sleep(0.5)
         finally:
@@ -569,39 +696,86 @@ def main(argv: list[str] | None = None) -> None:
         from mnist_precision.operations.users import main as users
 
         return users(argv[1:])
-    parser = argparse.ArgumentParser(prog="mnist-precision server", description=__doc__.split("\n\n")[0],
-                                     epilog="mnist-precision server users add|grant ...: the server's users")
+    parser = argparse.ArgumentParser(
+        prog="mnist-precision server",
+        description=__doc__.split("\n\n")[0],
+        epilog="mnist-precision server users add|grant ...: the server's users",
+    )
     parser.add_argument("--data", type=Path, required=True, help="the folder for the database, artifacts and logs")
     parser.add_argument("--host", default="127.0.0.1", help="the address to serve on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--artifacts-destination", help="where artifacts go (default: <data>/artifacts; or s3://...)")
     parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM; with --tls-key)")
     parser.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
-    parser.add_argument("--insecure-http", action="store_true",
-                        help="serve plain HTTP on an address other than loopback (passwords in the clear)")
-    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                        help="another Host name clients reach the server by (repeatable); the --host address, "
-                             "loopback's names and, on 0.0.0.0, this machine's names are allowed already")
-    parser.add_argument("--auth-cache-seconds", type=int, default=AUTH_CACHE_S, metavar="S",
-                        help=f"how long a checked password is trusted without checking it again (default: "
-                             f"{AUTH_CACHE_S}; 0: every request)")
-    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                        help="another origin whose pages may call the server from a browser (repeatable; "
-                             "default: the server's own origin only)")
-    parser.add_argument("--login-failures", type=int, default=Logins.failures, metavar="N",
-                        help=f"failed logins of one user from one address within {Logins.window_s:.0f} s that "
-                             f"refuse its logins for a while (default: {Logins.failures})")
-    parser.add_argument("--login-lockout-seconds", type=float, default=Logins.lockout_s, metavar="S",
-                        help=f"how long such a user and address are refused (default: {Logins.lockout_s:.0f})")
-    parser.add_argument("--service-user", default=SERVICE_USER, metavar="NAME",
-                        help=f"the unprivileged user the MLflow server runs as when started as root "
-                             f"(default: {SERVICE_USER})")
+    parser.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP on an address other than loopback (passwords in the clear)",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another Host name clients reach the server by (repeatable); the --host address, "
+        "loopback's names and, on 0.0.0.0, this machine's names are allowed already",
+    )
+    parser.add_argument(
+        "--auth-cache-seconds",
+        type=int,
+        default=AUTH_CACHE_S,
+        metavar="S",
+        help=f"how long a checked password is trusted without checking it again (default: "
+        f"{AUTH_CACHE_S}; 0: every request)",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another origin whose pages may call the server from a browser (repeatable; "
+        "default: the server's own origin only)",
+    )
+    parser.add_argument(
+        "--login-failures",
+        type=int,
+        default=Logins.failures,
+        metavar="N",
+        help=f"failed logins of one user from one address within {Logins.window_s:.0f} s that "
+        f"refuse its logins for a while (default: {Logins.failures})",
+    )
+    parser.add_argument(
+        "--login-lockout-seconds",
+        type=float,
+        default=Logins.lockout_s,
+        metavar="S",
+        help=f"how long such a user and address are refused (default: {Logins.lockout_s:.0f})",
+    )
+    parser.add_argument(
+        "--service-user",
+        default=SERVICE_USER,
+        metavar="NAME",
+        help=f"the unprivileged user the MLflow server runs as when started as root (default: {SERVICE_USER})",
+    )
     args = parser.parse_args(argv)
     if args.auth_cache_seconds < 0:
         parser.error("--auth-cache-seconds takes 0 (check every request) or more seconds")
     if args.login_failures < 1 or args.login_lockout_seconds < 0:
         parser.error("--login-failures takes 1 or more, --login-lockout-seconds 0 or more")
-    net = network(args.host, args.port, args.tls_cert, args.tls_key, args.insecure_http, tuple(args.allowed_host),
-                  tuple(args.cors_origin))
-    serve(args.data, net, args.artifacts_destination, args.auth_cache_seconds,
-          Logins(args.login_failures, Logins.window_s, args.login_lockout_seconds), args.service_user)
+    net = network(
+        args.host,
+        args.port,
+        args.tls_cert,
+        args.tls_key,
+        args.insecure_http,
+        tuple(args.allowed_host),
+        tuple(args.cors_origin),
+    )
+    serve(
+        args.data,
+        net,
+        args.artifacts_destination,
+        args.auth_cache_seconds,
+        Logins(args.login_failures, Logins.window_s, args.login_lockout_seconds),
+        args.service_user,
+    )

@@ -85,7 +85,7 @@ def served_routes(app: Any) -> Iterator[Route]:
     from mlflow.server import app as flask_app
 
     for rule in flask_app.url_map.iter_rules():
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+        for method in sorted(set(rule.methods or ()) - {"HEAD", "OPTIONS"}):
             yield Route(method, rule.rule)
 
 
@@ -112,7 +112,7 @@ def template_pattern(path: str) -> re.Pattern[str]:
     pattern, end = "", 0
     for match in _PARAMETER.finditer(path):
         converter = match.group(2) or match.group(3)
-        pattern += re.escape(path[end:match.start()]) + (".+" if converter == "path" else "[^/]+")
+        pattern += re.escape(path[end : match.start()]) + (".+" if converter == "path" else "[^/]+")
         end = match.end()
     return re.compile(pattern + re.escape(path[end:]))
 
@@ -130,7 +130,9 @@ class RouteTable:
         if missing:
             raise UnclassifiedRoutes(
                 f"{len(missing)} route(s) of the installed MLflow have no access class in {ROUTES_FILE}: "
-                + "; ".join(map(str, missing)) + ". Decide public, user, admin or refused for each (docs/teams.md)")
+                + "; ".join(map(str, missing))
+                + ". Decide public, user, admin or refused for each (docs/teams.md)"
+            )
         return cls(tuple((template_pattern(route.path), route.method, classes[route]) for route in served))
 
     def access(self, method: str, path: str) -> str | None:
@@ -157,10 +159,12 @@ class Settings:
         if not parser.has_section(SECTION):
             return cls()
         section = parser[SECTION]
-        return cls(tuple(origin for origin in section.get("cors_origins", "").split() if origin),
-                   section.getint("login_failures", cls.login_failures),
-                   section.getfloat("login_window_seconds", cls.login_window_s),
-                   section.getfloat("login_lockout_seconds", cls.login_lockout_s))
+        return cls(
+            tuple(origin for origin in section.get("cors_origins", "").split() if origin),
+            section.getint("login_failures", cls.login_failures),
+            section.getfloat("login_window_seconds", cls.login_window_s),
+            section.getfloat("login_lockout_seconds", cls.login_lockout_s),
+        )
 
 
 @dataclass
@@ -211,9 +215,17 @@ def basic_credentials(authorization: str) -> tuple[str, str] | None:
 
 async def respond(send: Send, status: int, text: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     body = text.encode() + b"\n"
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -244,10 +256,14 @@ def names_artifact_location(body: bytes) -> bool:
     return isinstance(request, dict) and bool(request.get("artifact_location"))
 
 
-REFUSED = ("this server refuses {route} to every user: it would run commands, write files outside the artifact "
-           "store, reach URLs a user names or make shared demo content on the server (docs/teams.md)")
-OWN_ARTIFACT_LOCATION = ("an experiment's artifacts live in this server's artifact store: create it without "
-                         "artifact_location (a location of your own would have the server read and write files there)")
+REFUSED = (
+    "this server refuses {route} to every user: it would run commands, write files outside the artifact "
+    "store, reach URLs a user names or make shared demo content on the server (docs/teams.md)"
+)
+OWN_ARTIFACT_LOCATION = (
+    "an experiment's artifacts live in this server's artifact store: create it without "
+    "artifact_location (a location of your own would have the server read and write files there)"
+)
 CREATE_EXPERIMENT = re.compile(r"/(ajax-)?api/2\.0/mlflow/experiments/create")
 CHALLENGE = [(b"www-authenticate", b'Basic realm="mlflow"')]
 HSTS = (b"strict-transport-security", b"max-age=31536000")
@@ -276,8 +292,12 @@ class Guard:
         origin = headers.get("origin")
         foreign = origin is not None and not self.same_or_named_origin(origin, scope["scheme"], headers.get("host"))
         if foreign and method not in ("GET", "HEAD"):
-            await respond(send, 403, f"cross-origin request from {origin} refused: this server allows its own "
-                                     "origin and those given with mnist-precision server --cors-origin")
+            await respond(
+                send,
+                403,
+                f"cross-origin request from {origin} refused: this server allows its own "
+                "origin and those given with mnist-precision server --cors-origin",
+            )
             return
         if method == "OPTIONS":  # a CORS preflight from an allowed origin: MLflow's CORS layer answers it
             await self.inner(scope, receive, self.with_headers(send, scope, foreign))
@@ -300,21 +320,32 @@ class Guard:
             receive = replay(body, receive)
         await self.authenticated(scope, receive, send, headers.get("authorization"), access, foreign)
 
-    async def authenticated(self, scope: Scope, receive: Receive, send: Send, authorization: str | None,
-                            access: str, foreign: bool) -> None:
+    async def authenticated(
+        self, scope: Scope, receive: Receive, send: Send, authorization: str | None, access: str, foreign: bool
+    ) -> None:
         if authorization is None:
             await self.inner(scope, receive, self.with_headers(send, scope, foreign))  # MLflow answers 401
             return
         credentials = basic_credentials(authorization)
         if credentials is None:
-            await respond(send, 401, "this server takes HTTP basic authentication only (a user name and "
-                                     "password: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)", CHALLENGE)
+            await respond(
+                send,
+                401,
+                "this server takes HTTP basic authentication only (a user name and "
+                "password: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)",
+                CHALLENGE,
+            )
             return
         key = ((scope.get("client") or ("unknown", 0))[0], credentials[0])
         locked = self.throttle.seconds_locked(key, time.monotonic())
         if locked:
-            await respond(send, 429, f"too many failed logins for user {key[1]!r} from {key[0]}: refused for "
-                                     f"another {locked:.0f} s, then try again", [(b"retry-after", b"%d" % locked)])
+            await respond(
+                send,
+                429,
+                f"too many failed logins for user {key[1]!r} from {key[0]}: refused for "
+                f"another {locked:.0f} s, then try again",
+                [(b"retry-after", b"%d" % locked)],
+            )
             return
         if access == "admin":
             admin = await self.admin(*credentials)
@@ -353,14 +384,23 @@ class Guard:
     def same_or_named_origin(self, origin: str, scheme: str, host: str | None) -> bool:
         return origin == f"{scheme}://{host}" or origin in self.settings.cors_origins
 
-    def with_headers(self, send: Send, scope: Scope, foreign: bool, key: tuple[str, str] | None = None,
-                     credentials: tuple[str, str] | None = None) -> Send:
+    def with_headers(
+        self,
+        send: Send,
+        scope: Scope,
+        foreign: bool,
+        key: tuple[str, str] | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> Send:
         """`send`, with HSTS over TLS, no CORS grant for a foreign origin, and the login's outcome recorded."""
 
         async def forward(message: dict) -> None:
             if message["type"] == "http.response.start":
-                headers = [(name, value) for name, value in message.get("headers", [])
-                           if not (foreign and name.lower().startswith(b"access-control-"))]
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if not (foreign and name.lower().startswith(b"access-control-"))
+                ]
                 if scope["scheme"] == "https":
                     headers.append(HSTS)
                 message = message | {"headers": headers}

@@ -38,9 +38,25 @@ def start_ui(uri: str, net: Network, log: Path) -> subprocess.Popen:
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", net.host,
-             "--port", str(net.port), "--workers", "1"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                uri,
+                "--host",
+                net.host,
+                "--port",
+                str(net.port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     wait_healthy(net, process, log)
     return process
 
@@ -60,7 +76,9 @@ def refuse_a_taken_port(net: Network) -> None:
     """Another server on the port would answer the health probe in place of ours."""
     with socket.socket() as probe:
         if probe.connect_ex((net.host, net.port)) == 0:
-            raise ServerError(f"port {net.port} on {net.host} is taken (another MLflow UI?): choose another with --port")
+            raise ServerError(
+                f"port {net.port} on {net.host} is taken (another MLflow UI?): choose another with --port"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,14 +94,20 @@ def main(argv: list[str] | None = None) -> None:
     except MlflowException as error:
         if not forbidden(error):
             raise
-        print(f"ui: warning: the view was not saved: saving it needs EDIT on {name!r} (the report saves it too); "
-              "the address below opens it once it is", file=sys.stderr)
+        print(
+            f"ui: warning: the view was not saved: saving it needs EDIT on {name!r} (the report saves it too); "
+            "the address below opens it once it is",
+            file=sys.stderr,
+        )
     if store.uri.startswith(("http://", "https://")):
         print(f"The runs of {name!r}: {runs_table_address(store.uri, experiment_id)}", flush=True)
         return
     net, log = Network("127.0.0.1", args.port), repo_root() / "mlflow-ui.log"
     refuse_a_taken_port(net)
     process = start_ui(store.uri, net, log)
-    print(f"MLflow UI on {store.uri.split('?')[0]}; the runs of {name!r}, with each run's precision and each "
-          f"variant's verdict: {runs_table_address(net.url, experiment_id)}  (Ctrl-C stops it)", flush=True)
+    print(
+        f"MLflow UI on {store.uri.split('?')[0]}; the runs of {name!r}, with each run's precision and each "
+        f"variant's verdict: {runs_table_address(net.url, experiment_id)}  (Ctrl-C stops it)",
+        flush=True,
+    )
     serve_until_stopped(process, log)

@@ -36,16 +36,20 @@ def read_password(name: str) -> str:
     else:
         password = sys.stdin.readline().rstrip("\n")
     if len(password) < MIN_PASSWORD:
-        raise UsersError(f"the password must have at least {MIN_PASSWORD} characters (from standard input or the "
-                         "prompt); nothing was changed")
+        raise UsersError(
+            f"the password must have at least {MIN_PASSWORD} characters (from standard input or the "
+            "prompt); nothing was changed"
+        )
     return password
 
 
 def server_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")):
-        raise UsersError("set MLFLOW_TRACKING_URI to the team server (and MLFLOW_TRACKING_USERNAME / "
-                         "MLFLOW_TRACKING_PASSWORD to its admin): users live on the server")
+        raise UsersError(
+            "set MLFLOW_TRACKING_URI to the team server (and MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD to its admin): users live on the server"
+        )
     return uri
 
 
@@ -62,8 +66,10 @@ def add(name: str) -> None:
         AuthServiceClient(server_uri()).create_user(name, password)
     except MlflowException as error:
         raise refused(f"add the user {name!r}", error) from None
-    print(f"user {name!r} added; it sees no experiment until granted one "
-          f"(mnist-precision server users grant {name} EXPERIMENT READ)")
+    print(
+        f"user {name!r} added; it sees no experiment until granted one "
+        f"(mnist-precision server users grant {name} EXPERIMENT READ)"
+    )
 
 
 def grant(name: str, experiment: str, permission: str) -> None:
@@ -74,8 +80,10 @@ def grant(name: str, experiment: str, permission: str) -> None:
     uri = server_uri()
     found = MlflowClient(uri).get_experiment_by_name(experiment)
     if found is None:
-        raise UsersError(f"no experiment named {experiment!r} on {uri}: it is created by the first pipeline run "
-                         "(whose user then manages it)")
+        raise UsersError(
+            f"no experiment named {experiment!r} on {uri}: it is created by the first pipeline run "
+            "(whose user then manages it)"
+        )
     try:
         AuthServiceClient(uri).grant_user_permission(name, "experiment", found.experiment_id, permission)
     except MlflowException as error:

@@ -23,5 +23,7 @@ def main() -> None:
     if not unchanged:
         atomic_write_bytes(paths.ENVIRONMENT, text.encode())
     where = description.get("cpu") or description["gpu"]
-    print(f"environment: {description['device']} ({where}), torch {description['torch']}: "
-          f"{'unchanged' if unchanged else f'written to {paths.ENVIRONMENT}'}")
+    print(
+        f"environment: {description['device']} ({where}), torch {description['torch']}: "
+        f"{'unchanged' if unchanged else f'written to {paths.ENVIRONMENT}'}"
+    )

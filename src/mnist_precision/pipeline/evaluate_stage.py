@@ -8,23 +8,23 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import mlflow
+import torch
 
-from mnist_precision.base import metrics as m  # noqa: E402
-from mnist_precision.base import paths  # noqa: E402
-from mnist_precision.base.atomic import atomic_path, atomic_write_json  # noqa: E402
-from mnist_precision.base.params import load  # noqa: E402
-from mnist_precision.base.precision_table import BASELINE  # noqa: E402
-from mnist_precision.core.data import load_split  # noqa: E402
-from mnist_precision.core.device import resolve_device  # noqa: E402
-from mnist_precision.core.evaluation import evaluate, fp16_stored_copy, stored_bytes  # noqa: E402
-from mnist_precision.core.model import CLASSES, build_mlp  # noqa: E402
-from mnist_precision.core.precision import PrecisionPolicy  # noqa: E402
-from mnist_precision.core.threads import budget  # noqa: E402
-from mnist_precision.tracking.lifecycle import run_scope  # noqa: E402
-from mnist_precision.tracking.store import configure  # noqa: E402
+from mnist_precision.base import metrics as m
+from mnist_precision.base import paths
+from mnist_precision.base.atomic import atomic_path, atomic_write_json
+from mnist_precision.base.params import load
+from mnist_precision.base.precision_table import BASELINE
+from mnist_precision.core.data import load_split
+from mnist_precision.core.device import resolve_device
+from mnist_precision.core.evaluation import evaluate, fp16_stored_copy, stored_bytes
+from mnist_precision.core.model import CLASSES, build_mlp
+from mnist_precision.core.precision import PrecisionPolicy
+from mnist_precision.core.threads import budget
+from mnist_precision.tracking.lifecycle import run_scope
+from mnist_precision.tracking.store import configure
 
 
 def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, path: Path) -> None:
@@ -33,10 +33,22 @@ def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, pa
     for actual in range(CLASSES):
         for predicted in range(CLASSES):
             count = int(matrix[actual, predicted])
-            axes.text(predicted, actual, str(count), ha="center", va="center", fontsize=7,
-                      color="white" if count > matrix.max() / 2 else "black")
-    axes.set(xticks=range(CLASSES), yticks=range(CLASSES), xlabel="predicted", ylabel="actual",
-             title=f"MNIST test set, {precision}: accuracy {accuracy:.4f}")
+            axes.text(
+                predicted,
+                actual,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if count > matrix.max() / 2 else "black",
+            )
+    axes.set(
+        xticks=range(CLASSES),
+        yticks=range(CLASSES),
+        xlabel="predicted",
+        ylabel="actual",
+        title=f"MNIST test set, {precision}: accuracy {accuracy:.4f}",
+    )
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
     with atomic_path(path) as tmp:
@@ -81,8 +93,14 @@ def main() -> None:
 
         labels = test.labels.cpu()
         atomic_write_json(paths.EVAL_METRICS, metrics | {"per_class_accuracy": per_class})
-        atomic_write_json(paths.CONFUSION_PLOT, [
-            {m.PLOT_ACTUAL: int(a), m.PLOT_PREDICTED: int(p)} for a, p in zip(labels.tolist(), result.predictions.tolist())], indent=None)
+        atomic_write_json(
+            paths.CONFUSION_PLOT,
+            [
+                {m.PLOT_ACTUAL: int(a), m.PLOT_PREDICTED: int(p)}
+                for a, p in zip(labels.tolist(), result.predictions.tolist(), strict=True)
+            ],
+            indent=None,
+        )
         save_confusion_png(result.confusion(labels), result.accuracy, params.precision, paths.CONFUSION_PNG)
         mlflow.log_artifact(str(paths.EVAL_METRICS), artifact_path="metrics")
         mlflow.log_artifact(str(paths.CONFUSION_PNG), artifact_path="plots")

@@ -23,18 +23,18 @@ from mnist_precision.tracking.recorder import NoRecorder, Recorder
 from mnist_precision.tracking.store import configure
 
 
-def precision_params(policy: PrecisionPolicy, model: torch.nn.Module) -> dict[str, str]:
+def precision_params(policy: PrecisionPolicy, model: torch.nn.Module) -> dict[str, object]:
     """What the precision does here: its compute dtype and that dtype's largest
     finite value (what the range figures are measured against); for fp8, the
     layers that float8 could not take."""
     dtype = policy.precision.compute_dtype
-    params = {"compute_dtype": dtype, "compute_dtype_max": torch.finfo(torch_dtype(dtype)).max}
+    params: dict[str, object] = {"compute_dtype": dtype, "compute_dtype_max": torch.finfo(torch_dtype(dtype)).max}
     if policy.precision.fp8:
         params["fp8_layers_kept_bf16"] = ",".join(fp8_kept_layers(model)) or "none"
     return params
 
 
-def environment_params(device: torch.device, world: World) -> dict[str, str]:
+def environment_params(device: torch.device, world: World) -> dict[str, object]:
     return {
         "world_size": world.size,
         "nodes": world.nodes,
@@ -62,8 +62,10 @@ def train_stage(params: Params, device: torch.device, world: World) -> None:
     recorder = Recorder(params, device) if world.is_main else NoRecorder()
     missing = missing_native_support(policy.precision.native_on_cpu, device)
     if missing:
-        recorder.say(f"warning: {params.precision} is not native here ({missing}): its matrix products take "
-                     "a slow path, and it will likely run slower than fp32")
+        recorder.say(
+            f"warning: {params.precision} is not native here ({missing}): its matrix products take "
+            "a slow path, and it will likely run slower than fp32"
+        )
     optimizer = OptimizerChoice.of(params)
     eps = eps_warning(optimizer, policy)
     if eps:
@@ -76,8 +78,12 @@ def train_stage(params: Params, device: torch.device, world: World) -> None:
     stop = StopRequest()
     with ExitStack() as scope:
         scope.enter_context(policy.numerics())
-        run_params = (params.flat() | environment_params(device, world) | precision_params(policy, model)
-                      | {"threads": threads.threads, "threads_from": threads.why})
+        run_params = (
+            params.flat()
+            | environment_params(device, world)
+            | precision_params(policy, model)
+            | {"threads": threads.threads, "threads_from": threads.why}
+        )
         run_id = world.broadcast(recorder.open_run(scope, resume, run_params, system_metrics=world.node_id is None))
         # SIGINT/SIGTERM from here on: finish the step, then checkpoint (during
         # training), or finish writing (after it); a second signal stops at once.
@@ -87,15 +93,27 @@ def train_stage(params: Params, device: torch.device, world: World) -> None:
             configure()  # the other nodes' store (rank 0's is set already)
             scope.enter_context(node_system_metrics(run_id, world.node_id))
         try:
-            result = train(model, data, policy, params.train, params.seed, world=world, on_epoch=recorder.epoch,
-                           on_checkpoint=recorder.checkpoint, stop=stop, resume=resume.state if resume else None,
-                           diagnose_every=params.diagnostics_every, optimizer=optimizer)
+            result = train(
+                model,
+                data,
+                policy,
+                params.train,
+                params.seed,
+                world=world,
+                on_epoch=recorder.epoch,
+                on_checkpoint=recorder.checkpoint,
+                stop=stop,
+                resume=resume.state if resume else None,
+                diagnose_every=params.diagnostics_every,
+                optimizer=optimizer,
+            )
         except DivergenceError as error:
             recorder.diverged(error)
             raise
         except Stopped as stopped:
             written = recorder.stopped(stopped.checkpoint)
-            raise Interrupted(f"{stopped}; {written}run the stage again (dvc repro) to resume",
-                              stop.signum or signal.SIGTERM) from None
+            raise Interrupted(
+                f"{stopped}; {written}run the stage again (dvc repro) to resume", stop.signum or signal.SIGTERM
+            ) from None
         recorder.finish(result, model, data.images[:2].cpu())
     recorder.discard_checkpoint()

@@ -18,5 +18,4 @@ import warnings
 # `warnings.catch_warnings()` block around our calls would not cover (and that
 # block is not thread-safe). It matches this one message and nothing else, and
 # it is set here, before any module of the package imports MLflow.
-warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is deprecated",
-                        category=DeprecationWarning)
+warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is deprecated", category=DeprecationWarning)

@@ -35,9 +35,11 @@ def untrusted(error: BaseException) -> bool:
 
 def untrusted_error(uri: str, error: BaseException) -> TrackingError:
     reason = getattr(error, "reason", error)
-    return TrackingError(f"the MLflow tracking server at {uri} presented a certificate this client does not trust "
-                         f"({reason.verify_message}): set {CA_VARIABLE} to the file of the CA that signed it "
-                         f"(or its certificate)")
+    return TrackingError(
+        f"the MLflow tracking server at {uri} presented a certificate this client does not trust "
+        f"({getattr(reason, 'verify_message', reason)}): set {CA_VARIABLE} to the file of the CA that signed it "
+        f"(or its certificate)"
+    )
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -80,6 +82,8 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                 f"the MLflow tracking server at {uri} refused the credentials (HTTP {error.code}; {given}): "
                 "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server"
             ) from None
-        raise TrackingError(f"the MLflow tracking server at {uri} answered HTTP {error.code} ({error.reason})") from None
+        raise TrackingError(
+            f"the MLflow tracking server at {uri} answered HTTP {error.code} ({error.reason})"
+        ) from None
     except (OSError, ValueError) as error:
         raise TrackingError(f"the MLflow tracking server at {uri} did not answer ({error})") from None

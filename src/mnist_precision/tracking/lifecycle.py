@@ -79,8 +79,10 @@ def run_scope(system_metrics: bool = True, **start_run_kwargs) -> Iterator[mlflo
         except MlflowException as error:
             if forbidden(error):
                 raise not_permitted(start_run_kwargs.get("experiment_id")) from None
-            raise TrackingError(f"cannot start the MLflow run in {mlflow.get_tracking_uri()}: {error.message}; "
-                                "if the store was reset, rerun training with `dvc repro -f train`") from None
+            raise TrackingError(
+                f"cannot start the MLflow run in {mlflow.get_tracking_uri()}: {error.message}; "
+                "if the store was reset, rerun training with `dvc repro -f train`"
+            ) from None
         status = RunStatus.to_string(RunStatus.FAILED)
         try:
             yield run
@@ -109,9 +111,11 @@ def not_permitted(experiment_id: str | None) -> TrackingError:
         name = mlflow.get_experiment(experiment_id).name if experiment_id else "the experiment"
     except MlflowException:
         name = f"experiment {experiment_id}"
-    return TrackingError(f"the MLflow tracking server at {mlflow.get_tracking_uri()} refused user {user!r} "
-                         f"(HTTP 403): logging a run needs the EDIT permission on {name!r}; its manager grants it "
-                         f"with `mnist-precision server users grant {user} {name} EDIT`")
+    return TrackingError(
+        f"the MLflow tracking server at {mlflow.get_tracking_uri()} refused user {user!r} "
+        f"(HTTP 403): logging a run needs the EDIT permission on {name!r}; its manager grants it "
+        f"with `mnist-precision server users grant {user} {name} EDIT`"
+    )
 
 
 def store_failed(error: MlflowException) -> TrackingError:
@@ -119,5 +123,7 @@ def store_failed(error: MlflowException) -> TrackingError:
     uri = mlflow.get_tracking_uri()
     kind = "server" if urllib.parse.urlsplit(uri).scheme in ("http", "https") else "store"
     cause = (error.message.strip().splitlines() or [type(error).__name__])[0][:300]
-    return TrackingError(f"the MLflow tracking {kind} at {uri.split('?')[0]} failed ({cause}); "
-                         "the run is not recorded as finished: check it, then run the stage again")
+    return TrackingError(
+        f"the MLflow tracking {kind} at {uri.split('?')[0]} failed ({cause}); "
+        "the run is not recorded as finished: check it, then run the stage again"
+    )

@@ -44,7 +44,11 @@ def end_stale_runs(experiment_id: str, keep: str | None) -> list[str]:
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
         tags = run.data.tags
         if run.info.run_id != keep and is_training_run(tags) and process_state(tags) == "dead":
-            mark_killed(client, run.info.run_id, f"its process (pid {tags['pid']} on {tags['host']}) ended without "
-                                                 f"ending the run: a hard crash (SIGKILL, out of memory, reboot)")
+            mark_killed(
+                client,
+                run.info.run_id,
+                f"its process (pid {tags['pid']} on {tags['host']}) ended without "
+                f"ending the run: a hard crash (SIGKILL, out of memory, reboot)",
+            )
             ended.append(run.info.run_id)
     return ended

@@ -35,8 +35,15 @@ class Recorder:
         self.params = params
         self.fingerprint = checkpoint.fingerprint(params, device)
         self.device = device
-        self.experiment_id = self.run_id = None
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
         self.buffer: MetricsBuffer | None = None
+
+    def opened(self) -> tuple[str, MetricsBuffer]:
+        """The open run's id and its metrics buffer."""
+        if self.run_id is None or self.buffer is None:
+            raise RuntimeError("no MLflow run is open: open_run comes first")
+        return self.run_id, self.buffer
 
     def say(self, message: str) -> None:
         print(f"train: {message}", file=sys.stderr)
@@ -46,58 +53,75 @@ class Recorder:
         before any work, the store: runs left RUNNING by a dead process of this
         host are ended (but not the one the checkpoint continues)."""
         resume = checkpoint.load(paths.CHECKPOINT, self.fingerprint, self.params.train.epochs)
-        self.experiment_id = get_or_create_experiment(self.params.mlflow_experiment, configure())
-        ended = end_stale_runs(self.experiment_id, keep=resume.mlflow_run_id if resume else None)
+        experiment_id = get_or_create_experiment(self.params.mlflow_experiment, configure())
+        self.experiment_id = experiment_id
+        ended = end_stale_runs(experiment_id, keep=resume.mlflow_run_id if resume else None)
         if ended:
-            self.say(f"marked KILLED {len(ended)} run(s) left RUNNING by a process of this host that no longer "
-                     f"exists: {', '.join(ended)}")
+            self.say(
+                f"marked KILLED {len(ended)} run(s) left RUNNING by a process of this host that no longer "
+                f"exists: {', '.join(ended)}"
+            )
         return resume
 
-    def open_run(self, scope: ExitStack, resume: checkpoint.Checkpoint | None, run_params: dict,
-                 system_metrics: bool) -> str:
+    def open_run(
+        self, scope: ExitStack, resume: checkpoint.Checkpoint | None, run_params: dict, system_metrics: bool
+    ) -> str:
         """Start the run (or continue the stopped one) for as long as `scope`
         lasts; a new run gets `run_params`. Returns its id."""
-        run_args = ({"run_id": resume.mlflow_run_id} if resume else
-                    {"experiment_id": self.experiment_id, "run_name": run_name(self.params.precision),
-                     "tags": run_tags()})
+        run_args = (
+            {"run_id": resume.mlflow_run_id}
+            if resume
+            else {"experiment_id": self.experiment_id, "run_name": run_name(self.params.precision), "tags": run_tags()}
+        )
         run = scope.enter_context(run_scope(system_metrics=system_metrics, **run_args))
-        self.run_id = run.info.run_id
+        run_id: str = run.info.run_id
+        self.run_id = run_id
         if resume:
             mlflow.set_tag("resumed_at_step", resume.step)
             self.say(f"resuming from {paths.CHECKPOINT} at step {resume.step}")
         else:
             mlflow.log_params(run_params)
-        self.buffer = MetricsBuffer(self.run_id)
-        return self.run_id
+        self.buffer = MetricsBuffer(run_id)
+        return run_id
 
     def flush(self) -> None:
         """Wait until the epochs that ended are in the store."""
-        self.buffer.flush()
+        self.opened()[1].flush()
 
     def epoch(self, record: EpochRecord) -> None:
         numerics = record.diagnostics or diagnostics.EpochNumerics()
-        self.buffer.add({m.TRAIN_LOSS: record.loss, m.TRAIN_ACCURACY: record.accuracy,
-                         m.EPOCH_SECONDS: record.seconds, m.EPOCH_SKIPPED_STEPS: record.skipped_steps,
-                         **numerics.figures},
-                        step=record.epoch, series={m.LOSS_SCALE: numerics.loss_scales})
+        self.opened()[1].add(
+            {
+                m.TRAIN_LOSS: record.loss,
+                m.TRAIN_ACCURACY: record.accuracy,
+                m.EPOCH_SECONDS: record.seconds,
+                m.EPOCH_SKIPPED_STEPS: record.skipped_steps,
+                **numerics.figures,
+            },
+            step=record.epoch,
+            series={m.LOSS_SCALE: numerics.loss_scales},
+        )
 
     def checkpoint(self, state: dict) -> None:
         self.flush()  # the epochs a resume will not repeat are in the store first
-        checkpoint.save(paths.CHECKPOINT, state, self.fingerprint, self.run_id)
+        checkpoint.save(paths.CHECKPOINT, state, self.fingerprint, self.opened()[0])
 
     def diverged(self, error: DivergenceError) -> None:
         mlflow.set_tags({"failure": str(error), "diverged_at_epoch": error.epoch, "diverged_at_step": error.step})
 
     def stopped(self, state: dict) -> str:
         """Checkpoint a stopped run; returns what to tell the user about it."""
-        checkpoint.save(paths.CHECKPOINT, state, self.fingerprint, self.run_id)
+        checkpoint.save(paths.CHECKPOINT, state, self.fingerprint, self.opened()[0])
         mlflow.set_tag("stopped_at_step", state["progress"]["step"])
         return f"checkpoint written to {paths.CHECKPOINT}: "
 
     def finish(self, result: TrainResult, model: torch.nn.Module, example: torch.Tensor) -> None:
         """Log the run's figures and model, and write the stage's DVC outputs."""
-        summary = {m.SAMPLES_PER_S: result.samples_per_s, m.TRAIN_SECONDS: result.seconds,
-                   **peak_memory_metrics(self.device)}
+        summary = {
+            m.SAMPLES_PER_S: result.samples_per_s,
+            m.TRAIN_SECONDS: result.seconds,
+            **peak_memory_metrics(self.device),
+        }
         if result.final_scale is not None:
             summary |= {m.GRAD_SCALE_FINAL: result.final_scale, m.SKIPPED_STEPS: result.skipped_steps}
         mlflow.log_metrics(summary)  # the loss and accuracy are logged already, per epoch
@@ -154,8 +178,19 @@ class NoRecorder:
 
 def write_plots(epochs: list[EpochRecord]) -> None:
     """The DVC plot files: loss and accuracy per epoch, and the numerics."""
-    atomic_write_json(paths.TRAIN_PLOT, [{m.PLOT_EPOCH: r.epoch, m.PLOT_LOSS: r.loss, m.PLOT_ACCURACY: r.accuracy,
-                                          "seconds": r.seconds, "skipped_steps": r.skipped_steps} for r in epochs])
+    atomic_write_json(
+        paths.TRAIN_PLOT,
+        [
+            {
+                m.PLOT_EPOCH: r.epoch,
+                m.PLOT_LOSS: r.loss,
+                m.PLOT_ACCURACY: r.accuracy,
+                "seconds": r.seconds,
+                "skipped_steps": r.skipped_steps,
+            }
+            for r in epochs
+        ],
+    )
     numerics = {record.epoch: record.diagnostics for record in epochs if record.diagnostics}
     atomic_write_json(paths.DIAGNOSTICS_PLOT, diagnostics.epoch_rows(numerics))
     atomic_write_json(paths.LOSS_SCALE_PLOT, diagnostics.loss_scale_rows(numerics))
@@ -172,7 +207,10 @@ def log_model(state: dict, hidden, example: torch.Tensor) -> None:
     with torch.no_grad():
         signature = infer_signature(example.numpy(), model(example).numpy())
     mlflow.pytorch.log_model(
-        model, name="model", signature=signature, input_example=example.numpy(),
+        model,
+        name="model",
+        signature=signature,
+        input_example=example.numpy(),
         # Declared, so MLflow need not infer them (which takes seconds).
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
     )

@@ -19,7 +19,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from mnist_precision.base.paths import repo_root
-from mnist_precision.tracking.health import check_reachable
+from mnist_precision.tracking.health import TrackingError, check_reachable
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,11 @@ def locate(root: Path) -> Store:
     `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI itself, so a URI
     equal to the repository's store is that store, not a user's other one.
     """
-    own = Store(f"sqlite:///{root / 'mlflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}",
-                (root / "mlartifacts").as_uri(), lock=root / "mlflow.db.lock")
+    own = Store(
+        f"sqlite:///{root / 'mlflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}",
+        (root / "mlartifacts").as_uri(),
+        lock=root / "mlflow.db.lock",
+    )
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     return Store(uri, None) if uri and uri != own.uri else own
 
@@ -84,4 +87,14 @@ def get_or_create_experiment(name: str, chosen: Store) -> str:
             # Another machine's stage created it in between (a shared server has no lock of ours).
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            return mlflow.get_experiment_by_name(name).experiment_id
+            return existing_experiment_id(name)
+
+
+def existing_experiment_id(name: str) -> str:
+    """The id of an experiment that a stage has made."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is None:
+        raise TrackingError(
+            f"no MLflow experiment named {name!r} in {mlflow.get_tracking_uri()}: run the pipeline first"
+        )
+    return found.experiment_id

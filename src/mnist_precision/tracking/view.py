@@ -24,10 +24,24 @@ VIEW_KEY = "mnist-precision-verdict"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 VIEW_NAME = "Precision verdict"
 # The columns, in this order: what the run is, its verdict (a parent's), then a seed run's own figures.
-COLUMNS = ("params.`precision`", "params.`optimizer`", *(f"metrics.`{name}`" for name in (
-    m.VERDICT_ACCURACY_DIFFERENCE, m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "low"),
-    m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "high"), m.VERDICT_WITHIN_NOISE, m.VERDICT_THROUGHPUT_RATIO,
-    m.VERDICT_SEEDS, m.VERDICT_TEST_ACCURACY, m.TEST_ACCURACY, m.SAMPLES_PER_S)))
+COLUMNS = (
+    "params.`precision`",
+    "params.`optimizer`",
+    *(
+        f"metrics.`{name}`"
+        for name in (
+            m.VERDICT_ACCURACY_DIFFERENCE,
+            m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "low"),
+            m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "high"),
+            m.VERDICT_WITHIN_NOISE,
+            m.VERDICT_THROUGHPUT_RATIO,
+            m.VERDICT_SEEDS,
+            m.VERDICT_TEST_ACCURACY,
+            m.TEST_ACCURACY,
+            m.SAMPLES_PER_S,
+        )
+    ),
+)
 
 
 def view_state() -> dict:
@@ -35,12 +49,24 @@ def view_state() -> dict:
     Sorted by start time, as the UI sorts by default: sorted by a param, it
     shows nested runs flat, not under their parents (checked in 3.17.2)."""
     return {
-        "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
-        "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-        "selectedColumns": list(COLUMNS), "columnOrder": list(COLUMNS), "columnWidths": {},
-        "runsHiddenMode": "FIRST_10_RUNS", "viewMaximized": False, "runListHidden": False,
-        "isAccordionReordered": False, "useGroupedValuesInCharts": True, "hideEmptyCharts": True,
-        "groupBy": None, "groupsExpanded": {},
+        "searchFilter": "",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": list(COLUMNS),
+        "columnOrder": list(COLUMNS),
+        "columnWidths": {},
+        "runsHiddenMode": "FIRST_10_RUNS",
+        "viewMaximized": False,
+        "runListHidden": False,
+        "isAccordionReordered": False,
+        "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True,
+        "groupBy": None,
+        "groupsExpanded": {},
         "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
     }
 
@@ -51,8 +77,9 @@ def save_view(client: MlflowClient, experiment_id: str) -> None:
     earlier = client.get_experiment(experiment_id).tags.get(VIEW_TAG)
     created = json.loads(earlier).get("createdAt", now) if earlier else now
     state = "deflate;" + base64.b64encode(zlib.compress(json.dumps(view_state()).encode())).decode()
-    client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(
-        {"name": VIEW_NAME, "createdAt": created, "updatedAt": now, "state": state}))
+    client.set_experiment_tag(
+        experiment_id, VIEW_TAG, json.dumps({"name": VIEW_NAME, "createdAt": created, "updatedAt": now, "state": state})
+    )
 
 
 def runs_table_address(ui: str, experiment_id: str) -> str:

@@ -51,8 +51,10 @@ def describe(device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
         label = f"cuda ({device_name(device)}; compute capability {offers['cuda_compute_capability']})"
         return label, f"torch {torch.__version__}, CUDA {torch.version.cuda}"
-    label = (f"cpu ({device_name(device)}; {offers['cpu_capability']}, features {offers['cpu_features']}, "
-             f"{torch.get_num_threads()} threads)")
+    label = (
+        f"cpu ({device_name(device)}; {offers['cpu_capability']}, features {offers['cpu_features']}, "
+        f"{torch.get_num_threads()} threads)"
+    )
     return label, f"torch {torch.__version__}"
 
 
@@ -65,12 +67,28 @@ def log_benchmark(experiment: str, result: dict, files: list[Path]) -> str:
 
     store = configure()
     target = get_or_create_experiment(f"{experiment}-benchmarks", store)
-    with run_scope(system_metrics=False, experiment_id=target, run_name=f"crossover-{time.strftime('%Y%m%d-%H%M%S')}",
-                   tags={RUN_TYPE_TAG: BENCHMARK, "benchmark": "crossover", "device": result["device"]}) as run:
-        mlflow.log_params({"device": result["device"], "software": result["software"], "budget_s": result["budget_s"],
-                           "widths": result["widths"], "batches": result["batches"]})
-        mlflow.log_metrics({f"crossover/{c['precision']}/{c['mode']}/w{c['width']}_b{c['batch']}": c["ratio"]
-                            for c in result["cells"] if c["ratio"] is not None})
+    with run_scope(
+        system_metrics=False,
+        experiment_id=target,
+        run_name=f"crossover-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={RUN_TYPE_TAG: BENCHMARK, "benchmark": "crossover", "device": result["device"]},
+    ) as run:
+        mlflow.log_params(
+            {
+                "device": result["device"],
+                "software": result["software"],
+                "budget_s": result["budget_s"],
+                "widths": result["widths"],
+                "batches": result["batches"],
+            }
+        )
+        mlflow.log_metrics(
+            {
+                f"crossover/{c['precision']}/{c['mode']}/w{c['width']}_b{c['batch']}": c["ratio"]
+                for c in result["cells"]
+                if c["ratio"] is not None
+            }
+        )
         for path in files:
             mlflow.log_artifact(str(path), artifact_path="crossover")
         return run.info.run_id
@@ -82,15 +100,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=180.0, help="seconds of timing in all (default 180)")
     parser.add_argument("--widths", type=sizes, default=[256, 1024, 4096], help="hidden widths (default 256,1024,4096)")
     parser.add_argument("--batches", type=sizes, default=[64, 512, 4096], help="batch sizes (default 64,512,4096)")
-    parser.add_argument("--threads", type=int, help="intra-op threads on the CPU (default: PyTorch's, one per core; "
-                        "fewer where other work shares the cores, or its busy-waiting threads time the contention)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads on the CPU (default: PyTorch's, one per core; "
+        "fewer where other work shares the cores, or its busy-waiting threads time the contention)",
+    )
     parser.add_argument("--eager-only", action="store_true", help="on CUDA, skip the compiled (CUDA graphs) steps")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder of the files (default reports)")
     parser.add_argument("--name", default="crossover", help="the files' name (default crossover)")
     parser.add_argument("--experiment", help="MLflow experiment stem (default: mlflow.experiment of params.yaml)")
     parser.add_argument("--no-log", action="store_true", help="write the files only; log nothing to MLflow")
-    parser.add_argument("--from-json", type=Path, metavar="FILE",
-                        help="time nothing: write the Markdown and heatmaps of a map measured elsewhere (its JSON)")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="time nothing: write the Markdown and heatmaps of a map measured elsewhere (its JSON)",
+    )
     args = parser.parse_args(argv)
     if args.from_json:
         result = read(args.from_json)
@@ -107,20 +133,36 @@ def main(argv: list[str] | None = None) -> None:
     precisions, skipped = runnable(device)
     modes = ["eager"] if device.type != "cuda" or args.eager_only else ["eager", "compiled"]
     label, software = describe(device)
-    print(f"crossover: {len(precisions)} precisions x {len(modes)} modes x {len(args.widths)} widths x "
-          f"{len(args.batches)} batches on {label}, within {args.budget:.0f} s", flush=True)
+    print(
+        f"crossover: {len(precisions)} precisions x {len(modes)} modes x {len(args.widths)} widths x "
+        f"{len(args.batches)} batches on {label}, within {args.budget:.0f} s",
+        flush=True,
+    )
     started = time.monotonic()
 
     def progress(cell: Cell) -> None:
         said = f"{cell.ratio:.2f}x" if cell.ratio is not None else "not timed"
-        print(f"  {cell.precision:9} {cell.mode:8} width {cell.width:5} batch {cell.batch:5}: {said} ({cell.status})",
-              flush=True)
+        print(
+            f"  {cell.precision:9} {cell.mode:8} width {cell.width:5} batch {cell.batch:5}: {said} ({cell.status})",
+            flush=True,
+        )
 
     cells = time_grid(precisions, modes, args.widths, args.batches, device, args.budget, progress)
-    result = {"device": label, "software": software, "date": time.strftime("%Y-%m-%d"), "budget_s": args.budget,
-              "elapsed_s": time.monotonic() - started, "repeats": REPEATS, "widths": args.widths, "batches": args.batches,
-              "modes": modes, "skipped": skipped, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-              "cells": [cell.as_dict() for cell in cells]}
+    result = {
+        "device": label,
+        "software": software,
+        "date": time.strftime("%Y-%m-%d"),
+        "budget_s": args.budget,
+        "elapsed_s": time.monotonic() - started,
+        "repeats": REPEATS,
+        "widths": args.widths,
+        "batches": args.batches,
+        "modes": modes,
+        "skipped": skipped,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "cells": [cell.as_dict() for cell in cells],
+    }
     finish(args, result)
 
 

@@ -62,6 +62,7 @@ def make_step(precision: str, width: int, batch: int, device: torch.device, comp
     def run():
         with policy.numerics():  # TF32 for tf32's step only
             step(images, labels)
+
     return run
 
 
@@ -69,6 +70,7 @@ def repeat(step: Callable[[], object], n: int) -> Callable[[], None]:
     def run():
         for _ in range(n):
             step()
+
     return run
 
 
@@ -104,7 +106,9 @@ def time_cell(cell: Cell, device: torch.device, clock: Clock, budget_s: float, e
         return cell
     steps = max(1, int(budget_s / (REPEATS * (base_s + variant_s))))
     turns = [(clock.time(repeat(base, steps)), clock.time(repeat(variant, steps))) for _ in range(REPEATS)]
-    interval = ratio_of_means({i: 1 / v for i, (_, v) in enumerate(turns)}, {i: 1 / b for i, (b, _) in enumerate(turns)})
+    interval = ratio_of_means(
+        {i: 1 / v for i, (_, v) in enumerate(turns)}, {i: 1 / b for i, (b, _) in enumerate(turns)}
+    )
     cell.status, cell.steps = TIMED, steps
     cell.ratio, cell.low, cell.high = interval.estimate, interval.low, interval.high
     cell.fp32_ms = 1000 * min(b for b, _ in turns) / steps
@@ -112,14 +116,23 @@ def time_cell(cell: Cell, device: torch.device, clock: Clock, budget_s: float, e
     return cell
 
 
-def time_grid(precisions: list[str], modes: list[str], widths: list[int], batches: list[int],
-              device: torch.device, budget_s: float, progress: Callable[[Cell], None] = lambda cell: None) -> list[Cell]:
+def time_grid(
+    precisions: list[str],
+    modes: list[str],
+    widths: list[int],
+    batches: list[int],
+    device: torch.device,
+    budget_s: float,
+    progress: Callable[[Cell], None] = lambda cell: None,
+) -> list[Cell]:
     """Every cell, smallest first, each given an equal share of the budget that is left."""
-    cells = sorted((Cell(p, mode, w, b) for p in precisions for mode in modes for w in widths for b in batches),
-                   key=lambda cell: (cell.flops(), cell.mode, precisions.index(cell.precision)))
+    cells = sorted(
+        (Cell(p, mode, w, b) for p in precisions for mode in modes for w in widths for b in batches),
+        key=lambda cell: (cell.flops(), cell.mode, precisions.index(cell.precision)),
+    )
     clock, deadline = Clock(device), time.monotonic() + budget_s
     seconds_per_flop: dict[tuple[str, str], float] = {}  # the variant's, from its last timed cell
-    for left, cell in zip(range(len(cells), 0, -1), cells):
+    for left, cell in zip(range(len(cells), 0, -1), cells, strict=True):
         share = max(0.0, deadline - time.monotonic()) / left
         rate = seconds_per_flop.get((cell.precision, cell.mode))
         time_cell(cell, device, clock, share, None if rate is None else rate * cell.flops())

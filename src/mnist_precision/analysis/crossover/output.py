@@ -9,12 +9,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import TwoSlopeNorm
 
-from mnist_precision.analysis.crossover.verdict import COSTS, PAYS, cells_of, sentence, variants, verdict  # noqa: E402
-from mnist_precision.base.atomic import atomic_path, atomic_write_json  # noqa: E402
+from mnist_precision.analysis.crossover.verdict import COSTS, PAYS, cells_of, sentence, variants, verdict
+from mnist_precision.base.atomic import atomic_path, atomic_write_json
 
 MARK = {PAYS: " ↑", COSTS: " ↓"}
 
@@ -29,29 +29,42 @@ def label(cell: dict) -> str:
 
 def table(result: dict, precision: str, mode: str) -> list[str]:
     cells = {(c["width"], c["batch"]): c for c in cells_of(result, precision, mode)}
-    lines = ["| width \\ batch | " + " | ".join(str(b) for b in result["batches"]) + " |",
-             "| --- |" + " ---: |" * len(result["batches"])]
+    lines = [
+        "| width \\ batch | " + " | ".join(str(b) for b in result["batches"]) + " |",
+        "| --- |" + " ---: |" * len(result["batches"]),
+    ]
     for width in result["widths"]:
         lines.append(f"| {width} | " + " | ".join(label(cells[(width, b)]) for b in result["batches"]) + " |")
     return lines
 
 
 def markdown(result: dict, figures: dict[tuple[str, str], str]) -> str:
-    lines = [f"# Where each precision pays: {result['device']}", "",
-             f"`mnist-precision crossover` on {result['date']}: one training step (forward, backward, "
-             "optimizer; data already on the device) of `Linear(784, width) -> ReLU -> Linear(width, 10)` "
-             f"in each precision, against fp32, on {result['device']} ({result['software']}). "
-             f"Each cell: the variant's throughput over fp32's, from {result['repeats']} interleaved turns "
-             "(fp32's steps, then the variant's), with the 95% interval of the ratio; ↑ pays (interval above 1), "
-             "↓ costs (below 1). Cells too slow for turns within the budget are timed once (no interval); cells "
-             f"whose one step would not fit are not timed. Budget {result['budget_s']:.0f} s, "
-             f"used {result['elapsed_s']:.0f} s.", ""]
+    lines = [
+        f"# Where each precision pays: {result['device']}",
+        "",
+        f"`mnist-precision crossover` on {result['date']}: one training step (forward, backward, "
+        "optimizer; data already on the device) of `Linear(784, width) -> ReLU -> Linear(width, 10)` "
+        f"in each precision, against fp32, on {result['device']} ({result['software']}). "
+        f"Each cell: the variant's throughput over fp32's, from {result['repeats']} interleaved turns "
+        "(fp32's steps, then the variant's), with the 95% interval of the ratio; ↑ pays (interval above 1), "
+        "↓ costs (below 1). Cells too slow for turns within the budget are timed once (no interval); cells "
+        f"whose one step would not fit are not timed. Budget {result['budget_s']:.0f} s, "
+        f"used {result['elapsed_s']:.0f} s.",
+        "",
+    ]
     for precision, reason in result["skipped"].items():
         lines.append(f"- {precision}: not run here ({reason}).")
     for precision, mode in variants(result):
-        lines += ["", f"## {precision}, {mode}", "",
-                  f"{precision} ({mode}) {sentence(cells_of(result, precision, mode))}.", "",
-                  *table(result, precision, mode), "", f"![{precision} {mode}]({figures[(precision, mode)]})"]
+        lines += [
+            "",
+            f"## {precision}, {mode}",
+            "",
+            f"{precision} ({mode}) {sentence(cells_of(result, precision, mode))}.",
+            "",
+            *table(result, precision, mode),
+            "",
+            f"![{precision} {mode}]({figures[(precision, mode)]})",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -67,13 +80,26 @@ def heatmap(result: dict, precision: str, mode: str, path: Path) -> None:
     for i, width in enumerate(widths):
         for j, batch in enumerate(batches):
             dark = np.isfinite(logs[i, j]) and abs(logs[i, j]) > reach / 2
-            axes.text(j, i, label(cells[(width, batch)]).replace(" [", "\n["), ha="center", va="center", fontsize=7,
-                      color="white" if dark else "black")
+            axes.text(
+                j,
+                i,
+                label(cells[(width, batch)]).replace(" [", "\n["),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
     if np.isfinite(logs).sum() >= 4 and np.nanmin(logs) < 0 < np.nanmax(logs):
         axes.contour(np.ma.masked_invalid(logs), levels=[0.0], colors="black", linewidths=1.5)
-    axes.set(xticks=range(len(batches)), xticklabels=batches, yticks=range(len(widths)), yticklabels=widths,
-             xlabel="batch size", ylabel="hidden width",
-             title=f"{precision} ({mode}) against fp32\n{result['device']}")
+    axes.set(
+        xticks=range(len(batches)),
+        xticklabels=batches,
+        yticks=range(len(widths)),
+        yticklabels=widths,
+        xlabel="batch size",
+        ylabel="hidden width",
+        title=f"{precision} ({mode}) against fp32\n{result['device']}",
+    )
     bar = figure.colorbar(image, ax=axes)
     bar.set_label("throughput ratio, log2 (0: as fast as fp32)")
     figure.tight_layout()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ def training_flops_per_sample(hidden: tuple[int, ...]) -> int:
     gradients (2 per weight), and input gradients for every layer but the
     first, whose input (the image) needs none."""
     widths = [28 * 28, *hidden, 10]
-    weights = [a * b for a, b in zip(widths, widths[1:])]
+    weights = [a * b for a, b in itertools.pairwise(widths)]
     return 2 * sum(weights) + 2 * sum(weights) + 2 * sum(weights[1:])
 
 

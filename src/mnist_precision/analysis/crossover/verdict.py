@@ -68,5 +68,6 @@ def cells_of(result: dict, precision: str, mode: str) -> list[dict]:
 
 def sentences(result: dict) -> list[str]:
     """One sentence per variant and mode of a crossover map."""
-    return [f"{precision} ({mode}) {sentence(cells_of(result, precision, mode))}"
-            for precision, mode in variants(result)]
+    return [
+        f"{precision} ({mode}) {sentence(cells_of(result, precision, mode))}" for precision, mode in variants(result)
+    ]

@@ -25,16 +25,19 @@ from mnist_precision.base import paths
 from mnist_precision.base.params import load
 from mnist_precision.tracking.lifecycle import run_scope
 from mnist_precision.tracking.run_types import RUN_TYPE_TAG, SUMMARY
-from mnist_precision.tracking.store import configure, get_or_create_experiment
+from mnist_precision.tracking.store import configure, existing_experiment_id, get_or_create_experiment
 from mnist_precision.tracking.view import save_view
 
 
 def log_summary(experiment: str, report: Path, figures: list[Path]) -> str:
     store = configure()
     summary_experiment = get_or_create_experiment(f"{experiment}-reports", store)
-    with run_scope(system_metrics=False, experiment_id=summary_experiment,
-                   run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
-                   tags={RUN_TYPE_TAG: SUMMARY, "report.source_experiment": experiment}) as run:
+    with run_scope(
+        system_metrics=False,
+        experiment_id=summary_experiment,
+        run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={RUN_TYPE_TAG: SUMMARY, "report.source_experiment": experiment},
+    ) as run:
         mlflow.log_artifact(str(report), artifact_path="report")
         for figure in figures:
             mlflow.log_artifact(str(figure), artifact_path="report")
@@ -52,11 +55,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Group {index}: {group.title()}")
         print(verdict_table(group))
     client = MlflowClient()
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    experiment_id = existing_experiment_id(experiment)
     parents = update_parents(client, experiment_id, groups)
     save_view(client, experiment_id)
-    print(f"MLflow: {parents} variant parent run(s) in experiment '{experiment}', each over its seed runs, "
-          "with its verdict as metrics (`mnist-precision ui` opens the runs table).")
+    print(
+        f"MLflow: {parents} variant parent run(s) in experiment '{experiment}', each over its seed runs, "
+        "with its verdict as metrics (`mnist-precision ui` opens the runs table)."
+    )
     run_id = log_summary(experiment, args.out, figures)
-    print(f"Wrote {args.out} and {len(figures)} figures; logged as summary run {run_id} "
-          f"in MLflow experiment '{experiment}-reports'.")
+    print(
+        f"Wrote {args.out} and {len(figures)} figures; logged as summary run {run_id} "
+        f"in MLflow experiment '{experiment}-reports'."
+    )

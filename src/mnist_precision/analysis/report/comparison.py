@@ -75,14 +75,17 @@ class Group:
 
     def precisions(self) -> list[str]:
         """The variants, in the order of the precision table."""
+
         def order(variant: str) -> tuple[int, str]:
             base = variant.split(" ")[0]
             return (NAMES.index(base) if base in NAMES else len(NAMES), variant)
+
         return sorted(self.runs, key=order)
 
     def values(self, precision: str, metric: str) -> dict[int, float]:
-        return {seed: getattr(run, metric) for seed, run in self.runs[precision].items()
-                if getattr(run, metric) is not None}
+        return {
+            seed: getattr(run, metric) for seed, run in self.runs[precision].items() if getattr(run, metric) is not None
+        }
 
 
 @dataclass
@@ -99,41 +102,43 @@ class Verdict:
 
 def collect(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
     records = []
-    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"]
+    )
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
         if not is_training_run(run.data.tags) or m.TEST_ACCURACY not in metrics:
             continue
         memory_kind = next((k for k in m.PEAK_MEMORY if k in metrics), None)
 
-        def history(key: str) -> dict[int, float]:
-            return {point.step: point.value for point in client.get_metric_history(run.info.run_id, key)
-                    if point.step >= 1}
+        def history(key: str, run_id: str = run.info.run_id) -> dict[int, float]:
+            return {point.step: point.value for point in client.get_metric_history(run_id, key) if point.step >= 1}
 
-        records.append(RunRecord(
-            run_id=run.info.run_id,
-            precision=variant(params),
-            seed=int(params["seed"]),
-            device=device_label(params),
-            config=config_of(params),
-            test_accuracy=metrics[m.TEST_ACCURACY],
-            samples_per_s=metrics[m.SAMPLES_PER_S],
-            peak_memory_mb=metrics.get(memory_kind) if memory_kind else None,
-            peak_memory_kind=memory_kind,
-            model_bytes_fp32=metrics.get(m.MODEL_BYTES_FP32),
-            model_bytes_fp16=metrics.get(m.MODEL_BYTES_FP16),
-            fp16_stored_test_accuracy=metrics.get(m.FP16_STORED_TEST_ACCURACY),
-            lost_updates=metrics.get(m.LOST_UPDATES),
-            act_grads_flushed=metrics.get(m.underflow("act_grads", "flushed")),
-            act_grads_scaled_flushed=metrics.get(m.underflow("act_grads", "flushed", scaled=True)),
-            update_bias=metrics.get(m.UPDATE_BIAS),
-            second_moment_flushed=metrics.get(m.SECOND_MOMENT_FLUSHED),
-            loss_by_epoch=history(m.TRAIN_LOSS),
-            lost_updates_by_epoch=history(m.LOST_UPDATES) if m.LOST_UPDATES in metrics else {},
-            update_bias_by_epoch=history(m.UPDATE_BIAS) if m.UPDATE_BIAS in metrics else {},
-            loss_scale_by_step=history(m.LOSS_SCALE) if m.LOSS_SCALE in metrics else {},
-        ))
+        records.append(
+            RunRecord(
+                run_id=run.info.run_id,
+                precision=variant(params),
+                seed=int(params["seed"]),
+                device=device_label(params),
+                config=config_of(params),
+                test_accuracy=metrics[m.TEST_ACCURACY],
+                samples_per_s=metrics[m.SAMPLES_PER_S],
+                peak_memory_mb=metrics.get(memory_kind) if memory_kind else None,
+                peak_memory_kind=memory_kind,
+                model_bytes_fp32=metrics.get(m.MODEL_BYTES_FP32),
+                model_bytes_fp16=metrics.get(m.MODEL_BYTES_FP16),
+                fp16_stored_test_accuracy=metrics.get(m.FP16_STORED_TEST_ACCURACY),
+                lost_updates=metrics.get(m.LOST_UPDATES),
+                act_grads_flushed=metrics.get(m.underflow("act_grads", "flushed")),
+                act_grads_scaled_flushed=metrics.get(m.underflow("act_grads", "flushed", scaled=True)),
+                update_bias=metrics.get(m.UPDATE_BIAS),
+                second_moment_flushed=metrics.get(m.SECOND_MOMENT_FLUSHED),
+                loss_by_epoch=history(m.TRAIN_LOSS),
+                lost_updates_by_epoch=history(m.LOST_UPDATES) if m.LOST_UPDATES in metrics else {},
+                update_bias_by_epoch=history(m.UPDATE_BIAS) if m.UPDATE_BIAS in metrics else {},
+                loss_scale_by_step=history(m.LOSS_SCALE) if m.LOSS_SCALE in metrics else {},
+            )
+        )
     return records
 
 
@@ -154,15 +159,21 @@ def device_label(params: dict[str, str]) -> str:
     """The device, what it offers for each precision, the threads the run used,
     and the software whose kernels it ran (torch, and CUDA on a GPU): runs that
     differ in any of these are other groups, since these decide the speed."""
-    offers = (f"compute capability {params['cuda_compute_capability']}" if "cuda_compute_capability" in params
-              else f"{params['cpu_capability']}, features {params.get('cpu_features', 'none')}"
-              if "cpu_capability" in params else "features not recorded")
+    offers = (
+        f"compute capability {params['cuda_compute_capability']}"
+        if "cuda_compute_capability" in params
+        else f"{params['cpu_capability']}, features {params.get('cpu_features', 'none')}"
+        if "cpu_capability" in params
+        else "features not recorded"
+    )
     threads = f", {params['threads']} threads" if "threads" in params else ""
     software = f"torch {params.get('torch_version', 'not recorded')}"
     if params.get("device_resolved", "").startswith("cuda"):
         software += f", CUDA {params.get('cuda_version', 'not recorded')}"
-    return (f"{params.get('device_resolved', '?')} ({params.get('device_name', 'unknown device')}; "
-            f"{offers}{threads}; {software})")
+    return (
+        f"{params.get('device_resolved', '?')} ({params.get('device_name', 'unknown device')}; "
+        f"{offers}{threads}; {software})"
+    )
 
 
 def group_runs(records: list[RunRecord]) -> list[Group]:
@@ -181,10 +192,14 @@ def verdicts(group: Group) -> list[Verdict]:
     if BASELINE not in group.runs:
         return []
     return [
-        Verdict(precision, len(group.runs[precision]),
-                difference_of_means(group.values(precision, "test_accuracy"), group.values(BASELINE, "test_accuracy")),
-                ratio_of_means(group.values(precision, "samples_per_s"), group.values(BASELINE, "samples_per_s")))
-        for precision in group.precisions() if precision != BASELINE
+        Verdict(
+            precision,
+            len(group.runs[precision]),
+            difference_of_means(group.values(precision, "test_accuracy"), group.values(BASELINE, "test_accuracy")),
+            ratio_of_means(group.values(precision, "samples_per_s"), group.values(BASELINE, "samples_per_s")),
+        )
+        for precision in group.precisions()
+        if precision != BASELINE
     ]
 
 
@@ -203,15 +218,19 @@ def crossover_maps(client: MlflowClient, experiment: str) -> list[tuple[str, dic
     found = client.get_experiment_by_name(f"{experiment}-benchmarks")
     if found is None:
         return []
-    runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"],
-                              filter_string="attributes.status = 'FINISHED' and tags.benchmark = 'crossover'")
+    runs = client.search_runs(
+        [found.experiment_id],
+        order_by=["attributes.start_time DESC"],
+        filter_string="attributes.status = 'FINISHED' and tags.benchmark = 'crossover'",
+    )
     maps, seen = [], set()
     for run in runs:
         key = (run.data.params.get("device"), run.data.params.get("software"))
         if key in seen:  # an older map of a device already mapped
             continue
-        artifact = next((a.path for a in client.list_artifacts(run.info.run_id, "crossover")
-                         if a.path.endswith(".json")), None)
+        artifact = next(
+            (a.path for a in client.list_artifacts(run.info.run_id, "crossover") if a.path.endswith(".json")), None
+        )
         crossover = download_json(run.info.run_id, artifact) if artifact else None
         if crossover:
             maps.append((run.info.run_id, crossover))

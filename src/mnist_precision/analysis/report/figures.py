@@ -9,11 +9,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.axis import Axis
+from matplotlib.ticker import MaxNLocator
 
-from mnist_precision.analysis.report.comparison import Group, RunRecord, download_json  # noqa: E402
-from mnist_precision.base.atomic import atomic_path  # noqa: E402
-from mnist_precision.core.diagnostics import FP16_SMALLEST_NORMAL, FP16_SMALLEST_SUBNORMAL  # noqa: E402
+from mnist_precision.analysis.report.comparison import Group, RunRecord, download_json
+from mnist_precision.base.atomic import atomic_path
+from mnist_precision.core.diagnostics import FP16_SMALLEST_NORMAL, FP16_SMALLEST_SUBNORMAL
 
 FIGURES = ("loss", "accuracy", "costs", "underflow", "loss-scale", "lost-updates", "update-bias", "second-moment")
 
@@ -40,12 +42,21 @@ def plot_loss(group: Group, path: Path) -> None:
             continue
         x = sorted(set.intersection(*(set(c) for c in curves)))  # epochs every seed reached
         per_epoch = [[c[epoch] for c in curves] for epoch in x]
-        axes.plot(x, [statistics.fmean(v) for v in per_epoch], marker="o", label=f"{precision} (mean of {len(curves)} seeds)")
+        axes.plot(
+            x, [statistics.fmean(v) for v in per_epoch], marker="o", label=f"{precision} (mean of {len(curves)} seeds)"
+        )
         axes.fill_between(x, [min(v) for v in per_epoch], [max(v) for v in per_epoch], alpha=0.2)
-    axes.xaxis.get_major_locator().set_params(integer=True)
+    integer_ticks(axes.xaxis)
     axes.set(xlabel="epoch", ylabel="training loss", title="Training loss per epoch (band: min to max across seeds)")
     axes.legend()
     _save(figure, path)
+
+
+def integer_ticks(axis: Axis) -> None:
+    """Whole numbers only on `axis` (its default locator, AutoLocator, is a MaxNLocator)."""
+    locator = axis.get_major_locator()
+    assert isinstance(locator, MaxNLocator)
+    locator.set_params(integer=True)
 
 
 def plot_accuracy(group: Group, path: Path) -> None:
@@ -53,7 +64,9 @@ def plot_accuracy(group: Group, path: Path) -> None:
     for i, precision in enumerate(group.precisions()):
         values = list(group.values(precision, "test_accuracy").values())
         axes.scatter([i] * len(values), values, alpha=0.7, label="a seed" if i == 0 else None, color="tab:blue")
-        axes.hlines(statistics.fmean(values), i - 0.25, i + 0.25, color="black", label="mean" if i == 0 else None)
+        axes.hlines(
+            statistics.fmean(values), i - 0.25, i + 0.25, color="black", label="mean" if i == 0 else "_nolegend_"
+        )
     axes.set_xticks(range(len(group.precisions())), group.precisions())
     axes.set(ylabel="test accuracy", title="Test accuracy per precision, every seed")
     axes.legend()
@@ -63,16 +76,22 @@ def plot_accuracy(group: Group, path: Path) -> None:
 def plot_costs(group: Group, path: Path) -> None:
     precisions = group.precisions()
     figure, (speed, memory, storage) = plt.subplots(1, 3, figsize=(12, 4))
-    speed.bar(precisions, [statistics.fmean(group.values(p, "samples_per_s").values()) for p in precisions], color="tab:green")
+    speed.bar(
+        precisions, [statistics.fmean(group.values(p, "samples_per_s").values()) for p in precisions], color="tab:green"
+    )
     speed.set(ylabel="samples/s (mean across seeds)", title="Training throughput")
     peaks = [group.values(p, "peak_memory_mb") for p in precisions]
     memory.bar(precisions, [statistics.fmean(v.values()) if v else 0 for v in peaks], color="tab:orange")
     kind = next((r.peak_memory_kind for runs in group.runs.values() for r in runs.values() if r.peak_memory_kind), "")
     memory.set(ylabel=f"MiB ({kind})", title="Peak memory")
-    sizes = [r for runs in group.runs.values() for r in runs.values() if r.model_bytes_fp32]
+    sizes = [
+        (r.model_bytes_fp32, r.model_bytes_fp16)
+        for runs in group.runs.values()
+        for r in runs.values()
+        if r.model_bytes_fp32 and r.model_bytes_fp16
+    ]
     if sizes:
-        storage.bar(["stored fp32", "stored fp16"],
-                    [sizes[0].model_bytes_fp32 / 1024, sizes[0].model_bytes_fp16 / 1024], color="tab:purple")
+        storage.bar(["stored fp32", "stored fp16"], [sizes[0][0] / 1024, sizes[0][1] / 1024], color="tab:purple")
     storage.set(ylabel="KiB", title="Model size on disk")
     figure.tight_layout()
     _save(figure, path)
@@ -96,9 +115,12 @@ def plot_lost_updates(group: Group, path: Path) -> None:
         axes.legend()
     else:
         _no_data(axes, "lost updates")
-    axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.set(xlabel="epoch", ylabel="share of non-zero updates lost",
-             title="Updates rounded away by the stored weights' precision")
+    integer_ticks(axes.xaxis)
+    axes.set(
+        xlabel="epoch",
+        ylabel="share of non-zero updates lost",
+        title="Updates rounded away by the stored weights' precision",
+    )
     _save(figure, path)
 
 
@@ -129,24 +151,29 @@ def plot_update_bias(group: Group, path: Path) -> None:
     else:
         _no_data(bias, "an update bias")
     for axes in (bias, lost):
-        axes.xaxis.get_major_locator().set_params(integer=True)
-    bias.set(xlabel="epoch", ylabel="update bias (-1: all lost, 0: unbiased)",
-             title="The applied update against fp32's")
-    lost.set(xlabel="epoch", ylabel="share of non-zero updates lost", title="Updates lost (dashed: stochastic rounding)")
+        integer_ticks(axes.xaxis)
+    bias.set(
+        xlabel="epoch", ylabel="update bias (-1: all lost, 0: unbiased)", title="The applied update against fp32's"
+    )
+    lost.set(
+        xlabel="epoch", ylabel="share of non-zero updates lost", title="Updates lost (dashed: stochastic rounding)"
+    )
     figure.tight_layout()
     _save(figure, path)
 
 
 def plot_second_moment(group: Group, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(6.5, 4))
-    shares = {p: group.values(p, "second_moment_flushed") for p in group.precisions()}
-    shares = {p: statistics.fmean(v.values()) for p, v in shares.items() if v}
+    seeds = {p: group.values(p, "second_moment_flushed") for p in group.precisions()}
+    shares = {p: statistics.fmean(v.values()) for p, v in seeds.items() if v}
     if shares:
         axes.bar(list(shares), list(shares.values()), color="tab:red")
     else:
         _no_data(axes, "AdamW's second moment (optimizer: adamw)")
-    axes.set(ylabel="share of non-zero values flushed to 0 (last epoch, mean across seeds)",
-             title="AdamW's second moment as the stored dtype holds it")
+    axes.set(
+        ylabel="share of non-zero values flushed to 0 (last epoch, mean across seeds)",
+        title="AdamW's second moment as the stored dtype holds it",
+    )
     _save(figure, path)
 
 
@@ -184,25 +211,39 @@ def plot_underflow(group: Group, path: Path) -> str:
     run = histogram_run(group)
     rows = download_json(run.run_id, "plots/underflow_histogram.json") if run else None
     caption = "no run in this group recorded the histogram"
-    if rows:
+    if run and rows:
         x = [row["log2_magnitude"] for row in rows]
         scale = rows[0]["loss_scale"]
         shift = math.log2(scale)
         axes.bar(x, [row["share"] for row in rows], width=0.9, color="tab:blue", label="fp32 values")
         if shift:
-            axes.step([v + shift for v in x], [row["share"] for row in rows], where="mid", color="tab:red",
-                      label=f"times the loss scale {scale:g}")
-        axes.axvspan(min(x) - 1, math.log2(FP16_SMALLEST_SUBNORMAL), color="grey", alpha=0.3,
-                     label="below 2^-24: zero in fp16")
-        axes.axvspan(math.log2(FP16_SMALLEST_SUBNORMAL), math.log2(FP16_SMALLEST_NORMAL), color="orange", alpha=0.2,
-                     label="2^-24 to 2^-14: fp16 subnormals")
+            axes.step(
+                [v + shift for v in x],
+                [row["share"] for row in rows],
+                where="mid",
+                color="tab:red",
+                label=f"times the loss scale {scale:g}",
+            )
+        axes.axvspan(
+            min(x) - 1, math.log2(FP16_SMALLEST_SUBNORMAL), color="grey", alpha=0.3, label="below 2^-24: zero in fp16"
+        )
+        axes.axvspan(
+            math.log2(FP16_SMALLEST_SUBNORMAL),
+            math.log2(FP16_SMALLEST_NORMAL),
+            color="orange",
+            alpha=0.2,
+            label="2^-24 to 2^-14: fp16 subnormals",
+        )
         axes.axvline(math.log2(65504), color="black", linestyle="--", label="fp16's largest value")
         axes.legend(fontsize=8)
         caption = f"run {run.run_id[:8]} ({run.precision}, seed {run.seed}), its last sampled step"
     else:
         _no_data(axes, "the histogram")
-    axes.set(xlabel="log2 |activation gradient|", ylabel="share of non-zero values",
-             title="Activation gradients against fp16's range")
+    axes.set(
+        xlabel="log2 |activation gradient|",
+        ylabel="share of non-zero values",
+        title="Activation gradients against fp16's range",
+    )
     _save(figure, path)
     return caption
 

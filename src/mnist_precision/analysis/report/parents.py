@@ -42,8 +42,12 @@ def variant_key(group: Group, precision: str) -> str:
 def update_parents(client: MlflowClient, experiment_id: str, groups: list[Group]) -> int:
     """Create or update each variant's parent run and nest its seed runs under
     it; return how many parents there are."""
-    found = {run.data.tags.get(KEY_TAG): run.info.run_id for run in client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_TYPE_TAG}` = '{VARIANT}'", max_results=10_000)}
+    found = {
+        run.data.tags.get(KEY_TAG): run.info.run_id
+        for run in client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_TYPE_TAG}` = '{VARIANT}'", max_results=10_000
+        )
+    }
     count = 0
     try:
         for group in groups:
@@ -79,8 +83,11 @@ def record_verdict(client: MlflowClient, parent: str, group: Group, precision: s
         inside = verdict.accuracy.contains(0.0)
         values[m.VERDICT_WITHIN_NOISE] = math.nan if inside is None else float(inside)
     now = int(time.time() * 1000)
-    client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in values.items()],
-                     tags=[RunTag(DESCRIPTION_TAG, description(group, precision, verdict))])
+    client.log_batch(
+        parent,
+        metrics=[Metric(k, v, now, 0) for k, v in values.items()],
+        tags=[RunTag(DESCRIPTION_TAG, description(group, precision, verdict))],
+    )
     client.update_run(parent, name=f"{precision}: {len(accuracy)} seeds, {group.optimizer}")
 
 
@@ -96,5 +103,6 @@ def description(group: Group, precision: str, verdict: Verdict | None) -> str:
 def interval_metrics(name: str, interval: Interval) -> dict[str, float]:
     """The estimate and its bounds; NaN bounds where there is no interval, so
     that a bound from an earlier report never stays beside a newer estimate."""
-    low, high = (interval.low, interval.high) if interval.has_interval else (math.nan, math.nan)
+    low = interval.low if interval.low is not None else math.nan
+    high = interval.high if interval.high is not None else math.nan
     return {name: interval.estimate, m.bound(name, "low"): low, m.bound(name, "high"): high}
