@@ -26,6 +26,7 @@ import yaml
 from mnist_precision.analysis.crossover.verdict import sentences
 from mnist_precision.base.atomic import atomic_write_bytes
 from mnist_precision.base.params import reference
+from mnist_precision.base.precision_table import PRECISIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -143,6 +144,10 @@ def parameters_page() -> str:
     lines += [
         f"| `{key}` | {accepts} | `{default}` | {meaning} |" for key, accepts, default, meaning in reference(defaults)
     ]
+    lines += ["", "## The precisions", "", "What `precision` sets, from the precision table", ""]
+    lines[-2] += " (`mnist_precision.base.precision_table`; [numerics](precisions.md)):"
+    lines += ["| precision | what it computes in |", "| --- | --- |"]
+    lines += [f"| `{name}` | {precision.summary} |" for name, precision in PRECISIONS.items()]
     return "\n".join(lines) + "\n"
 
 

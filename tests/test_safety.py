@@ -41,7 +41,11 @@ def test_every_mlflow_server_command_binds_to_loopback():
     ]
     # The Python that starts one, its arguments on one line or spread over several.
     flat = {name: re.sub(r"\s+", " ", text) for name, text in TEXT.items()}
-    python = [name for name, text in flat.items() if '"server", "--backend-store-uri"' in text]
+    python = [
+        name
+        for name, text in flat.items()
+        if '"server", "--backend-store-uri"' in text or ("mlflow_server_command(" in text and name.startswith("src/"))
+    ]
     assert {"src/mnist_precision/operations/server.py", "src/mnist_precision/operations/ui.py"} <= set(python)
     assert all("--host 127.0.0.1" in command for _, command in shell), shell  # any a page spells out
     # A command may take the address from its caller only where 127.0.0.1 is the default.

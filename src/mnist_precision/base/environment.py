@@ -5,8 +5,8 @@ The `environment` stage writes this description to `environment.json`, which
 declines to restore them) on another machine or another PyTorch, and only
 there. Checking it must cost little, since it runs on every `dvc repro`:
 everything here comes from /proc/cpuinfo, package metadata, the files of the
-installed torch (read, not imported) and NVML, never from `import torch`
-(2.6-3.0 s on a 2-core machine; this module takes about 0.1 s).
+installed torch (read, not imported) and NVML, never from `import torch`,
+which costs many times what this module does.
 """
 
 from __future__ import annotations

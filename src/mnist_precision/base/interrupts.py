@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
+
+STOPS = (signal.SIGINT, signal.SIGTERM)
+Handler = Callable[[int, FrameType | None], object]
+
+
+@contextmanager
+def handling(handler: Handler, signals: tuple[signal.Signals, ...] = STOPS) -> Iterator[None]:
+    """`handler` for `signals` while the block runs, and the handlers they had before after it."""
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, before in previous.items():
+            signal.signal(s, before)
 
 
 class Interrupted(BaseException):
@@ -21,11 +36,8 @@ def _raise_interrupted(signum, frame):
 
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    try:
+    with handling(_raise_interrupted, (signal.SIGTERM,)):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -34,14 +46,8 @@ def deferred() -> Iterator[None]:
     MLflow run: a run cut off there stays RUNNING). A signal that came is
     raised after the block, unless an error is already on its way out."""
     received: list[int] = []
-    previous = {
-        s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
+    with handling(lambda signum, frame: received.append(signum)):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if received:
         raise Interrupted(f"received {signal.Signals(received[0]).name}", received[0])
 
@@ -68,9 +74,5 @@ class StopRequest:
 
     @contextmanager
     def active(self) -> Iterator[StopRequest]:
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with handling(self._handle):
             yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)

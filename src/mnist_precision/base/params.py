@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from mnist_precision.base.errors import UserError
+from mnist_precision.base.paths import PARAMS as PARAMS_FILE
 from mnist_precision.base.precision_table import NAMES as PRECISIONS
 from mnist_precision.base.precision_table import PRECISIONS as TABLE
 from mnist_precision.base.precision_table import parse_loss_scale
@@ -387,3 +388,8 @@ def load(path: str | Path = "params.yaml") -> Params:
         problem = getattr(error, "problem", None) or str(error)
         raise ParamsError(f"{where}: YAML syntax error: {problem}") from None
     return parse(tree)
+
+
+def experiment_name(given: str | None) -> str:
+    """The MLflow experiment a command reads: the one given (--experiment), else params.yaml's."""
+    return given or load(PARAMS_FILE).mlflow_experiment

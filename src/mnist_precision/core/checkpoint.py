@@ -29,8 +29,8 @@ from mnist_precision.base.errors import UserError
 from mnist_precision.base.params import Params
 
 FORMAT_NAME = "mnist-precision-checkpoint"
-# 3: the state of TrainState, with torch.optim's optimizer state (2 had none).
-# 4: the optimizer in the fingerprint; stochastic rounding's random stream in the optimizer's state.
+# Raised whenever the layout of `state` changes: an older checkpoint is then
+# refused with a message instead of half-loaded.
 FORMAT = f"{FORMAT_NAME}/4"
 
 

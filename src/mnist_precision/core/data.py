@@ -43,9 +43,9 @@ def shuffled_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of batches in the generator's order; the last batch may be short.
 
-    Each batch is gathered by index: measured here, 938 gathers of 64 rows
-    cost less than permuting the whole 188 MB set once per epoch, and
-    `index_select` less than indexing with a tensor.
+    Each batch is gathered by index: an epoch's gathers of a batch's rows cost
+    less than permuting the whole set once per epoch, and `index_select` less
+    than indexing with a tensor (benchmarks/results/cpu.md).
     """
     order = torch.randperm(len(split), generator=generator, device=generator.device)
     for start in range(0, len(split), batch_size):

@@ -50,7 +50,6 @@ from mnist_precision.base import metrics as m
 FP16_SMALLEST_SUBNORMAL = 2.0**-24  # below it, fp16 flushes to zero
 FP16_SMALLEST_NORMAL = 2.0**-14  # below it, fp16 keeps fewer than 11 significant bits
 HISTOGRAM_EXPONENTS = (-64, 16)  # floor(log2 |x|) bins of the histogram, both ends inclusive
-GRADIENT_KINDS = ("weight_grads", "act_grads")  # measured without and with the loss scale
 
 
 @dataclass

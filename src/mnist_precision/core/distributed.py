@@ -30,6 +30,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from mnist_precision.base.errors import UserError
+from mnist_precision.base.interrupts import handling
 
 # How long a rank waits in a collective for the others before it gives up:
 # a rank that died is noticed within this time (gloo notices a closed
@@ -190,7 +191,6 @@ def launch(processes: int, script: str) -> None:
             forwarded.append(signum)
             job.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     summary: list[str] = []
 
     def relay() -> None:  # torchrun's output goes on to ours, and its summary is kept
@@ -199,13 +199,10 @@ def launch(processes: int, script: str) -> None:
             summary.append(line)
             del summary[:-200]
 
-    relaying = threading.Thread(target=relay, daemon=True)
-    relaying.start()
-    try:
+    with handling(forward):
+        relaying = threading.Thread(target=relay, daemon=True)
+        relaying.start()
         code = job.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     relaying.join(timeout=10)
     if code == 0:
         return

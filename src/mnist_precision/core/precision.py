@@ -34,8 +34,8 @@ def fp32_matmul_precision(tf32: bool) -> Iterator[None]:
     """TF32 on or off for every matmul and conv while the block runs (off, fp32
     means 23 mantissa bits), and the process's previous flags back after it."""
     # The flag-per-backend API, not `torch.backends.fp32_precision`: with the
-    # newer one set, torch.export (used by mlflow.pytorch.log_model) fails in
-    # torch 2.14 with "a mix of the legacy and new APIs".
+    # newer one set, torch.export (used by mlflow.pytorch.log_model) fails with
+    # "a mix of the legacy and new APIs".
     before = (
         torch.backends.cuda.matmul.allow_tf32,
         torch.backends.cudnn.allow_tf32,

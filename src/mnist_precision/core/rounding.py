@@ -8,11 +8,11 @@ otherwise, it is applied on average: the expected stored value is the exact
 one (Zamirai et al., "Revisiting BFloat16 Training", 2020).
 
 Why the project's own and not a library's: torch.optim has none (PyTorch
-issue 120376). torchao 0.18's full-precision AdamW with
-`bf16_stochastic_round` is private (`torchao.optim._AdamW`), rounds bfloat16
-only (not float16), compiles each parameter's step with torch.compile (a C++
-toolchain and compile time on every run's first step) and draws from torch's
-global random stream; and no library offers it for SGD. The function below
+issue 120376). torchao's full-precision AdamW with `bf16_stochastic_round` is
+private (`torchao.optim._AdamW`), rounds bfloat16 only (not float16),
+compiles each parameter's step with torch.compile (a C++ toolchain and
+compile time on every run's first step) and draws from torch's global random
+stream; and no library offers it for SGD. The function below
 rounds to either half dtype from a generator the run seeds and checkpoints,
 and `StochasticRounding` puts it under any torch.optim optimizer.
 """
@@ -30,8 +30,7 @@ def rounding_generator(device: torch.device, seed: int) -> torch.Generator:
 
     Not with the seed itself: the weights' initialisation and the shuffling
     draw from streams seeded with it, and draws that repeat the ones that set
-    a weight round that weight with a bias (measured: +0.57 of the update on
-    the first layer's first step). A hash of the seed gives a stream of its
+    a weight round that weight with a bias. A hash of the seed gives a stream of its
     own (the CPU generator reads only the low 32 bits of a seed, so an offset
     of 2^32 would not)."""
     digest = hashlib.sha256(f"mnist-precision stochastic rounding {seed}".encode()).digest()

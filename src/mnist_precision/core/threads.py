@@ -3,8 +3,8 @@
 PyTorch starts one busy-waiting OpenMP thread per core in every process. Two
 experiments of DVC's queue side by side (`dvc queue start --jobs 2`) then run
 twice as many threads as there are cores, and each spends its time waiting
-for the other: measured on 2 cores, a `--jobs 2` sweep took 1.24x the time of
-`--jobs 1` (benchmarks/sweep_threads.py). So each stage counts the experiments
+for the other, so that two jobs take longer than one
+(benchmarks/sweep_threads.py, results/cpu_sweeps.md). So each stage counts the experiments
 of its repository that run now and takes `cores // count` threads.
 
 The count is of DVC's experiment workspaces (`.dvc/tmp/exps/<copy>`) in which

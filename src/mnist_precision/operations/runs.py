@@ -16,9 +16,8 @@ import time
 
 from mlflow import MlflowClient
 
-from mnist_precision.base import paths
 from mnist_precision.base.errors import UserError
-from mnist_precision.base.params import load
+from mnist_precision.base.params import experiment_name
 from mnist_precision.tracking.liveness import mark_killed, process_state
 from mnist_precision.tracking.run_types import is_training_run
 from mnist_precision.tracking.store import configure
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     store = configure()
     client = MlflowClient()
     if args.stale:
-        name = args.experiment or load(paths.PARAMS).mlflow_experiment
+        name = experiment_name(args.experiment)
         experiment = client.get_experiment_by_name(name)
         runs = stale(client, experiment.experiment_id) if experiment else []
         print(

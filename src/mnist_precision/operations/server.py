@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_precision.base.errors import UserError
+from mnist_precision.base.interrupts import handling
 
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 # Secrets the MLflow server process must not hold: a command it were made to
@@ -119,13 +120,9 @@ class Layout:
         return self.secrets / "flask-secret-key"
 
     def prepare_secrets(self) -> None:
-        """The secrets folder at mode 0700, with the files an older version kept beside it moved in."""
+        """The secrets folder, at mode 0700."""
         self.secrets.mkdir(mode=0o700, exist_ok=True)
         self.secrets.chmod(0o700)
-        for path in (self.db_password, self.secret_key):
-            legacy = self.root / path.name
-            if legacy.exists() and not path.exists():
-                legacy.rename(path)
 
     @property
     def lock(self) -> Path:
@@ -421,11 +418,17 @@ class Network:
         the login throttle); and a bound on its graceful shutdown: without
         one it waits for every client's keep-alive connection to close (a
         browser on the UI, an MLflow client), and the stop ended in SIGKILL
-        after STOP_TIMEOUT_S (measured: 31.5 s with one client connected)."""
+        after STOP_TIMEOUT_S with one client connected)."""
         options = f"--no-proxy-headers --timeout-graceful-shutdown {GRACEFUL_SHUTDOWN_S}"
         if self.tls_cert:
             options += f" --ssl-certfile {self.tls_cert} --ssl-keyfile {self.tls_key}"
         return ["--uvicorn-opts", options]
+
+
+def mlflow_server_command(store_uri: str, net: Network, *options: str) -> list[str]:
+    """`mlflow server` on a store, at the network's address, in one worker process."""
+    address = ["--host", net.host, "--port", str(net.port), "--workers", "1"]
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri, *address, *options]
 
 
 def is_loopback(host: str) -> bool:
@@ -590,30 +593,10 @@ def start_mlflow(
     log_path = layout.logs / "mlflow-server.log"
     log = open(log_path, "a")
     log_path.chmod(0o600)
+    serving = ["--serve-artifacts", "--artifacts-destination", artifacts, "--app-name", APP_NAME]
+    guards = ["--allowed-hosts", net.allowed_hosts(), *cors, *served.uvicorn_options()]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            postgres.uri("mlflow"),
-            "--serve-artifacts",
-            "--artifacts-destination",
-            artifacts,
-            "--app-name",
-            APP_NAME,
-            "--host",
-            net.host,
-            "--port",
-            str(net.port),
-            "--workers",
-            "1",
-            "--allowed-hosts",
-            net.allowed_hosts(),
-            *cors,
-            *served.uvicorn_options(),
-        ],
+        mlflow_server_command(postgres.uri("mlflow"), net, *serving, *guards),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -630,12 +613,8 @@ def stop_requests() -> Iterator[list[int]]:
     """SIGINT and SIGTERM, recorded in the list yielded instead of raised,
     so that the servers this process started are stopped in order."""
     stop: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling(lambda signum, frame: stop.append(signum)):
         yield stop
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def serve(

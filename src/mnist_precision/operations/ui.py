@@ -25,10 +25,16 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mnist_precision.base import paths
-from mnist_precision.base.params import load
+from mnist_precision.base.params import experiment_name
 from mnist_precision.base.paths import repo_root
-from mnist_precision.operations.server import Network, ServerError, stop_process, stop_requests, wait_healthy
+from mnist_precision.operations.server import (
+    Network,
+    ServerError,
+    mlflow_server_command,
+    stop_process,
+    stop_requests,
+    wait_healthy,
+)
 from mnist_precision.tracking.lifecycle import forbidden
 from mnist_precision.tracking.store import configure, get_or_create_experiment
 from mnist_precision.tracking.view import runs_table_address, save_view
@@ -38,20 +44,7 @@ def start_ui(uri: str, net: Network, log: Path) -> subprocess.Popen:
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                uri,
-                "--host",
-                net.host,
-                "--port",
-                str(net.port),
-                "--workers",
-                "1",
-            ],
+            mlflow_server_command(uri, net),
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -86,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000, help="the port on 127.0.0.1 (default: 5000)")
     parser.add_argument("--experiment", help="the MLflow experiment (default: mlflow.experiment of params.yaml)")
     args = parser.parse_args(argv)
-    name = args.experiment or load(paths.PARAMS).mlflow_experiment
+    name = experiment_name(args.experiment)
     store = configure()
     experiment_id = get_or_create_experiment(name, store)
     try:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import mlflow
 import torch
 
 from mnist_precision.base import metrics as m
 from mnist_precision.base import paths
-from mnist_precision.base.atomic import atomic_path, atomic_write_json
+from mnist_precision.base.atomic import atomic_write_json
+from mnist_precision.base.figures import new_figure, save_png
 from mnist_precision.base.params import load
 from mnist_precision.base.precision_table import BASELINE
 from mnist_precision.core.data import load_split
@@ -28,7 +25,7 @@ from mnist_precision.tracking.store import configure
 
 
 def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6, 5))
+    figure, axes = new_figure(size=(6, 5))
     image = axes.imshow(matrix.numpy(), cmap="Blues")
     for actual in range(CLASSES):
         for predicted in range(CLASSES):
@@ -51,9 +48,7 @@ def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, pa
     )
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def main() -> None:

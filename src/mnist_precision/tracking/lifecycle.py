@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -17,6 +19,7 @@ from mnist_precision.base.interrupts import Interrupted, deferred, sigterm_raise
 from mnist_precision.tracking.health import TrackingError
 from mnist_precision.tracking.internals import system_metrics_monitor
 from mnist_precision.tracking.liveness import process_tags
+from mnist_precision.tracking.store import configure, get_or_create_experiment
 
 
 def git_commit() -> str | None:
@@ -127,3 +130,29 @@ def store_failed(error: MlflowException) -> TrackingError:
         f"the MLflow tracking {kind} at {uri.split('?')[0]} failed ({cause}); "
         "the run is not recorded as finished: check it, then run the stage again"
     )
+
+
+def log_side_run(
+    experiment: str,
+    side: str,
+    name: str,
+    tags: dict[str, str],
+    files: list[Path],
+    params: dict[str, object] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> str:
+    """One run of a command beside the training runs, in the experiment
+    `<experiment>-<side>` so that it never counts as training (a report's
+    summary in `-reports`, a benchmark in `-benchmarks`): named `<name>-<time>`,
+    with its params, metrics and files (under `<name>/`). Returns its id."""
+    with run_scope(
+        system_metrics=False,
+        experiment_id=get_or_create_experiment(f"{experiment}-{side}", configure()),
+        run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags=tags,
+    ) as run:
+        mlflow.log_params(params or {})
+        mlflow.log_metrics(metrics or {})
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path=name)
+        return run.info.run_id

@@ -21,9 +21,8 @@ import torch
 
 from mnist_precision.analysis.crossover.measure import REPEATS, Cell, time_grid
 from mnist_precision.analysis.crossover.output import read, write
-from mnist_precision.base import paths
 from mnist_precision.base.errors import UserError
-from mnist_precision.base.params import load
+from mnist_precision.base.params import experiment_name
 from mnist_precision.base.precision_table import BASELINE, NAMES
 from mnist_precision.core.device import capability_params, device_name, refusal, resolve_device
 
@@ -59,39 +58,18 @@ def describe(device: torch.device) -> tuple[str, str]:
 
 
 def log_benchmark(experiment: str, result: dict, files: list[Path]) -> str:
-    import mlflow  # here, not above: a bare GPU machine runs the command with --no-log and no MLflow
-
-    from mnist_precision.tracking.lifecycle import run_scope
+    # Here, not above: a bare GPU machine runs the command with --no-log and no MLflow.
+    from mnist_precision.tracking.lifecycle import log_side_run
     from mnist_precision.tracking.run_types import BENCHMARK, RUN_TYPE_TAG
-    from mnist_precision.tracking.store import configure, get_or_create_experiment
 
-    store = configure()
-    target = get_or_create_experiment(f"{experiment}-benchmarks", store)
-    with run_scope(
-        system_metrics=False,
-        experiment_id=target,
-        run_name=f"crossover-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={RUN_TYPE_TAG: BENCHMARK, "benchmark": "crossover", "device": result["device"]},
-    ) as run:
-        mlflow.log_params(
-            {
-                "device": result["device"],
-                "software": result["software"],
-                "budget_s": result["budget_s"],
-                "widths": result["widths"],
-                "batches": result["batches"],
-            }
-        )
-        mlflow.log_metrics(
-            {
-                f"crossover/{c['precision']}/{c['mode']}/w{c['width']}_b{c['batch']}": c["ratio"]
-                for c in result["cells"]
-                if c["ratio"] is not None
-            }
-        )
-        for path in files:
-            mlflow.log_artifact(str(path), artifact_path="crossover")
-        return run.info.run_id
+    params = {key: result[key] for key in ("device", "software", "budget_s", "widths", "batches")}
+    ratios = {
+        f"crossover/{c['precision']}/{c['mode']}/w{c['width']}_b{c['batch']}": c["ratio"]
+        for c in result["cells"]
+        if c["ratio"] is not None
+    }
+    tags = {RUN_TYPE_TAG: BENCHMARK, "benchmark": "crossover", "device": result["device"]}
+    return log_side_run(experiment, "benchmarks", "crossover", tags, files, params, ratios)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,6 +149,6 @@ def finish(args: argparse.Namespace, result: dict) -> None:
     files = write(result, args.out, args.name)
     print(f"Wrote {', '.join(str(path) for path in files)}")
     if not args.no_log:
-        experiment = args.experiment or load(paths.PARAMS).mlflow_experiment
+        experiment = experiment_name(args.experiment)
         run_id = log_benchmark(experiment, result, files)
         print(f"Logged as benchmark run {run_id} in MLflow experiment '{experiment}-benchmarks'.")

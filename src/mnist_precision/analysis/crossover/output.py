@@ -6,15 +6,12 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
 from mnist_precision.analysis.crossover.verdict import COSTS, PAYS, cells_of, sentence, variants, verdict
 from mnist_precision.base.atomic import atomic_path, atomic_write_json
+from mnist_precision.base.figures import new_figure, save_png
 
 MARK = {PAYS: " ↑", COSTS: " ↓"}
 
@@ -75,7 +72,7 @@ def heatmap(result: dict, precision: str, mode: str, path: Path) -> None:
     grid = np.array([[cells[(w, b)]["ratio"] or math.nan for b in batches] for w in widths], dtype=float)
     logs = np.log2(grid)
     reach = max(1.0, float(np.nanmax(np.abs(logs)))) if np.isfinite(logs).any() else 1.0
-    figure, axes = plt.subplots(figsize=(6.5, 4.8))
+    figure, axes = new_figure(size=(6.5, 4.8))
     image = axes.imshow(np.ma.masked_invalid(logs), cmap="RdBu", norm=TwoSlopeNorm(0.0, -reach, reach), origin="lower")
     for i, width in enumerate(widths):
         for j, batch in enumerate(batches):
@@ -103,9 +100,7 @@ def heatmap(result: dict, precision: str, mode: str, path: Path) -> None:
     bar = figure.colorbar(image, ax=axes)
     bar.set_label("throughput ratio, log2 (0: as fast as fp32)")
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def write(result: dict, out: Path, name: str) -> list[Path]:

@@ -13,35 +13,22 @@ never mixes with training runs.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
 
 from mnist_precision.analysis.report.markdown import verdict_table, write_report
 from mnist_precision.analysis.report.parents import update_parents
-from mnist_precision.base import paths
-from mnist_precision.base.params import load
-from mnist_precision.tracking.lifecycle import run_scope
+from mnist_precision.base.params import experiment_name
+from mnist_precision.tracking.lifecycle import log_side_run
 from mnist_precision.tracking.run_types import RUN_TYPE_TAG, SUMMARY
-from mnist_precision.tracking.store import configure, existing_experiment_id, get_or_create_experiment
+from mnist_precision.tracking.store import existing_experiment_id
 from mnist_precision.tracking.view import save_view
 
 
 def log_summary(experiment: str, report: Path, figures: list[Path]) -> str:
-    store = configure()
-    summary_experiment = get_or_create_experiment(f"{experiment}-reports", store)
-    with run_scope(
-        system_metrics=False,
-        experiment_id=summary_experiment,
-        run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={RUN_TYPE_TAG: SUMMARY, "report.source_experiment": experiment},
-    ) as run:
-        mlflow.log_artifact(str(report), artifact_path="report")
-        for figure in figures:
-            mlflow.log_artifact(str(figure), artifact_path="report")
-        return run.info.run_id
+    tags = {RUN_TYPE_TAG: SUMMARY, "report.source_experiment": experiment}
+    return log_side_run(experiment, "reports", "report", tags, [report, *figures])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiment", help="the MLflow experiment (default: mlflow.experiment of params.yaml)")
     parser.add_argument("--out", type=Path, default=Path("reports/precision.md"), help="the Markdown report to write")
     args = parser.parse_args(argv)
-    experiment = args.experiment or load(paths.PARAMS).mlflow_experiment
+    experiment = experiment_name(args.experiment)
     markdown, figures, groups = write_report(experiment, args.out)
     for index, group in enumerate(groups, start=1):
         print(f"Group {index}: {group.title()}")

@@ -6,15 +6,11 @@ import math
 import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 from matplotlib.axis import Axis
 from matplotlib.ticker import MaxNLocator
 
 from mnist_precision.analysis.report.comparison import Group, RunRecord, download_json
-from mnist_precision.base.atomic import atomic_path
+from mnist_precision.base.figures import new_figure, save_png
 from mnist_precision.core.diagnostics import FP16_SMALLEST_NORMAL, FP16_SMALLEST_SUBNORMAL
 
 FIGURES = ("loss", "accuracy", "costs", "underflow", "loss-scale", "lost-updates", "update-bias", "second-moment")
@@ -35,7 +31,7 @@ def draw(group: Group, index: int, out_dir: Path) -> tuple[dict[str, Path], str]
 
 
 def plot_loss(group: Group, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6.5, 4))
+    figure, axes = new_figure(size=(6.5, 4))
     for precision in group.precisions():
         curves = [run.loss_by_epoch for run in group.runs[precision].values() if run.loss_by_epoch]
         if not curves:
@@ -49,7 +45,7 @@ def plot_loss(group: Group, path: Path) -> None:
     integer_ticks(axes.xaxis)
     axes.set(xlabel="epoch", ylabel="training loss", title="Training loss per epoch (band: min to max across seeds)")
     axes.legend()
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def integer_ticks(axis: Axis) -> None:
@@ -60,7 +56,7 @@ def integer_ticks(axis: Axis) -> None:
 
 
 def plot_accuracy(group: Group, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6.5, 4))
+    figure, axes = new_figure(size=(6.5, 4))
     for i, precision in enumerate(group.precisions()):
         values = list(group.values(precision, "test_accuracy").values())
         axes.scatter([i] * len(values), values, alpha=0.7, label="a seed" if i == 0 else None, color="tab:blue")
@@ -70,12 +66,12 @@ def plot_accuracy(group: Group, path: Path) -> None:
     axes.set_xticks(range(len(group.precisions())), group.precisions())
     axes.set(ylabel="test accuracy", title="Test accuracy per precision, every seed")
     axes.legend()
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_costs(group: Group, path: Path) -> None:
     precisions = group.precisions()
-    figure, (speed, memory, storage) = plt.subplots(1, 3, figsize=(12, 4))
+    figure, (speed, memory, storage) = new_figure(1, 3, size=(12, 4))
     speed.bar(
         precisions, [statistics.fmean(group.values(p, "samples_per_s").values()) for p in precisions], color="tab:green"
     )
@@ -94,7 +90,7 @@ def plot_costs(group: Group, path: Path) -> None:
         storage.bar(["stored fp32", "stored fp16"], [sizes[0][0] / 1024, sizes[0][1] / 1024], color="tab:purple")
     storage.set(ylabel="KiB", title="Model size on disk")
     figure.tight_layout()
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def _no_data(axes, what: str) -> None:
@@ -102,7 +98,7 @@ def _no_data(axes, what: str) -> None:
 
 
 def plot_lost_updates(group: Group, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6.5, 4))
+    figure, axes = new_figure(size=(6.5, 4))
     plotted = False
     for precision in group.precisions():
         curves = [run.lost_updates_by_epoch for run in group.runs[precision].values() if run.lost_updates_by_epoch]
@@ -121,7 +117,7 @@ def plot_lost_updates(group: Group, path: Path) -> None:
         ylabel="share of non-zero updates lost",
         title="Updates rounded away by the stored weights' precision",
     )
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def _mean_curve(axes, curves: list[dict[int, float]], **style) -> bool:
@@ -136,7 +132,7 @@ def _mean_curve(axes, curves: list[dict[int, float]], **style) -> bool:
 
 def plot_update_bias(group: Group, path: Path) -> None:
     """Round-to-nearest against stochastic rounding: the update bias beside the lost updates, per epoch."""
-    figure, (bias, lost) = plt.subplots(1, 2, figsize=(12, 4))
+    figure, (bias, lost) = new_figure(1, 2, size=(12, 4))
     plotted = False
     for precision in group.precisions():
         runs = group.runs[precision].values()
@@ -159,11 +155,11 @@ def plot_update_bias(group: Group, path: Path) -> None:
         xlabel="epoch", ylabel="share of non-zero updates lost", title="Updates lost (dashed: stochastic rounding)"
     )
     figure.tight_layout()
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_second_moment(group: Group, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6.5, 4))
+    figure, axes = new_figure(size=(6.5, 4))
     seeds = {p: group.values(p, "second_moment_flushed") for p in group.precisions()}
     shares = {p: statistics.fmean(v.values()) for p, v in seeds.items() if v}
     if shares:
@@ -174,11 +170,11 @@ def plot_second_moment(group: Group, path: Path) -> None:
         ylabel="share of non-zero values flushed to 0 (last epoch, mean across seeds)",
         title="AdamW's second moment as the stored dtype holds it",
     )
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_loss_scale(group: Group, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6.5, 4))
+    figure, axes = new_figure(size=(6.5, 4))
     plotted = False
     for precision in group.precisions():
         for seed, run in sorted(group.runs[precision].items()):
@@ -192,7 +188,7 @@ def plot_loss_scale(group: Group, path: Path) -> None:
     else:
         _no_data(axes, "a loss scale other than 1")
     axes.set(xlabel="step", ylabel="loss scale", title="The GradScaler's loss scale on the sampled steps")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def histogram_run(group: Group) -> RunRecord | None:
@@ -207,7 +203,7 @@ def histogram_run(group: Group) -> RunRecord | None:
 def plot_underflow(group: Group, path: Path) -> str:
     """Micikevicius et al. (2018), Figure 3, for this group: the activation
     gradients of one sampled step against fp16's range. Returns the caption."""
-    figure, axes = plt.subplots(figsize=(7.5, 4))
+    figure, axes = new_figure(size=(7.5, 4))
     run = histogram_run(group)
     rows = download_json(run.run_id, "plots/underflow_histogram.json") if run else None
     caption = "no run in this group recorded the histogram"
@@ -244,11 +240,5 @@ def plot_underflow(group: Group, path: Path) -> str:
         ylabel="share of non-zero values",
         title="Activation gradients against fp16's range",
     )
-    _save(figure, path)
+    save_png(figure, path)
     return caption
-
-
-def _save(figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
