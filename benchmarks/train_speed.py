@@ -271,7 +271,7 @@ def time_diagnostics(
     policy = PrecisionPolicy(precision, device.type)
     model = policy.convert_module(build_mlp(config.hidden).to(device))
     step = TrainStep(model, policy, make_optimizer(model, policy, 0.01, optimizer))
-    recipe = TrainParams(1, config.batch_size, 0.01, config.hidden, False)
+    recipe = TrainParams(epochs=1, batch_size=config.batch_size, lr=0.01, hidden=config.hidden, compile=False)
     diagnostics = make_diagnostics(recipe, policy, optimizer, every, device)
     batches = endless_batches(data, config.batch_size, seed=0)
     steps = max(5, config.steps // 20)

@@ -57,7 +57,9 @@ def one_variant(
     torch.manual_seed(0)
     policy = PrecisionPolicy(name, device.type)
     model = build_mlp([256]).to(device)
-    recipe = TrainParams(epochs, 64, LEARNING_RATES[optimizer], (256,), False, max_steps=max_steps)
+    recipe = TrainParams(
+        epochs=epochs, batch_size=64, lr=LEARNING_RATES[optimizer], hidden=(256,), compile=False, max_steps=max_steps
+    )
     row = {"precision": name, "optimizer": optimizer}
     with policy.numerics():
         try:

@@ -10,7 +10,7 @@
   each precision pays, read from each crossover map (crossover_*.json) with
   the thresholds of `mnist_precision.analysis.crossover.verdict`;
 - docs/parameters.md, from the params schema that validates params.yaml
-  (`mnist_precision.base.params.SCHEMA`), with params.yaml's values as defaults.
+  (the pydantic model `mnist_precision.base.params.Params`), with params.yaml's values.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def parameters_page() -> str:
         "# Parameters",
         "",
         "Every key of `params.yaml`, as `mnist_precision.base.params` validates it (this page is generated",
-        "from its schema by `python docs/generate.py`). Change one for an experiment with",
+        "from its pydantic model by `python docs/generate.py`). Change one for an experiment with",
         "`dvc exp run -S key=value`; a bad value stops the stage before any work, naming the key and the fix,",
         "and every bad value is reported at once. MLflow logs them all, nested keys joined with dots.",
         "",

@@ -72,7 +72,7 @@ def test_measuring_changes_nothing_in_the_run():
             model,
             toy_split(),
             PrecisionPolicy(precision, "cpu"),
-            TrainParams(2, 64, 0.01, (32,), False),
+            TrainParams(epochs=2, batch_size=64, lr=0.01, hidden=(32,), compile=False),
             0,
             diagnose_every=every,
         )

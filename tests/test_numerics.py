@@ -34,7 +34,7 @@ def one_epoch(mnist_data):
             model,
             data,
             PrecisionPolicy(precision, "cpu", loss_scale),
-            TrainParams(1, 64, lr, (256,), False),
+            TrainParams(epochs=1, batch_size=64, lr=lr, hidden=(256,), compile=False),
             0,
             diagnose_every=EVERY_STEPS,
             optimizer=optimizer,

@@ -219,3 +219,33 @@ def test_gradients_travel_in_the_runs_own_precision():
     tree["train"] |= {"grad_comm": "bf16", "processes": "auto"}
     params = parse(tree)
     assert (params.train.grad_comm, params.train.processes) == ("bf16", "auto")
+
+
+def test_values_set_with_dvc_exp_run_s_are_read_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S key=value` rewrites params.yaml through DVC's own overrides
+    (Hydra's grammar): its numbers, lists and nulls are read as typed values."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO_ROOT / "params.yaml").read_text())
+    apply_overrides(
+        path,
+        [
+            "precision=fp16",
+            "loss_scale=1024",
+            "train.lr=1e-3",
+            "train.hidden=[512,512]",
+            "train.max_steps=null",
+            "train.processes=auto",
+            "train.betas=[0.8,0.99]",
+        ],
+    )
+    params = load(path)
+    assert (params.precision, params.loss_scale, params.train.lr) == ("fp16", 1024.0, 0.001)
+    assert params.train.hidden == (512, 512) and params.train.max_steps is None
+    assert (params.train.processes, params.train.betas) == ("auto", (0.8, 0.99))
+    apply_overrides(path, ["train.epochs=three", "train.lr=0"])
+    with pytest.raises(ParamsError) as error:
+        load(path)
+    assert "train.epochs must be an integer, got 'three'" in str(error.value)
+    assert "train.lr must be a positive number, got 0" in str(error.value)

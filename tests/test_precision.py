@@ -107,7 +107,8 @@ def test_unknown_precision_is_refused():
 
 
 def test_the_precisions_are_listed_once():
-    assert params.PRECISIONS is precision_table.NAMES == tuple(PRECISIONS)
+    assert precision_table.NAMES == tuple(PRECISIONS)
+    assert params.Params.model_fields["precision"].metadata[-1].accepts == ", ".join(precision_table.NAMES)
     assert comparison.NAMES is precision_table.NAMES and comparison.BASELINE == precision_table.BASELINE
 
 
