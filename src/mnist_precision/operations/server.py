@@ -669,12 +669,7 @@ def serve(
     print("MLflow tracking server and PostgreSQL stopped", flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["users"]:
-        from mnist_precision.operations.users import main as users
-
-        return users(argv[1:])
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnist-precision server",
         description=__doc__.split("\n\n")[0],
@@ -736,6 +731,16 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME",
         help=f"the unprivileged user the MLflow server runs as when started as root (default: {SERVICE_USER})",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["users"]:
+        from mnist_precision.operations.users import main as users
+
+        return users(argv[1:])
+    parser = arguments()
     args = parser.parse_args(argv)
     if args.auth_cache_seconds < 0:
         parser.error("--auth-cache-seconds takes 0 (check every request) or more seconds")

@@ -72,7 +72,7 @@ def log_benchmark(experiment: str, result: dict, files: list[Path]) -> str:
     return log_side_run(experiment, "benchmarks", "crossover", tags, files, params, ratios)
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-precision crossover", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--budget", type=float, default=180.0, help="seconds of timing in all (default 180)")
@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FILE",
         help="time nothing: write the Markdown and heatmaps of a map measured elsewhere (its JSON)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments()
     args = parser.parse_args(argv)
     if args.from_json:
         result = read(args.from_json)
