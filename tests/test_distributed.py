@@ -8,6 +8,7 @@ import torch
 
 from mnist_precision.core.distributed import World, processes_wanted
 from mnist_precision.core.model import build_mlp
+from mnist_precision.core.training import batch_loss
 
 
 def gradients(model, loss):
@@ -22,12 +23,12 @@ def test_the_mean_of_the_ranks_gradients_is_the_one_process_gradient(batch, size
     torch.manual_seed(0)
     model = build_mlp([16])
     images, labels = torch.randn(batch, 784), torch.randint(0, 10, (batch,))
-    alone = gradients(model, World().loss(model(images), labels, batch))
+    alone = gradients(model, batch_loss(model(images), labels, World(), batch))
     ranks = []
     for rank in range(size):
         world = World(rank=rank, size=size, backend="gloo")
         share = world.share(images, labels)
-        ranks.append(gradients(model, world.loss(model(share[0]), share[1], batch)))
+        ranks.append(gradients(model, batch_loss(model(share[0]), share[1], world, batch)))
     averaged = [sum(grads) / size for grads in zip(*ranks, strict=True)]  # what DDP's all-reduce gives
     for a, b in zip(alone, averaged, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -24,7 +24,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
@@ -87,13 +86,6 @@ class World:
         if not self.distributed:
             return images, labels
         return images.tensor_split(self.size)[self.rank], labels.tensor_split(self.size)[self.rank]
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, global_count: int) -> torch.Tensor:
-        """The loss whose gradient, averaged by DDP over the ranks, is the
-        gradient of the mean loss over the whole global batch."""
-        if not self.distributed:
-            return F.cross_entropy(logits, labels)
-        return F.cross_entropy(logits, labels, reduction="sum") * (self.size / global_count)
 
     def wrap(self, model: nn.Module, grad_comm: str) -> nn.Module:
         """The model as the training step calls it: under DDP in a distributed job."""

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -132,6 +133,15 @@ class TrainResult:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
+def batch_loss(logits: torch.Tensor, labels: torch.Tensor, world: World, global_count: int) -> torch.Tensor:
+    """Cross-entropy. On one of several ranks, its share's summed loss over the
+    global batch's count: DDP's average of the ranks' gradients is then the
+    gradient of the mean loss over the whole global batch."""
+    if not world.distributed:
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, reduction="sum") * (world.size / global_count)
+
+
 class TrainStep:
     """One optimizer step under a precision policy: the unit the training loop runs
     and the benchmark times. Returns the logits, the loss and whether the
@@ -166,7 +176,7 @@ class TrainStep:
         """`before_update`, if given, is called between the backward pass and the optimizer step."""
         with self.policy.autocast():
             logits = self.forward(self.policy.convert_input(images))
-            loss = self.world.loss(logits, labels, global_count or len(labels))
+            loss = batch_loss(logits, labels, self.world, global_count or len(labels))
         self.optimizer.zero_grad()
         self.policy.backward(loss)
         if before_update is not None:
