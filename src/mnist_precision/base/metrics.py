@@ -81,3 +81,24 @@ VERDICT_WITHIN_NOISE = "verdict_within_noise"  # 1: the difference's interval ho
 def bound(metric: str, side: str) -> str:
     """A bound ("low" or "high") of a verdict's 95% interval."""
     return f"{metric}_{side}"
+
+
+# The params each training run logs beside params.yaml's own keys: where it ran
+# and what its precision does there (the report reads them back by these names).
+WORLD_SIZE = "world_size"
+NODES = "nodes"
+DISTRIBUTED_BACKEND = "distributed_backend"
+DEVICE_RESOLVED = "device_resolved"
+DEVICE_NAME = "device_name"
+TORCH_VERSION = "torch_version"
+CUDA_VERSION = "cuda_version"
+FLOAT32_MATMUL_PRECISION = "float32_matmul_precision"
+CUDA_COMPUTE_CAPABILITY = "cuda_compute_capability"
+CUDA_NATIVE_BF16 = "cuda_native_bf16"
+CPU_CAPABILITY = "cpu_capability"
+CPU_FEATURES = "cpu_features"
+COMPUTE_DTYPE = "compute_dtype"
+COMPUTE_DTYPE_MAX = "compute_dtype_max"
+FP8_LAYERS_KEPT_BF16 = "fp8_layers_kept_bf16"
+THREADS = "threads"
+THREADS_FROM = "threads_from"

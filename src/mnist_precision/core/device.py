@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from mnist_precision.base import metrics as m
 from mnist_precision.base.environment import cpu_features, cpu_name
 from mnist_precision.base.errors import UserError
 from mnist_precision.base.metrics import PEAK_GPU_MEMORY_MB, PEAK_RSS_MB
@@ -86,12 +87,12 @@ def capability_params(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         return {
-            "cuda_compute_capability": f"{major}.{minor}",
-            "cuda_native_bf16": str(torch.cuda.is_bf16_supported(including_emulation=False)),
+            m.CUDA_COMPUTE_CAPABILITY: f"{major}.{minor}",
+            m.CUDA_NATIVE_BF16: str(torch.cuda.is_bf16_supported(including_emulation=False)),
         }
     return {
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_features": ",".join(cpu_features()) or "none",
+        m.CPU_CAPABILITY: torch.backends.cpu.get_cpu_capability(),
+        m.CPU_FEATURES: ",".join(cpu_features()) or "none",
     }
 
 

@@ -7,6 +7,7 @@ from contextlib import ExitStack
 
 import torch
 
+from mnist_precision.base import metrics as m
 from mnist_precision.base import paths
 from mnist_precision.base.interrupts import Interrupted, StopRequest
 from mnist_precision.base.params import Params
@@ -28,7 +29,7 @@ def precision_params(policy: PrecisionPolicy, model: torch.nn.Module) -> dict[st
     finite value (what the range figures are measured against); for fp8, the
     layers that float8 could not take."""
     dtype = policy.precision.compute_dtype
-    params: dict[str, object] = {"compute_dtype": dtype, "compute_dtype_max": torch.finfo(torch_dtype(dtype)).max}
+    params: dict[str, object] = {m.COMPUTE_DTYPE: dtype, m.COMPUTE_DTYPE_MAX: torch.finfo(torch_dtype(dtype)).max}
     if policy.precision.fp8:
         params["fp8_layers_kept_bf16"] = ",".join(fp8_kept_layers(model)) or "none"
     return params
@@ -36,14 +37,14 @@ def precision_params(policy: PrecisionPolicy, model: torch.nn.Module) -> dict[st
 
 def environment_params(device: torch.device, world: World) -> dict[str, object]:
     return {
-        "world_size": world.size,
-        "nodes": world.nodes,
-        "distributed_backend": world.backend or "none",
-        "device_resolved": str(device),
-        "device_name": device_name(device),
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda or "none",
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        m.WORLD_SIZE: world.size,
+        m.NODES: world.nodes,
+        m.DISTRIBUTED_BACKEND: world.backend or "none",
+        m.DEVICE_RESOLVED: str(device),
+        m.DEVICE_NAME: device_name(device),
+        m.TORCH_VERSION: torch.__version__,
+        m.CUDA_VERSION: torch.version.cuda or "none",
+        m.FLOAT32_MATMUL_PRECISION: torch.get_float32_matmul_precision(),
         **capability_params(device),
     }
 
@@ -82,7 +83,7 @@ def train_stage(params: Params, device: torch.device, world: World) -> None:
             params.flat()
             | environment_params(device, world)
             | precision_params(policy, model)
-            | {"threads": threads.threads, "threads_from": threads.why}
+            | {m.THREADS: threads.threads, m.THREADS_FROM: threads.why}
         )
         run_id = world.broadcast(recorder.open_run(scope, resume, run_params, system_metrics=world.node_id is None))
         # SIGINT/SIGTERM from here on: finish the step, then checkpoint (during

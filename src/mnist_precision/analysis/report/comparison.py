@@ -160,18 +160,18 @@ def device_label(params: dict[str, str]) -> str:
     and the software whose kernels it ran (torch, and CUDA on a GPU): runs that
     differ in any of these are other groups, since these decide the speed."""
     offers = (
-        f"compute capability {params['cuda_compute_capability']}"
-        if "cuda_compute_capability" in params
-        else f"{params['cpu_capability']}, features {params.get('cpu_features', 'none')}"
-        if "cpu_capability" in params
+        f"compute capability {params[m.CUDA_COMPUTE_CAPABILITY]}"
+        if m.CUDA_COMPUTE_CAPABILITY in params
+        else f"{params[m.CPU_CAPABILITY]}, features {params.get(m.CPU_FEATURES, 'none')}"
+        if m.CPU_CAPABILITY in params
         else "features not recorded"
     )
-    threads = f", {params['threads']} threads" if "threads" in params else ""
-    software = f"torch {params.get('torch_version', 'not recorded')}"
-    if params.get("device_resolved", "").startswith("cuda"):
-        software += f", CUDA {params.get('cuda_version', 'not recorded')}"
+    threads = f", {params[m.THREADS]} threads" if m.THREADS in params else ""
+    software = f"torch {params.get(m.TORCH_VERSION, 'not recorded')}"
+    if params.get(m.DEVICE_RESOLVED, "").startswith("cuda"):
+        software += f", CUDA {params.get(m.CUDA_VERSION, 'not recorded')}"
     return (
-        f"{params.get('device_resolved', '?')} ({params.get('device_name', 'unknown device')}; "
+        f"{params.get(m.DEVICE_RESOLVED, '?')} ({params.get(m.DEVICE_NAME, 'unknown device')}; "
         f"{offers}{threads}; {software})"
     )
 
