@@ -51,9 +51,9 @@ def test_the_versions_are_the_ones_torch_reports():
 
 def test_a_cpu_run_is_described_by_its_cpu_and_a_forced_cpu_ignores_any_gpu():
     described = describe("cpu")
-    assert described["device"] == "cpu" and described["cpu"] and described["cores"] >= 1
-    assert described["cpu_capability"] == cpu_capability()
-    assert "gpu" not in described
+    assert described.device == "cpu" and described.cpu and described.cores and described.cores >= 1
+    assert described.cpu_capability == cpu_capability()
+    assert described.gpu is None and "gpu" not in json.loads(described.to_json())
     if not torch.cuda.is_available():
         assert describe("auto") == described
 

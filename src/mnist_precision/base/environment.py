@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # The CPU features that decide how fast each precision runs (/proc/cpuinfo's names).
@@ -85,7 +87,7 @@ def project_version() -> str:
         return "not installed"
 
 
-def visible_gpu() -> dict[str, str] | None:
+def visible_gpu() -> Gpu | None:
     """The first GPU CUDA would use (CUDA_VISIBLE_DEVICES honoured), through NVML; None where there is none."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     first = visible.split(",")[0].strip() if visible is not None else "0"
@@ -104,25 +106,60 @@ def visible_gpu() -> dict[str, str] | None:
             else pynvml.nvmlDeviceGetHandleByIndex(int(first))
         )
         major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-        return {"name": pynvml.nvmlDeviceGetName(handle), "compute_capability": f"{major}.{minor}"}
+        return Gpu(pynvml.nvmlDeviceGetName(handle), f"{major}.{minor}")
     except (pynvml.NVMLError, ValueError):
         return None
     finally:
         pynvml.nvmlShutdown()
 
 
-def describe(device: str) -> dict:
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    compute_capability: str
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where the stages run: the record environment.json holds, one field per key."""
+
+    device: str  # cpu or cuda
+    torch: str
+    cuda: str
+    cudnn: str
+    mnist_precision: str
+    # On a CPU: its name, the cores this process may use, PyTorch's kernels and the precisions' instructions.
+    cpu: str | None = None
+    cores: int | None = None
+    cpu_capability: str | None = None
+    cpu_features: tuple[str, ...] | None = None
+    # On a GPU: the first visible one, or "none visible".
+    gpu: Gpu | str | None = None
+
+    @property
+    def where(self) -> str:
+        """The CPU's name or the GPU's, as the stage says it."""
+        return self.cpu or (self.gpu.name if isinstance(self.gpu, Gpu) else str(self.gpu))
+
+    def to_json(self) -> str:
+        """The file's text: the keys that apply, sorted, so that the same machine writes the same bytes."""
+        present = {key: value for key, value in asdict(self).items() if value is not None}
+        return json.dumps(present, indent=2, sort_keys=True) + "\n"
+
+
+def describe(device: str) -> Environment:
     """Where the stages run for the `device` param (auto, cpu or cuda): what decides their speed and numerics."""
-    software = torch_versions() | {"mnist_precision": project_version()}
-    gpu = visible_gpu() if device != "cpu" and software["cuda"] != "none" else None
+    versions = torch_versions()
+    software = (versions["torch"], versions["cuda"], versions["cudnn"], project_version())
+    gpu = visible_gpu() if device != "cpu" and versions["cuda"] != "none" else None
     if device == "cuda" or (device == "auto" and gpu):
-        return {"device": "cuda", "gpu": gpu or "none visible", **software}
+        return Environment("cuda", *software, gpu=gpu or "none visible")
     flags = cpu_flags()
-    return {
-        "device": "cpu",
-        "cpu": cpu_name(),
-        "cores": len(os.sched_getaffinity(0)),
-        "cpu_capability": cpu_capability(flags),
-        "cpu_features": list(cpu_features(flags)),
-        **software,
-    }
+    return Environment(
+        "cpu",
+        *software,
+        cpu=cpu_name(),
+        cores=len(os.sched_getaffinity(0)),
+        cpu_capability=cpu_capability(flags),
+        cpu_features=tuple(cpu_features(flags)),
+    )
