@@ -9,10 +9,11 @@ import torch
 
 from mnist_precision.base.params import load
 from mnist_precision.core import checkpoint
+from mnist_precision.core.training import Progress, SavedState
 
 from helpers import REPO_ROOT
 
-STATE = {"progress": {"epoch": 1}}
+STATE = SavedState(model={}, optimizer={}, precision={}, progress=Progress(epoch=1))
 
 
 @pytest.fixture

@@ -15,7 +15,15 @@ from mnist_precision.core.model import build_mlp
 from mnist_precision.core.optimizers import OptimizerChoice, eps_warning, make_optimizer, torch_optimizer
 from mnist_precision.core.precision import PrecisionPolicy
 from mnist_precision.core.rounding import StochasticRounding, rounding_generator, stochastic_round
-from mnist_precision.core.training import DivergenceError, TrainStep, make_diagnostics, numeric_causes, train
+from mnist_precision.core.training import (
+    DivergenceError,
+    Progress,
+    SavedState,
+    TrainStep,
+    make_diagnostics,
+    numeric_causes,
+    train,
+)
 
 from helpers import REPO_ROOT
 
@@ -175,8 +183,9 @@ def test_a_second_moment_that_float16_flushes_is_named_as_the_cause():
 def test_resuming_with_another_optimizer_is_refused_naming_both(tmp_path):
     params = load_params(REPO_ROOT / "params.yaml")
     path = tmp_path / "train.pt"
-    save(path, {"progress": {"epoch": 1}}, fingerprint(params, torch.device("cpu")), "run")
-    adamw = load_params(REPO_ROOT / "params.yaml").__class__(**vars(params) | {"optimizer": "adamw"})
+    state = SavedState(model={}, optimizer={}, precision={}, progress=Progress(epoch=1))
+    save(path, state, fingerprint(params, torch.device("cpu")), "run")
+    adamw = params.model_copy(update={"optimizer": "adamw"})
     with pytest.raises(CheckpointError, match="optimizer was 'sgd', params say 'adamw'"):
         load(path, fingerprint(adamw, torch.device("cpu")), epochs=5)
 

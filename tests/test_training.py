@@ -13,7 +13,7 @@ from mnist_precision.core.data import Split, batches
 from mnist_precision.core.model import build_mlp
 from mnist_precision.core.optimizers import SGD, OptimizerChoice, make_optimizer
 from mnist_precision.core.precision import PrecisionPolicy
-from mnist_precision.core.training import DivergenceError, Stopped, TrainStep, train
+from mnist_precision.core.training import DivergenceError, SavedState, Stopped, TrainStep, train
 
 
 def toy_split(n: int = 512) -> Split:
@@ -157,16 +157,16 @@ def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(precisio
             optimizer=optimizer,
         )
     state = stopped.value.checkpoint
-    assert state["progress"]["step"] == stop_at
-    torch_state = state["optimizer"]["optimizer"] if precision.endswith("-sr") else state["optimizer"]
+    assert state.progress.step == stop_at
+    torch_state = state.optimizer["optimizer"] if precision.endswith("-sr") else state.optimizer
     assert torch_state["param_groups"][0]["lr"] == 0.01  # torch.optim's own state_dict
-    assert ("generator" in state["optimizer"]) == precision.endswith("-sr")
-    assert ("scale" in state["precision"]["scaler"]) == (precision == "fp16")
+    assert ("generator" in state.optimizer) == precision.endswith("-sr")
+    assert ("scale" in state.precision["scaler"]) == (precision == "fp16")
 
     buffer = io.BytesIO()  # through the file format the stage uses
-    torch.save(state, buffer)
+    torch.save(state.as_saved(), buffer)
     buffer.seek(0)
-    checkpoint = torch.load(buffer, weights_only=True)
+    checkpoint = SavedState.from_saved(torch.load(buffer, weights_only=True))
 
     resumed = build_mlp([32])  # other initial weights: all must come from the checkpoint
     result = train(
@@ -194,8 +194,8 @@ def test_a_periodic_checkpoint_resumes_bitwise_identically(precision):
         0,
         on_checkpoint=lambda state: saved.append(copy.deepcopy(state)),
     )
-    assert [state["progress"]["epoch"] for state in saved] == [2, 3]  # none after the last epoch
-    assert all(state["progress"]["done_in_epoch"] == 0 for state in saved)
+    assert [state.progress.epoch for state in saved] == [2, 3]  # none after the last epoch
+    assert all(state.progress.done_in_epoch == 0 for state in saved)
 
     resumed = build_mlp([32])
     result = train(resumed, toy_split(), PrecisionPolicy(precision, "cpu"), recipe(), 0, resume=saved[-1])
@@ -211,7 +211,7 @@ def test_a_periodic_checkpoint_resumes_bitwise_identically(precision):
         0,
         on_checkpoint=saved.append,
     )
-    assert [state["progress"]["epoch"] for state in saved] == [3]
+    assert [state.progress.epoch for state in saved] == [3]
     train(
         build_mlp([32]),
         toy_split(),

@@ -27,6 +27,7 @@ import torch
 from mnist_precision.base.atomic import atomic_write_bytes
 from mnist_precision.base.errors import UserError
 from mnist_precision.base.params import Params
+from mnist_precision.core.training import SavedState
 
 FORMAT_NAME = "mnist-precision-checkpoint"
 # Raised whenever the layout of `state` changes: an older checkpoint is then
@@ -77,16 +78,17 @@ def adamw_fingerprint(params: Params) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    state: dict  # TrainState.state_dict()
+    state: SavedState
     mlflow_run_id: str
 
     @property
     def step(self) -> int:
-        return self.state["progress"]["step"]
+        return self.state.progress.step
 
 
-def save(path: Path, state: dict, expected: dict[str, Any], mlflow_run_id: str) -> None:
-    atomic_torch_save(path, {"format": FORMAT, "fingerprint": expected, "mlflow_run_id": mlflow_run_id, "state": state})
+def save(path: Path, state: SavedState, expected: dict[str, Any], mlflow_run_id: str) -> None:
+    saved = {"format": FORMAT, "fingerprint": expected, "mlflow_run_id": mlflow_run_id, "state": state.as_saved()}
+    atomic_torch_save(path, saved)
 
 
 def load(path: Path, expected: dict[str, Any], epochs: int) -> Checkpoint | None:
@@ -123,9 +125,10 @@ def load(path: Path, expected: dict[str, Any], epochs: int) -> Checkpoint | None
         raise CheckpointError(
             f"{path} was written for other params ({'; '.join(changed)}): restore them to resume, or {fix}"
         )
-    epoch = checkpoint["state"]["progress"]["epoch"]
+    state = SavedState.from_saved(checkpoint["state"])
+    epoch = state.progress.epoch
     if epoch > epochs:
         raise CheckpointError(
             f"{path} stopped in epoch {epoch}, beyond train.epochs={epochs}; raise train.epochs to resume, or {fix}"
         )
-    return Checkpoint(checkpoint["state"], checkpoint["mlflow_run_id"])
+    return Checkpoint(state, checkpoint["mlflow_run_id"])

@@ -207,6 +207,26 @@ class Progress:
         return cls(**state | {"records": [EpochRecord.from_dict(record) for record in state["records"]]})
 
 
+@dataclass
+class SavedState:
+    """What a checkpoint keeps of a TrainState: each part's own state_dict, and where training stands."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    precision: dict
+    progress: Progress
+
+    def as_saved(self) -> dict:
+        """The checkpoint file's form: plain dicts, which torch.load reads back with weights_only=True."""
+        parts = {"model": self.model, "optimizer": self.optimizer, "precision": self.precision}
+        return parts | {"progress": self.progress.state_dict()}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> SavedState:
+        progress = Progress.from_state_dict(saved["progress"])
+        return cls(saved["model"], saved["optimizer"], saved["precision"], progress)
+
+
 class TrainState:
     """Everything a resumed run needs to end bitwise where an uninterrupted one would."""
 
@@ -218,19 +238,16 @@ class TrainState:
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         self.progress = Progress()
 
-    def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "precision": self.policy.state_dict(),
-            "progress": self.progress.state_dict(),
-        }
+    def saved(self) -> SavedState:
+        """A snapshot of the state: the progress copied, the tensors as they are now (saved at once)."""
+        progress = Progress.from_state_dict(self.progress.state_dict())
+        return SavedState(self.model.state_dict(), self.optimizer.state_dict(), self.policy.state_dict(), progress)
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.policy.load_state_dict(state["precision"])
-        self.progress = Progress.from_state_dict(state["progress"])
+    def restore(self, saved: SavedState) -> None:
+        self.model.load_state_dict(saved.model)
+        self.optimizer.load_state_dict(saved.optimizer)
+        self.policy.load_state_dict(saved.precision)
+        self.progress = Progress.from_state_dict(saved.progress.state_dict())
         if self.progress.epoch_generator_state is not None:  # None only before the first epoch began
             self.generator.set_state(self.progress.epoch_generator_state)
 
@@ -238,8 +255,8 @@ class TrainState:
 class Stopped(Exception):
     """Training stopped at a step boundary on request; `checkpoint` continues it."""
 
-    def __init__(self, checkpoint: dict, reason: str):
-        super().__init__(f"training stopped ({reason}) at step {checkpoint['progress']['step']}")
+    def __init__(self, checkpoint: SavedState, reason: str):
+        super().__init__(f"training stopped ({reason}) at step {checkpoint.progress.step}")
         self.checkpoint = checkpoint
 
 
@@ -324,7 +341,7 @@ def run_epoch(
         for images, labels in bar:
             if world.any(bool(stop)):  # between two steps: the state is whole
                 state.progress = progress_now()
-                raise Stopped(state.state_dict(), stop.signal_name if stop else "another rank was stopped")
+                raise Stopped(state.saved(), stop.signal_name if stop else "another rank was stopped")
             progress.step += 1
             progress.done_in_epoch += 1
             global_count = len(labels)
@@ -388,9 +405,9 @@ def train(
     world: World = World(),
     on_epoch: Callable[[EpochRecord], None] = lambda record: None,
     stop: StopRequest | None = None,
-    resume: dict | None = None,
+    resume: SavedState | None = None,
     diagnose_every: int = 0,
-    on_checkpoint: Callable[[dict], None] = lambda state: None,
+    on_checkpoint: Callable[[SavedState], None] = lambda state: None,
     optimizer: OptimizerChoice = SGD,
 ) -> TrainResult:
     """Train for `params.epochs` epochs, or continue from `resume` (the state
@@ -402,7 +419,7 @@ def train(
     the state to continue from (the state a stop carries, at an epoch's end)."""
     state = TrainState(model, policy, params.lr, seed, optimizer)
     if resume is not None:
-        state.load_state_dict(resume)
+        state.restore(resume)
     step = TrainStep(model, policy, state.optimizer, compile=params.compile, world=world, grad_comm=params.grad_comm)
     diagnostics = None
     if diagnose_every and world.is_main:
@@ -416,6 +433,6 @@ def train(
         on_epoch(record)
         if params.checkpoint_every and record.epoch % params.checkpoint_every == 0 and record.epoch < params.epochs:
             state.progress.epoch_generator_state = state.generator.get_state()  # the next epoch's order
-            on_checkpoint(state.state_dict())
+            on_checkpoint(state.saved())
     samples_per_epoch = epoch_length(len(data), params.batch_size, params.max_steps)[1]
     return TrainResult(samples_per_epoch=samples_per_epoch, epochs=state.progress.records, final_scale=policy.scale())

@@ -21,7 +21,7 @@ from mnist_precision.core import checkpoint, diagnostics
 from mnist_precision.core.checkpoint import atomic_torch_save
 from mnist_precision.core.device import peak_memory_metrics
 from mnist_precision.core.model import build_mlp
-from mnist_precision.core.training import DivergenceError, EpochRecord, TrainResult
+from mnist_precision.core.training import DivergenceError, EpochRecord, SavedState, TrainResult
 from mnist_precision.tracking.buffer import MetricsBuffer
 from mnist_precision.tracking.lifecycle import run_name, run_scope, run_tags
 from mnist_precision.tracking.liveness import end_stale_runs
@@ -102,17 +102,17 @@ class Recorder:
             series={m.LOSS_SCALE: numerics.loss_scales},
         )
 
-    def checkpoint(self, state: dict) -> None:
+    def checkpoint(self, state: SavedState) -> None:
         self.flush()  # the epochs a resume will not repeat are in the store first
         checkpoint.save(paths.CHECKPOINT, state, self.fingerprint, self.opened()[0])
 
     def diverged(self, error: DivergenceError) -> None:
         mlflow.set_tags({"failure": str(error), "diverged_at_epoch": error.epoch, "diverged_at_step": error.step})
 
-    def stopped(self, state: dict) -> str:
+    def stopped(self, state: SavedState) -> str:
         """Checkpoint a stopped run; returns what to tell the user about it."""
         checkpoint.save(paths.CHECKPOINT, state, self.fingerprint, self.opened()[0])
-        mlflow.set_tag("stopped_at_step", state["progress"]["step"])
+        mlflow.set_tag("stopped_at_step", state.progress.step)
         return f"checkpoint written to {paths.CHECKPOINT}: "
 
     def finish(self, result: TrainResult, model: torch.nn.Module, example: torch.Tensor) -> None:
@@ -160,13 +160,13 @@ class NoRecorder:
     def epoch(self, record: EpochRecord) -> None:
         pass
 
-    def checkpoint(self, state: dict) -> None:
+    def checkpoint(self, state: SavedState) -> None:
         pass
 
     def diverged(self, error: DivergenceError) -> None:
         pass
 
-    def stopped(self, state: dict) -> str:
+    def stopped(self, state: SavedState) -> str:
         return ""
 
     def finish(self, result: TrainResult, model: torch.nn.Module, example: torch.Tensor) -> None:
