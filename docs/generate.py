@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from mnist_precision.analysis.crossover.record import CrossoverMap
 from mnist_precision.analysis.crossover.verdict import sentences
 from mnist_precision.base.atomic import atomic_write_bytes
 from mnist_precision.base.params import reference
@@ -105,10 +106,10 @@ def crossover_lines() -> list[str]:
     """One line per crossover map in benchmarks/results: its device and where each variant pays."""
     lines = []
     for path in sorted(RESULTS.glob("crossover_*.json")):
-        found = json.loads(path.read_text())
+        found = CrossoverMap.from_dict(json.loads(path.read_text()))
         lines.append(
-            f"- [{found['device']}](benchmarks/results/{path.with_suffix('.md').name}), "
-            f"{found['software']}: {'; '.join(sentences(found))}."
+            f"- [{found.device}](benchmarks/results/{path.with_suffix('.md').name}), "
+            f"{found.software}: {'; '.join(sentences(found))}."
         )
     if lines:
         lines.insert(

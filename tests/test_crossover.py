@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from mnist_precision.analysis.crossover.measure import NOT_TIMED, ONCE, TIMED, Cell, time_cell, time_grid
-from mnist_precision.analysis.crossover.output import write
+from mnist_precision.analysis.crossover.measure import ONCE, TIMED, flops, time_cell, time_grid
+from mnist_precision.analysis.crossover.output import read, write
+from mnist_precision.analysis.crossover.record import NOT_TIMED, Cell, CrossoverMap
 from mnist_precision.analysis.crossover.timing import Clock
 from mnist_precision.analysis.crossover.verdict import COSTS, NEUTRAL, PAYS, UNKNOWN, pays_from, sentence, verdict
 from mnist_precision.analysis.report import claims
@@ -33,10 +34,8 @@ def cell(
     high: float | None = None,
     precision: str = "bf16",
     mode: str = "eager",
-) -> dict:
-    return Cell(
-        precision, mode, width, batch, TIMED if low else ONCE if ratio else NOT_TIMED, ratio, low, high
-    ).as_dict()
+) -> Cell:
+    return Cell(precision, mode, width, batch, TIMED if low else ONCE if ratio else NOT_TIMED, ratio, low, high)
 
 
 def test_a_cell_pays_only_when_its_whole_interval_is_above_one():
@@ -84,8 +83,8 @@ def test_the_grid_is_timed_smallest_first_within_the_budget(one_thread):
     seen = []
     cells = time_grid(["bf16", "fp16"], ["eager"], [16, 32], [4, 8], CPU, budget_s=2.0, progress=seen.append)
     assert len(cells) == 8 and seen == cells
-    flops = [c.flops() for c in cells]
-    assert flops == sorted(flops)
+    sizes = [flops(c) for c in cells]
+    assert sizes == sorted(sizes)
     assert all(c.status in (TIMED, ONCE, NOT_TIMED) for c in cells) and any(c.status == TIMED for c in cells)
 
 
@@ -96,22 +95,25 @@ def test_the_files_say_the_map_and_the_report_cites_it(tmp_path):
         cell(4096, 64, 1.1, 0.9, 1.3),
         cell(4096, 512, 2.0, 1.8, 2.2),
     ]
-    result = {
-        "device": "cuda (NVIDIA H200; compute capability 9.0)",
-        "software": "torch 2.14.1, CUDA 13.0",
-        "date": "2026-12-03",
-        "budget_s": 180.0,
-        "elapsed_s": 170.0,
-        "repeats": 5,
-        "widths": [256, 4096],
-        "batches": [64, 512],
-        "modes": ["eager"],
-        "skipped": {},
-        "cells": grid,
-    }
+    result = CrossoverMap(
+        device="cuda (NVIDIA H200; compute capability 9.0)",
+        software="torch 2.14.1, CUDA 13.0",
+        date="2026-12-03",
+        budget_s=180.0,
+        elapsed_s=170.0,
+        repeats=5,
+        widths=[256, 4096],
+        batches=[64, 512],
+        modes=["eager"],
+        skipped={},
+        threads=8,
+        cpus=16,
+        cells=grid,
+    )
     files = write(result, tmp_path, "crossover")
     assert sorted(p.name for p in files) == ["crossover-bf16.png", "crossover.json", "crossover.md"]
-    assert json.loads((tmp_path / "crossover.json").read_text()) == result
+    assert json.loads((tmp_path / "crossover.json").read_text()) == result.to_dict()
+    assert read(tmp_path / "crossover.json") == result  # the file reads back as the record
     assert (tmp_path / "crossover-bf16.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     text = (tmp_path / "crossover.md").read_text()
     assert "bf16 (eager) pays at width 256 from batch 512, width 4096 from batch 512." in text

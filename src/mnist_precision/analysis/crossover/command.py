@@ -21,6 +21,7 @@ import torch
 
 from mnist_precision.analysis.crossover.measure import REPEATS, Cell, time_grid
 from mnist_precision.analysis.crossover.output import read, write
+from mnist_precision.analysis.crossover.record import CrossoverMap
 from mnist_precision.base import metrics as m
 from mnist_precision.base.errors import UserError
 from mnist_precision.base.params import experiment_name
@@ -58,18 +59,16 @@ def describe(device: torch.device) -> tuple[str, str]:
     return label, f"torch {torch.__version__}"
 
 
-def log_benchmark(experiment: str, result: dict, files: list[Path]) -> str:
+def log_benchmark(experiment: str, result: CrossoverMap, files: list[Path]) -> str:
     # Here, not above: a bare GPU machine runs the command with --no-log and no MLflow.
     from mnist_precision.tracking.lifecycle import log_side_run
     from mnist_precision.tracking.run_types import BENCHMARK, RUN_TYPE_TAG
 
-    params = {key: result[key] for key in ("device", "software", "budget_s", "widths", "batches")}
+    params = {key: getattr(result, key) for key in ("device", "software", "budget_s", "widths", "batches")}
     ratios = {
-        f"crossover/{c['precision']}/{c['mode']}/w{c['width']}_b{c['batch']}": c["ratio"]
-        for c in result["cells"]
-        if c["ratio"] is not None
+        f"crossover/{c.precision}/{c.mode}/w{c.width}_b{c.batch}": c.ratio for c in result.cells if c.ratio is not None
     }
-    tags = {RUN_TYPE_TAG: BENCHMARK, "benchmark": "crossover", "device": result["device"]}
+    tags = {RUN_TYPE_TAG: BENCHMARK, "benchmark": "crossover", "device": result.device}
     return log_side_run(experiment, "benchmarks", "crossover", tags, files, params, ratios)
 
 
@@ -132,25 +131,25 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     cells = time_grid(precisions, modes, args.widths, args.batches, device, args.budget, progress)
-    result = {
-        "device": label,
-        "software": software,
-        "date": time.strftime("%Y-%m-%d"),
-        "budget_s": args.budget,
-        "elapsed_s": time.monotonic() - started,
-        "repeats": REPEATS,
-        "widths": args.widths,
-        "batches": args.batches,
-        "modes": modes,
-        "skipped": skipped,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "cells": [cell.as_dict() for cell in cells],
-    }
+    result = CrossoverMap(
+        device=label,
+        software=software,
+        date=time.strftime("%Y-%m-%d"),
+        budget_s=args.budget,
+        elapsed_s=time.monotonic() - started,
+        repeats=REPEATS,
+        widths=args.widths,
+        batches=args.batches,
+        modes=modes,
+        skipped=skipped,
+        threads=torch.get_num_threads(),
+        cpus=os.cpu_count(),
+        cells=cells,
+    )
     finish(args, result)
 
 
-def finish(args: argparse.Namespace, result: dict) -> None:
+def finish(args: argparse.Namespace, result: CrossoverMap) -> None:
     """Write the map's files and, unless --no-log, log them as a benchmark run."""
     files = write(result, args.out, args.name)
     print(f"Wrote {', '.join(str(path) for path in files)}")

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import torch
 
+from mnist_precision.analysis.crossover.record import Cell
 from mnist_precision.analysis.crossover.timing import Clock, training_flops_per_sample
 from mnist_precision.analysis.stats import ratio_of_means
 from mnist_precision.core.model import build_mlp
@@ -25,29 +25,11 @@ from mnist_precision.core.precision import PrecisionPolicy
 from mnist_precision.core.training import TrainStep
 
 REPEATS = 5  # turns of fp32 and the variant in a timed cell
-TIMED, ONCE, NOT_TIMED = "timed", "timed once", "not timed"
+TIMED, ONCE = "timed", "timed once"
 
 
-@dataclass
-class Cell:
-    precision: str
-    mode: str  # "eager", or "compiled" (train.compile: CUDA graphs on a GPU)
-    width: int
-    batch: int
-    status: str = NOT_TIMED
-    ratio: float | None = None  # the variant's throughput over fp32's
-    low: float | None = None  # its 95% interval (timed cells)
-    high: float | None = None
-    fp32_ms: float | None = None  # per step
-    variant_ms: float | None = None
-    steps: int = 0  # per turn
-    note: str = ""
-
-    def flops(self) -> int:
-        return training_flops_per_sample((self.width,)) * self.batch
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+def flops(cell: Cell) -> int:
+    return training_flops_per_sample((cell.width,)) * cell.batch
 
 
 def make_step(precision: str, width: int, batch: int, device: torch.device, compile: bool) -> Callable[[], object]:
@@ -128,15 +110,15 @@ def time_grid(
     """Every cell, smallest first, each given an equal share of the budget that is left."""
     cells = sorted(
         (Cell(p, mode, w, b) for p in precisions for mode in modes for w in widths for b in batches),
-        key=lambda cell: (cell.flops(), cell.mode, precisions.index(cell.precision)),
+        key=lambda cell: (flops(cell), cell.mode, precisions.index(cell.precision)),
     )
     clock, deadline = Clock(device), time.monotonic() + budget_s
     seconds_per_flop: dict[tuple[str, str], float] = {}  # the variant's, from its last timed cell
     for left, cell in zip(range(len(cells), 0, -1), cells, strict=True):
         share = max(0.0, deadline - time.monotonic()) / left
         rate = seconds_per_flop.get((cell.precision, cell.mode))
-        time_cell(cell, device, clock, share, None if rate is None else rate * cell.flops())
+        time_cell(cell, device, clock, share, None if rate is None else rate * flops(cell))
         if cell.variant_ms is not None:
-            seconds_per_flop[(cell.precision, cell.mode)] = cell.variant_ms / 1000 / cell.flops()
+            seconds_per_flop[(cell.precision, cell.mode)] = cell.variant_ms / 1000 / flops(cell)
         progress(cell)
     return cells

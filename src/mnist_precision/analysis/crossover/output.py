@@ -9,54 +9,55 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
-from mnist_precision.analysis.crossover.verdict import COSTS, PAYS, cells_of, sentence, variants, verdict
+from mnist_precision.analysis.crossover.record import Cell, CrossoverMap
+from mnist_precision.analysis.crossover.verdict import COSTS, PAYS, sentence, verdict
 from mnist_precision.base.atomic import atomic_path, atomic_write_json
 from mnist_precision.base.figures import new_figure, save_png
 
 MARK = {PAYS: " ↑", COSTS: " ↓"}
 
 
-def label(cell: dict) -> str:
-    if cell["ratio"] is None:
+def label(cell: Cell) -> str:
+    if cell.ratio is None:
         return "not timed"
-    if cell["low"] is None:
-        return f"{cell['ratio']:.2f}× (once){MARK.get(verdict(cell), '')}"
-    return f"{cell['ratio']:.2f}× [{cell['low']:.2f}, {cell['high']:.2f}]{MARK.get(verdict(cell), '')}"
+    if cell.low is None or cell.high is None:
+        return f"{cell.ratio:.2f}× (once){MARK.get(verdict(cell), '')}"
+    return f"{cell.ratio:.2f}× [{cell.low:.2f}, {cell.high:.2f}]{MARK.get(verdict(cell), '')}"
 
 
-def table(result: dict, precision: str, mode: str) -> list[str]:
-    cells = {(c["width"], c["batch"]): c for c in cells_of(result, precision, mode)}
+def table(result: CrossoverMap, precision: str, mode: str) -> list[str]:
+    cells = {(c.width, c.batch): c for c in result.cells_of(precision, mode)}
     lines = [
-        "| width \\ batch | " + " | ".join(str(b) for b in result["batches"]) + " |",
-        "| --- |" + " ---: |" * len(result["batches"]),
+        "| width \\ batch | " + " | ".join(str(b) for b in result.batches) + " |",
+        "| --- |" + " ---: |" * len(result.batches),
     ]
-    for width in result["widths"]:
-        lines.append(f"| {width} | " + " | ".join(label(cells[(width, b)]) for b in result["batches"]) + " |")
+    for width in result.widths:
+        lines.append(f"| {width} | " + " | ".join(label(cells[(width, b)]) for b in result.batches) + " |")
     return lines
 
 
-def markdown(result: dict, figures: dict[tuple[str, str], str]) -> str:
+def markdown(result: CrossoverMap, figures: dict[tuple[str, str], str]) -> str:
     lines = [
-        f"# Where each precision pays: {result['device']}",
+        f"# Where each precision pays: {result.device}",
         "",
-        f"`mnist-precision crossover` on {result['date']}: one training step (forward, backward, "
+        f"`mnist-precision crossover` on {result.date}: one training step (forward, backward, "
         "optimizer; data already on the device) of `Linear(784, width) -> ReLU -> Linear(width, 10)` "
-        f"in each precision, against fp32, on {result['device']} ({result['software']}). "
-        f"Each cell: the variant's throughput over fp32's, from {result['repeats']} interleaved turns "
+        f"in each precision, against fp32, on {result.device} ({result.software}). "
+        f"Each cell: the variant's throughput over fp32's, from {result.repeats} interleaved turns "
         "(fp32's steps, then the variant's), with the 95% interval of the ratio; ↑ pays (interval above 1), "
         "↓ costs (below 1). Cells too slow for turns within the budget are timed once (no interval); cells "
-        f"whose one step would not fit are not timed. Budget {result['budget_s']:.0f} s, "
-        f"used {result['elapsed_s']:.0f} s.",
+        f"whose one step would not fit are not timed. Budget {result.budget_s:.0f} s, "
+        f"used {result.elapsed_s:.0f} s.",
         "",
     ]
-    for precision, reason in result["skipped"].items():
+    for precision, reason in result.skipped.items():
         lines.append(f"- {precision}: not run here ({reason}).")
-    for precision, mode in variants(result):
+    for precision, mode in result.variants():
         lines += [
             "",
             f"## {precision}, {mode}",
             "",
-            f"{precision} ({mode}) {sentence(cells_of(result, precision, mode))}.",
+            f"{precision} ({mode}) {sentence(result.cells_of(precision, mode))}.",
             "",
             *table(result, precision, mode),
             "",
@@ -65,11 +66,11 @@ def markdown(result: dict, figures: dict[tuple[str, str], str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def heatmap(result: dict, precision: str, mode: str, path: Path) -> None:
+def heatmap(result: CrossoverMap, precision: str, mode: str, path: Path) -> None:
     """Ratio against fp32 on a log color scale centred on 1.0; the contour where it crosses 1."""
-    cells = {(c["width"], c["batch"]): c for c in cells_of(result, precision, mode)}
-    widths, batches = result["widths"], result["batches"]
-    grid = np.array([[cells[(w, b)]["ratio"] or math.nan for b in batches] for w in widths], dtype=float)
+    cells = {(c.width, c.batch): c for c in result.cells_of(precision, mode)}
+    widths, batches = result.widths, result.batches
+    grid = np.array([[cells[(w, b)].ratio or math.nan for b in batches] for w in widths], dtype=float)
     logs = np.log2(grid)
     reach = max(1.0, float(np.nanmax(np.abs(logs)))) if np.isfinite(logs).any() else 1.0
     figure, axes = new_figure(size=(6.5, 4.8))
@@ -95,7 +96,7 @@ def heatmap(result: dict, precision: str, mode: str, path: Path) -> None:
         yticklabels=widths,
         xlabel="batch size",
         ylabel="hidden width",
-        title=f"{precision} ({mode}) against fp32\n{result['device']}",
+        title=f"{precision} ({mode}) against fp32\n{result.device}",
     )
     bar = figure.colorbar(image, ax=axes)
     bar.set_label("throughput ratio, log2 (0: as fast as fp32)")
@@ -103,12 +104,12 @@ def heatmap(result: dict, precision: str, mode: str, path: Path) -> None:
     save_png(figure, path)
 
 
-def write(result: dict, out: Path, name: str) -> list[Path]:
+def write(result: CrossoverMap, out: Path, name: str) -> list[Path]:
     """`<name>.json`, `<name>.md` and `<name>-<precision>[-compiled].png` in `out`; the paths written."""
     figures = {}
     written = [out / f"{name}.json"]
-    atomic_write_json(written[0], result)
-    for precision, mode in variants(result):
+    atomic_write_json(written[0], result.to_dict())
+    for precision, mode in result.variants():
         figure = out / f"{name}-{precision}{'' if mode == 'eager' else '-' + mode}.png"
         heatmap(result, precision, mode, figure)
         figures[(precision, mode)] = figure.name
@@ -118,5 +119,5 @@ def write(result: dict, out: Path, name: str) -> list[Path]:
     return [out / f"{name}.md", *written]
 
 
-def read(path: Path) -> dict:
-    return json.loads(path.read_text())
+def read(path: Path) -> CrossoverMap:
+    return CrossoverMap.from_dict(json.loads(path.read_text()))

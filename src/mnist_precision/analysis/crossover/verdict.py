@@ -9,24 +9,25 @@ from which it pays at every larger batch of the grid.
 
 from __future__ import annotations
 
+from mnist_precision.analysis.crossover.record import Cell, CrossoverMap
 from mnist_precision.analysis.stats import FASTER, SLOWER
 
 PAYS, COSTS, NEUTRAL, UNKNOWN = "pays", "costs", "no measurable difference", "not timed"
 
 
-def verdict(cell: dict) -> str:
-    if cell["ratio"] is None:
+def verdict(cell: Cell) -> str:
+    if cell.ratio is None:
         return UNKNOWN
-    if cell["low"] is not None:
-        return PAYS if cell["low"] > 1 else COSTS if cell["high"] < 1 else NEUTRAL
-    return PAYS if cell["ratio"] > FASTER else COSTS if cell["ratio"] < SLOWER else NEUTRAL
+    if cell.low is not None and cell.high is not None:
+        return PAYS if cell.low > 1 else COSTS if cell.high < 1 else NEUTRAL
+    return PAYS if cell.ratio > FASTER else COSTS if cell.ratio < SLOWER else NEUTRAL
 
 
-def pays_from(cells: list[dict]) -> dict[int, int | None]:
+def pays_from(cells: list[Cell]) -> dict[int, int | None]:
     """Per width: the smallest batch from which every larger batch pays too (None: from none)."""
-    found = {}
-    for width in sorted({cell["width"] for cell in cells}):
-        row = sorted((cell["batch"], verdict(cell)) for cell in cells if cell["width"] == width)
+    found: dict[int, int | None] = {}
+    for width in sorted({cell.width for cell in cells}):
+        row = sorted((cell.batch, verdict(cell)) for cell in cells if cell.width == width)
         start = None
         for batch, said in reversed(row):
             if said != PAYS:
@@ -36,7 +37,7 @@ def pays_from(cells: list[dict]) -> dict[int, int | None]:
     return found
 
 
-def sentence(cells: list[dict]) -> str:
+def sentence(cells: list[Cell]) -> str:
     """Where one variant (in one mode) pays against fp32, from its cells."""
     starts = pays_from(cells)
     unknown = sum(verdict(cell) == UNKNOWN for cell in cells)
@@ -45,7 +46,7 @@ def sentence(cells: list[dict]) -> str:
     if not paying:
         costs = sum(verdict(cell) == COSTS for cell in cells)
         return f"pays nowhere in this grid; slower than fp32 in {costs} of {len(cells)} cells{tail}"
-    smallest = min(cell["batch"] for cell in cells)
+    smallest = min(cell.batch for cell in cells)
     if all(batch == smallest for batch in starts.values() if batch is not None) and len(paying) == len(starts):
         return f"pays everywhere in this grid{tail}"
     parts = [f"width {width} from batch {batch}" for width, batch in paying.items()]
@@ -53,21 +54,9 @@ def sentence(cells: list[dict]) -> str:
     return f"pays at {', '.join(parts)}" + (f"; not at width {', '.join(nowhere)}" if nowhere else "") + tail
 
 
-def variants(result: dict) -> list[tuple[str, str]]:
-    """A map's (precision, mode) pairs, in the order they were asked for."""
-    seen = []
-    for cell in result["cells"]:
-        if (cell["precision"], cell["mode"]) not in seen:
-            seen.append((cell["precision"], cell["mode"]))
-    return seen
-
-
-def cells_of(result: dict, precision: str, mode: str) -> list[dict]:
-    return [c for c in result["cells"] if c["precision"] == precision and c["mode"] == mode]
-
-
-def sentences(result: dict) -> list[str]:
+def sentences(crossover: CrossoverMap) -> list[str]:
     """One sentence per variant and mode of a crossover map."""
     return [
-        f"{precision} ({mode}) {sentence(cells_of(result, precision, mode))}" for precision, mode in variants(result)
+        f"{precision} ({mode}) {sentence(crossover.cells_of(precision, mode))}"
+        for precision, mode in crossover.variants()
     ]

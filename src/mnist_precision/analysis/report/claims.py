@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 
+from mnist_precision.analysis.crossover.record import CrossoverMap
 from mnist_precision.analysis.crossover.verdict import sentences
 from mnist_precision.analysis.stats import FASTER, SLOWER, Interval
 from mnist_precision.base.precision_table import BASELINE, PRECISIONS
@@ -59,7 +60,7 @@ def storage(groups, mean: Callable) -> str:
     return "\n".join(lines) or "- Not measured: no run in this store recorded its model's size."
 
 
-def speed(groups, verdicts: Callable, maps: Sequence[tuple[str, dict]] = ()) -> str:
+def speed(groups, verdicts: Callable, maps: Sequence[tuple[str, CrossoverMap]] = ()) -> str:
     """The training runs' throughput against fp32, then where each variant pays
     by size on each device that has a crossover map (`maps`: run id, map)."""
     lines = []
@@ -70,10 +71,10 @@ def speed(groups, verdicts: Callable, maps: Sequence[tuple[str, dict]] = ()) -> 
             lines.append(f"- On {group.device}: throughput against fp32: {found}.")
     for run_id, crossover in maps:
         lines.append(
-            f"- Crossover map on {crossover['device']} ({crossover['software']}; benchmark run {run_id}): "
+            f"- Crossover map on {crossover.device} ({crossover.software}; benchmark run {run_id}): "
             f"{'; '.join(sentences(crossover))}."
         )
-    on_gpu = any(g.device.startswith("cuda") for g in groups) or any(m["device"].startswith("cuda") for _, m in maps)
+    on_gpu = any(g.device.startswith("cuda") for g in groups) or any(m.device.startswith("cuda") for _, m in maps)
     if not on_gpu:
         lines.insert(
             0,
@@ -171,7 +172,7 @@ def stochastic_rounding(rows: dict, figures: dict) -> list[str]:
     return sentences
 
 
-def section(groups, verdicts: Callable, maps: Sequence[tuple[str, dict]] = ()) -> str:
+def section(groups, verdicts: Callable, maps: Sequence[tuple[str, CrossoverMap]] = ()) -> str:
     def mean(values):
         values = [v for v in values if v is not None]
         return statistics.fmean(values) if values else None

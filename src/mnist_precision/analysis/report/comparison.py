@@ -16,6 +16,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mnist_precision.analysis.crossover.record import CrossoverMap
 from mnist_precision.analysis.report.quiet import no_progress_bar
 from mnist_precision.analysis.stats import Interval, difference_of_means, ratio_of_means
 from mnist_precision.base import metrics as m
@@ -212,7 +213,7 @@ def download_json(run_id: str, artifact: str):
     return json.loads(Path(local).read_text())
 
 
-def crossover_maps(client: MlflowClient, experiment: str) -> list[tuple[str, dict]]:
+def crossover_maps(client: MlflowClient, experiment: str) -> list[tuple[str, CrossoverMap]]:
     """The newest crossover map of each device and software, with its run id,
     from `<experiment>-benchmarks` (`mnist-precision crossover`)."""
     found = client.get_experiment_by_name(f"{experiment}-benchmarks")
@@ -233,6 +234,6 @@ def crossover_maps(client: MlflowClient, experiment: str) -> list[tuple[str, dic
         )
         crossover = download_json(run.info.run_id, artifact) if artifact else None
         if crossover:
-            maps.append((run.info.run_id, crossover))
+            maps.append((run.info.run_id, CrossoverMap.from_dict(crossover)))
             seen.add(key)
     return maps
