@@ -269,7 +269,9 @@ def epoch_length(samples: int, batch_size: int, max_steps: int | None) -> tuple[
     return max_steps, max_steps * batch_size
 
 
-def epoch_sums(progress: Progress, world: World, device: torch.device) -> tuple[torch.Tensor, ...]:
+def epoch_sums(
+    progress: Progress, world: World, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The epoch's loss sum, correct count and skipped count, as device tensors.
 
     The sums stay on the device during the epoch: adding to them does not wait
@@ -285,6 +287,56 @@ def epoch_sums(progress: Progress, world: World, device: torch.device) -> tuple[
         torch.full((), progress.correct if carried else 0, dtype=torch.int64, device=device),
         torch.full((), progress.skipped, dtype=torch.int64, device=device),
     )  # the same on every rank
+
+
+def with_sums(
+    progress: Progress,
+    sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    world: World,
+    started: float,
+    diagnostics: Diagnostics | None,
+) -> Progress:
+    """`progress` with the epoch's sums read from the device (added over the ranks) and its time so far."""
+    loss_sum, correct, skipped = sums
+    world.sum_(loss_sum)
+    world.sum_(correct)
+    return Progress(
+        **vars(progress)
+        | {
+            "loss_sum": loss_sum.item(),
+            "correct": int(correct.item()),
+            "skipped": int(skipped.item()),
+            "seconds": progress.seconds + time.perf_counter() - started,
+            "diagnostics": diagnostics.state_dict() if diagnostics is not None else None,
+        }
+    )
+
+
+def take_step(
+    step: TrainStep,
+    diagnostics: Diagnostics | None,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    global_count: int,
+    number: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Training step `number`, measured by `diagnostics` where a sample is due."""
+    if diagnostics is not None and diagnostics.due(number):
+        return diagnostics.measure(step, model, images, labels, global_count, number)
+    return step(images, labels, global_count)
+
+
+def epoch_record(done: Progress, samples: int, diagnostics: Diagnostics | None) -> EpochRecord:
+    """The figures of the epoch `done` ended, over the `samples` it saw."""
+    return EpochRecord(
+        epoch=done.epoch,
+        loss=done.loss_sum / samples,
+        accuracy=done.correct / samples,
+        seconds=done.seconds,
+        skipped_steps=done.skipped,
+        diagnostics=diagnostics.end_epoch() if diagnostics is not None else None,
+    )
 
 
 def run_epoch(
@@ -307,21 +359,7 @@ def run_epoch(
     elif diagnostics is not None and progress.diagnostics is not None:
         diagnostics.load_state_dict(progress.diagnostics)
     started = time.perf_counter()
-    loss_sum, correct, skipped = epoch_sums(progress, world, device)
-
-    def progress_now() -> Progress:
-        world.sum_(loss_sum)
-        world.sum_(correct)
-        return Progress(
-            **vars(progress)
-            | {
-                "loss_sum": loss_sum.item(),
-                "correct": int(correct.item()),
-                "skipped": int(skipped.item()),
-                "seconds": progress.seconds + time.perf_counter() - started,
-                "diagnostics": diagnostics.state_dict() if diagnostics is not None else None,
-            }
-        )
+    sums = loss_sum, correct, skipped = epoch_sums(progress, world, device)
 
     steps_per_epoch, samples = epoch_length(len(data), batch_size, max_steps)
     # Reading the loss waits for the device: free on the CPU, a stall on a GPU.
@@ -340,33 +378,23 @@ def run_epoch(
     ) as bar:
         for images, labels in bar:
             if world.any(bool(stop)):  # between two steps: the state is whole
-                state.progress = progress_now()
+                state.progress = with_sums(progress, sums, world, started, diagnostics)
                 raise Stopped(state.saved(), stop.signal_name if stop else "another rank was stopped")
             progress.step += 1
             progress.done_in_epoch += 1
             global_count = len(labels)
             images, labels = world.share(images, labels)
-            if diagnostics is not None and diagnostics.due(progress.step):
-                logits, loss, was_skipped = diagnostics.measure(
-                    step, state.model, images, labels, global_count, progress.step
-                )
-            else:
-                logits, loss, was_skipped = step(images, labels, global_count)
+            logits, loss, was_skipped = take_step(
+                step, diagnostics, state.model, images, labels, global_count, progress.step
+            )
             loss_sum.add_(loss.detach(), alpha=global_count / world.size)  # the loss summed over the share
             correct.add_((logits.argmax(dim=1) == labels).sum())
             if was_skipped is not None:
                 skipped.add_(was_skipped)
             if progress.step % check_every == 0 or progress.done_in_epoch == steps_per_epoch:
                 check_loss(loss.item(), was_skipped is not None, progress, bar, batch_size)
-    done = progress_now()
-    record = EpochRecord(
-        epoch=done.epoch,
-        loss=done.loss_sum / samples,
-        accuracy=done.correct / samples,
-        seconds=done.seconds,
-        skipped_steps=done.skipped,
-        diagnostics=diagnostics.end_epoch() if diagnostics is not None else None,
-    )
+    done = with_sums(progress, sums, world, started, diagnostics)
+    record = epoch_record(done, samples, diagnostics)
     state.progress = Progress(epoch=done.epoch + 1, step=done.step, records=[*done.records, record])
     return record
 

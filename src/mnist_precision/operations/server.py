@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnist_precision.base.atomic import atomic_path
 from mnist_precision.base.errors import UserError
 from mnist_precision.base.interrupts import handling
 
@@ -517,13 +518,11 @@ class Logins:
 
 
 def write_private(path: Path, text: str, user: str | None) -> None:
-    """A file only `user` reads, written whole or not at all."""
-    temporary = path.with_suffix(".tmp")
-    temporary.unlink(missing_ok=True)
-    temporary.touch(mode=0o600)
-    temporary.write_text(text)
-    own(temporary, user)
-    temporary.rename(path)
+    """A file only `user` reads, written whole or not at all (closed before the secret is in it)."""
+    with atomic_path(path) as temporary:
+        temporary.chmod(0o600)
+        own(temporary, user)
+        temporary.write_text(text)
 
 
 def auth_ini(postgres: Postgres, net: Network, auth_cache_seconds: int, logins: Logins) -> str:
@@ -694,6 +693,18 @@ def arguments() -> argparse.ArgumentParser:
         help="another Host name clients reach the server by (repeatable); the --host address, "
         "loopback's names and, on 0.0.0.0, this machine's names are allowed already",
     )
+    login_arguments(parser)
+    parser.add_argument(
+        "--service-user",
+        default=SERVICE_USER,
+        metavar="NAME",
+        help=f"the unprivileged user the MLflow server runs as when started as root (default: {SERVICE_USER})",
+    )
+    return parser
+
+
+def login_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the server's guard does with browsers and logins."""
     parser.add_argument(
         "--auth-cache-seconds",
         type=int,
@@ -725,13 +736,6 @@ def arguments() -> argparse.ArgumentParser:
         metavar="S",
         help=f"how long such a user and address are refused (default: {Logins.lockout_s:.0f})",
     )
-    parser.add_argument(
-        "--service-user",
-        default=SERVICE_USER,
-        metavar="NAME",
-        help=f"the unprivileged user the MLflow server runs as when started as root (default: {SERVICE_USER})",
-    )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,22 +55,27 @@ def main(params: Params, device: torch.device) -> None:
         train_stage(params, device_of(world, device), world)
 
 
+def warn(recorder: Recorder | NoRecorder, policy: PrecisionPolicy, optimizer: OptimizerChoice, device: torch.device):
+    """Before training: a precision that takes a slow path here, an eps its dtype flushes to zero."""
+    missing = missing_native_support(policy.precision.native_on_cpu, device)
+    if missing:
+        recorder.say(
+            f"warning: {policy.name} is not native here ({missing}): its matrix products take "
+            "a slow path, and it will likely run slower than fp32"
+        )
+    eps = eps_warning(optimizer, policy)
+    if eps:
+        recorder.say(f"warning: {eps}")
+
+
 def train_stage(params: Params, device: torch.device, world: World) -> None:
     """Every rank runs this; what only rank 0 does is its `Recorder`."""
     threads = budget(params.train.threads)
     torch.set_num_threads(threads.threads)
     policy = PrecisionPolicy(params.precision, device.type, params.loss_scale)
     recorder = Recorder(params, device) if world.is_main else NoRecorder()
-    missing = missing_native_support(policy.precision.native_on_cpu, device)
-    if missing:
-        recorder.say(
-            f"warning: {params.precision} is not native here ({missing}): its matrix products take "
-            "a slow path, and it will likely run slower than fp32"
-        )
     optimizer = OptimizerChoice.of(params)
-    eps = eps_warning(optimizer, policy)
-    if eps:
-        recorder.say(f"warning: {eps}")
+    warn(recorder, policy, optimizer, device)
     torch.manual_seed(params.seed)
     resume = world.broadcast(recorder.resume_point())
     data = load_split(paths.require(paths.DATA_DIR, "download"), "train", device)
