@@ -38,8 +38,8 @@ from mnist_precision.core.optimizers import make_optimizer  # noqa: E402
 from mnist_precision.core.precision import PrecisionPolicy  # noqa: E402
 from mnist_precision.core.training import TrainStep  # noqa: E402
 from mnist_precision.tracking.lifecycle import run_scope  # noqa: E402
-from mnist_precision.tracking.recorder import log_model  # noqa: E402
 from mnist_precision.tracking.store import configure, get_or_create_experiment  # noqa: E402
+from mnist_precision.tracking.training_run import log_model  # noqa: E402
 
 lap("import the project (mlflow.pytorch, mlflow.models, tqdm)")
 

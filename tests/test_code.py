@@ -1,4 +1,4 @@
-"""The code's habits, in the fast tier: ruff's lint rules and format, mypy on src/
+"""The code's habits, in the fast tier: ruff's lint rules and format, mypy on src/ and stages/
 (the settings of both in pyproject.toml), and the import contract (test_layers.py).
 One command runs them all: `python -m pytest tests/test_code.py tests/test_layers.py`."""
 
@@ -28,6 +28,6 @@ def test_the_code_is_formatted_as_ruff_formats_it():
     assert result.returncode == 0, f"run `ruff format` on: {result.stdout}{result.stderr}"
 
 
-def test_mypy_finds_no_type_error_in_src():
+def test_mypy_finds_no_type_error_in_src_or_stages():
     result = run(str(TOOLS / "mypy"))
     assert result.returncode == 0, result.stdout + result.stderr

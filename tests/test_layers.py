@@ -10,16 +10,15 @@ from pathlib import Path
 from helpers import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "src" / "mnist_precision"
-LAYERS = ("base", "core", "tracking", "analysis", "operations", "pipeline")
+LAYERS = ("base", "core", "tracking", "analysis", "operations")
 # What each layer may import of the project; the package root (the CLI) may import any.
 MAY_IMPORT = {
     "base": {"base"},
     "core": {"base", "core"},
     "tracking": {"base", "core", "tracking"},
-    "pipeline": {"base", "core", "tracking", "pipeline"},
     "analysis": {"base", "core", "tracking", "analysis"},
     "operations": {"base", "tracking", "operations"},
-    "stages": {"base", "pipeline"},
+    "stages": {"base", "core", "tracking"},
 }
 # Libraries a layer never imports: the numerics stand on torch alone, the base on neither.
 NEVER = {"base": ("torch", "mlflow", "dvc"), "core": ("mlflow", "dvc")}

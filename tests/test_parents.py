@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Param
 
 from mnist_precision.analysis.report.comparison import collect, group_runs
 from mnist_precision.analysis.report.parents import DESCRIPTION_TAG, PARENT_TAG, update_parents
-from mnist_precision.base import metrics as m
+from mnist_precision.base import names
 from mnist_precision.operations.runs import stale
 from mnist_precision.operations.server import Network, ServerError
 from mnist_precision.operations.ui import refuse_a_taken_port
@@ -57,7 +57,7 @@ def store(tmp_path) -> tuple[MlflowClient, str]:
             client.log_batch(
                 run.info.run_id,
                 params=[Param(k, v) for k, v in params.items()],
-                metrics=[Metric(m.TEST_ACCURACY, accuracy, 0, 0), Metric(m.SAMPLES_PER_S, speed, 0, 0)],
+                metrics=[Metric(names.TEST_ACCURACY, accuracy, 0, 0), Metric(names.SAMPLES_PER_S, speed, 0, 0)],
             )
             client.set_terminated(run.info.run_id)
     return client, experiment_id
@@ -78,16 +78,20 @@ def test_each_variant_gets_one_parent_with_its_verdict_and_its_seed_runs_beneath
     assert fp16.data.params["optimizer"] == "sgd" and fp16.data.params["train.hidden"] == "[256]"
     assert "cpu (AMD EPYC; AVX2" in fp16.data.params["device"]
     verdict = fp16.data.metrics
-    assert verdict[m.VERDICT_SEEDS] == 3 and verdict[m.VERDICT_TEST_ACCURACY] == pytest.approx(0.951)
-    assert verdict[m.VERDICT_ACCURACY_DIFFERENCE] == pytest.approx(0.0)
+    assert verdict[names.VERDICT_SEEDS] == 3 and verdict[names.VERDICT_TEST_ACCURACY] == pytest.approx(0.951)
+    assert verdict[names.VERDICT_ACCURACY_DIFFERENCE] == pytest.approx(0.0)
     low, high = (
-        verdict[m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "low")],
-        verdict[m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "high")],
+        verdict[names.bound(names.VERDICT_ACCURACY_DIFFERENCE, "low")],
+        verdict[names.bound(names.VERDICT_ACCURACY_DIFFERENCE, "high")],
     )
-    assert low < 0 < high and verdict[m.VERDICT_WITHIN_NOISE] == 1.0
-    assert verdict[m.VERDICT_THROUGHPUT_RATIO] == pytest.approx(165 / 1000, rel=0.01)
-    ratio_low = verdict[m.bound(m.VERDICT_THROUGHPUT_RATIO, "low")]
-    assert ratio_low < verdict[m.VERDICT_THROUGHPUT_RATIO] < verdict[m.bound(m.VERDICT_THROUGHPUT_RATIO, "high")]
+    assert low < 0 < high and verdict[names.VERDICT_WITHIN_NOISE] == 1.0
+    assert verdict[names.VERDICT_THROUGHPUT_RATIO] == pytest.approx(165 / 1000, rel=0.01)
+    ratio_low = verdict[names.bound(names.VERDICT_THROUGHPUT_RATIO, "low")]
+    assert (
+        ratio_low
+        < verdict[names.VERDICT_THROUGHPUT_RATIO]
+        < verdict[names.bound(names.VERDICT_THROUGHPUT_RATIO, "high")]
+    )
     description = fp16.data.tags[DESCRIPTION_TAG]
     assert description.startswith("fp16 against fp32 (sgd; 3 vs 3 seeds): test accuracy +0.0000 [")
     assert "within noise; throughput 0.16 [" in description
@@ -106,7 +110,7 @@ def test_a_second_report_updates_the_parents_and_never_counts_them_as_training_r
     update_parents(client, experiment_id, group_runs(collect(client, experiment_id)))
     found = parents(client, experiment_id)
     first = {p: run.info.run_id for p, run in found.items()}
-    first_low = found["fp16"].data.metrics[m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "low")]
+    first_low = found["fp16"].data.metrics[names.bound(names.VERDICT_ACCURACY_DIFFERENCE, "low")]
     # One fp16 seed is gone: the verdict changes, and the parents stay the same runs.
     gone = next(r for r in client.search_runs([experiment_id], "params.precision = 'fp16' and params.seed = '2'"))
     client.delete_run(gone.info.run_id)
@@ -115,19 +119,20 @@ def test_a_second_report_updates_the_parents_and_never_counts_them_as_training_r
     assert update_parents(client, experiment_id, group_runs(records)) == 2
     again = parents(client, experiment_id)
     assert {p: run.info.run_id for p, run in again.items()} == first
-    assert again["fp16"].data.metrics[m.VERDICT_SEEDS] == 2 and again["fp16"].info.run_name == "fp16: 2 seeds, sgd"
+    assert again["fp16"].data.metrics[names.VERDICT_SEEDS] == 2 and again["fp16"].info.run_name == "fp16: 2 seeds, sgd"
     assert "(sgd; 2 vs 3 seeds)" in again["fp16"].data.tags[DESCRIPTION_TAG]
     # Welch's interval of 2 and 3 seeds, not the first report's paired one.
-    low = again["fp16"].data.metrics[m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "low")]
+    low = again["fp16"].data.metrics[names.bound(names.VERDICT_ACCURACY_DIFFERENCE, "low")]
     assert not math.isnan(low) and low != pytest.approx(first_low)
     # One seed left: no interval, so no bound of an earlier report stays beside the new estimate.
     second = next(r for r in client.search_runs([experiment_id], "params.precision = 'fp16' and params.seed = '1'"))
     client.delete_run(second.info.run_id)
     update_parents(client, experiment_id, group_runs(collect(client, experiment_id)))
     single = parents(client, experiment_id)["fp16"].data
-    assert math.isnan(single.metrics[m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "low")])
+    assert math.isnan(single.metrics[names.bound(names.VERDICT_ACCURACY_DIFFERENCE, "low")])
     assert (
-        math.isnan(single.metrics[m.VERDICT_WITHIN_NOISE]) and "too few seeds to tell" in single.tags[DESCRIPTION_TAG]
+        math.isnan(single.metrics[names.VERDICT_WITHIN_NOISE])
+        and "too few seeds to tell" in single.tags[DESCRIPTION_TAG]
     )
     # A parent left RUNNING (a report stopped between creating it and ending it) is no stale training run.
     client.update_run(first["fp16"], status="RUNNING")
@@ -146,7 +151,7 @@ def test_the_saved_view_is_the_runs_table_with_precision_and_the_verdict(store):
     assert state["selectedColumns"][:3] == [
         "params.`precision`",
         "params.`optimizer`",
-        f"metrics.`{m.VERDICT_ACCURACY_DIFFERENCE}`",
+        f"metrics.`{names.VERDICT_ACCURACY_DIFFERENCE}`",
     ]
     assert state["columnOrder"] == state["selectedColumns"] and state["orderByKey"] == "attributes.start_time"
     assert (

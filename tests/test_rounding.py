@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_training import recipe, toy_split
 
-from mnist_precision.base import metrics as m
+from mnist_precision.base import names
 from mnist_precision.base.params import load as load_params
 from mnist_precision.core.checkpoint import CheckpointError, fingerprint, load, save
 from mnist_precision.core.model import build_mlp
@@ -204,12 +204,12 @@ def figures_of_one_step(precision: str, optimizer: OptimizerChoice, lr: float = 
 
 def test_the_update_is_measured_against_fp32s():
     fp32 = figures_of_one_step("fp32", ADAMW)
-    assert fp32[m.UPDATE_BIAS] == 0.0 and fp32[m.WEIGHT_DRIFT] == 0.0  # fp32 is its own shadow
-    assert fp32[m.SECOND_MOMENT_FLUSHED] == 0.0 and fp32[m.ADAMW_EPS_SURVIVES] == 1.0
+    assert fp32[names.UPDATE_BIAS] == 0.0 and fp32[names.WEIGHT_DRIFT] == 0.0  # fp32 is its own shadow
+    assert fp32[names.SECOND_MOMENT_FLUSHED] == 0.0 and fp32[names.ADAMW_EPS_SURVIVES] == 1.0
     nearest = figures_of_one_step("bf16-true", OptimizerChoice("sgd"), lr=1e-4)
     stochastic = figures_of_one_step("bf16-true-sr", OptimizerChoice("sgd"), lr=1e-4)
-    assert nearest[m.UPDATE_BIAS] < -0.5  # most of SGD's small updates are lost to the nearest value
-    assert abs(stochastic[m.UPDATE_BIAS]) < 0.05
-    assert m.SECOND_MOMENT_FLUSHED not in nearest and m.ADAMW_EPS_SURVIVES not in nearest
+    assert nearest[names.UPDATE_BIAS] < -0.5  # most of SGD's small updates are lost to the nearest value
+    assert abs(stochastic[names.UPDATE_BIAS]) < 0.05
+    assert names.SECOND_MOMENT_FLUSHED not in nearest and names.ADAMW_EPS_SURVIVES not in nearest
     fp16 = figures_of_one_step("fp16-true", ADAMW)
-    assert fp16[m.SECOND_MOMENT_FLUSHED] > 0.0 and fp16[m.ADAMW_EPS_SURVIVES] == 0.0
+    assert fp16[names.SECOND_MOMENT_FLUSHED] > 0.0 and fp16[names.ADAMW_EPS_SURVIVES] == 0.0

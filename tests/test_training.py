@@ -13,7 +13,7 @@ from mnist_precision.core.data import Split, batches
 from mnist_precision.core.model import build_mlp
 from mnist_precision.core.optimizers import SGD, OptimizerChoice, make_optimizer
 from mnist_precision.core.precision import PrecisionPolicy
-from mnist_precision.core.training import DivergenceError, SavedState, Stopped, TrainStep, train
+from mnist_precision.core.training import DivergenceError, Hooks, SavedState, Stopped, TrainStep, train
 
 
 def toy_split(n: int = 512) -> Split:
@@ -22,6 +22,16 @@ def toy_split(n: int = 512) -> Split:
     labels = torch.randint(0, 10, (n,), generator=generator)
     centers = torch.randn(10, 784, generator=generator)
     return Split(images=centers[labels] + 0.5 * torch.randn(n, 784, generator=generator), labels=labels)
+
+
+class Saving(Hooks):
+    """Keeps each state the loop says is due for a checkpoint."""
+
+    def __init__(self, saved: list, copy=lambda state: state):
+        self.saved, self.copy = saved, copy
+
+    def checkpoint_due(self, state: SavedState) -> None:
+        self.saved.append(self.copy(state))
 
 
 def recipe(**overrides) -> TrainParams:
@@ -192,7 +202,7 @@ def test_a_periodic_checkpoint_resumes_bitwise_identically(precision):
         PrecisionPolicy(precision, "cpu"),
         recipe(checkpoint_every=1),
         0,
-        on_checkpoint=lambda state: saved.append(copy.deepcopy(state)),
+        hooks=Saving(saved, copy.deepcopy),
     )
     assert [state.progress.epoch for state in saved] == [2, 3]  # none after the last epoch
     assert all(state.progress.done_in_epoch == 0 for state in saved)
@@ -209,7 +219,7 @@ def test_a_periodic_checkpoint_resumes_bitwise_identically(precision):
         PrecisionPolicy(precision, "cpu"),
         recipe(checkpoint_every=2),
         0,
-        on_checkpoint=saved.append,
+        hooks=Saving(saved),
     )
     assert [state.progress.epoch for state in saved] == [3]
     train(
@@ -218,7 +228,7 @@ def test_a_periodic_checkpoint_resumes_bitwise_identically(precision):
         PrecisionPolicy(precision, "cpu"),
         recipe(checkpoint_every=0),
         0,
-        on_checkpoint=saved.append,
+        hooks=Saving(saved),
     )
     assert len(saved) == 1
 

@@ -21,6 +21,7 @@ TRAIN_PLOT = Path("plots/train_epochs.json")
 DIAGNOSTICS_PLOT = Path("plots/diagnostics.json")  # the numerics, per epoch
 LOSS_SCALE_PLOT = Path("plots/loss_scale.json")  # per sampled step
 UNDERFLOW_PLOT = Path("plots/underflow_histogram.json")  # the last sampled step
+TRAIN_PLOTS = (TRAIN_PLOT, DIAGNOSTICS_PLOT, LOSS_SCALE_PLOT, UNDERFLOW_PLOT)
 EVAL_METRICS = Path("metrics/evaluate.json")
 CONFUSION_PLOT = Path("plots/confusion.json")
 CONFUSION_PNG = Path("plots/confusion.png")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from mnist_precision.base import metrics as m
+from mnist_precision.base import names
 from mnist_precision.base.environment import cpu_features, cpu_name
 from mnist_precision.base.errors import UserError
-from mnist_precision.base.metrics import PEAK_GPU_MEMORY_MB, PEAK_RSS_MB
+from mnist_precision.base.names import PEAK_GPU_MEMORY_MB, PEAK_RSS_MB
 from mnist_precision.base.precision_table import PRECISIONS
 from mnist_precision.core.precision import PrecisionError, torchao_float8
 
@@ -87,12 +87,12 @@ def capability_params(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         return {
-            m.CUDA_COMPUTE_CAPABILITY: f"{major}.{minor}",
-            m.CUDA_NATIVE_BF16: str(torch.cuda.is_bf16_supported(including_emulation=False)),
+            names.CUDA_COMPUTE_CAPABILITY: f"{major}.{minor}",
+            names.CUDA_NATIVE_BF16: str(torch.cuda.is_bf16_supported(including_emulation=False)),
         }
     return {
-        m.CPU_CAPABILITY: torch.backends.cpu.get_cpu_capability(),
-        m.CPU_FEATURES: ",".join(cpu_features()) or "none",
+        names.CPU_CAPABILITY: torch.backends.cpu.get_cpu_capability(),
+        names.CPU_FEATURES: ",".join(cpu_features()) or "none",
     }
 
 

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_precision.base import metrics as m
+from mnist_precision.base import names
 
 FP16_SMALLEST_SUBNORMAL = 2.0**-24  # below it, fp16 flushes to zero
 FP16_SMALLEST_NORMAL = 2.0**-14  # below it, fp16 keeps fewer than 11 significant bits
@@ -269,8 +269,8 @@ class Diagnostics:
             output = self._outputs[name]
             self._add("act_grads", underflow_counts(gradient(output)))
             self._add("act_grads_scaled", underflow_counts(gradient(output), scale))
-            self._add(m.range_act_max(name), output.detach().abs().max(), reduce="max")
-            self._add(m.range_grad_max(name), gradient(output).abs().max() * scale, reduce="max")
+            self._add(names.range_act_max(name), output.detach().abs().max(), reduce="max")
+            self._add(names.range_grad_max(name), gradient(output).abs().max() * scale, reduce="max")
         self.histogram = (
             log2_histogram(torch.cat([gradient(self._outputs[name]).flatten() for name in self.layers])),
             scale,
@@ -299,28 +299,28 @@ class Diagnostics:
         for key, value in self.sums.items():
             sums[key] = flat[at] if value.dim() == 0 else flat[at : at + value.numel()]
             at += value.numel()
-        figures: dict[str, float] = {m.SAMPLED_STEPS: self.sampled}
-        for values in m.UNDERFLOW_VALUES:
+        figures: dict[str, float] = {names.SAMPLED_STEPS: self.sampled}
+        for values in names.UNDERFLOW_VALUES:
             for scaled in (False, True):
                 key = f"{values}_scaled" if scaled else values
                 if key in sums:
                     nonzero, flushed, subnormal = sums[key]
-                    figures[m.underflow(values, "flushed", scaled)] = share(flushed, nonzero)
-                    figures[m.underflow(values, "subnormal", scaled)] = share(subnormal, nonzero)
+                    figures[names.underflow(values, "flushed", scaled)] = share(flushed, nonzero)
+                    figures[names.underflow(values, "subnormal", scaled)] = share(subnormal, nonzero)
         if "lost_updates" in sums:
             intended, lost = sums["lost_updates"]
-            figures[m.LOST_UPDATES] = share(lost, intended)
+            figures[names.LOST_UPDATES] = share(lost, intended)
         if "update" in sums:
             shortfall, size, miss_squared, size_squared = sums["update"]
-            figures[m.UPDATE_BIAS] = share(shortfall, size)
-            figures[m.WEIGHT_DRIFT] = share(miss_squared, size_squared) ** 0.5
+            figures[names.UPDATE_BIAS] = share(shortfall, size)
+            figures[names.WEIGHT_DRIFT] = share(miss_squared, size_squared) ** 0.5
         if "second_moment" in sums:
             nonzero, flushed, subnormal = sums["second_moment"]
-            figures[m.SECOND_MOMENT_FLUSHED] = share(flushed, nonzero)
-            figures[m.SECOND_MOMENT_SUBNORMAL] = share(subnormal, nonzero)
+            figures[names.SECOND_MOMENT_FLUSHED] = share(flushed, nonzero)
+            figures[names.SECOND_MOMENT_SUBNORMAL] = share(subnormal, nonzero)
         if self.eps_survives is not None:
-            figures[m.ADAMW_EPS_SURVIVES] = float(self.eps_survives)
-        return figures | {key: value for key, value in sums.items() if key.startswith(m.RANGE_PREFIX)}
+            figures[names.ADAMW_EPS_SURVIVES] = float(self.eps_survives)
+        return figures | {key: value for key, value in sums.items() if key.startswith(names.RANGE_PREFIX)}
 
     def state_dict(self) -> dict:
         """The sums of the epoch in progress (for a checkpoint)."""
@@ -338,12 +338,12 @@ class Diagnostics:
 
 def epoch_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
     """DVC plot rows, one per epoch that measured its numerics."""
-    return [{m.PLOT_EPOCH: epoch, **numerics.figures} for epoch, numerics in by_epoch.items()]
+    return [{names.PLOT_EPOCH: epoch, **numerics.figures} for epoch, numerics in by_epoch.items()]
 
 
 def loss_scale_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
     return [
-        {m.PLOT_STEP: step, m.LOSS_SCALE: scale}
+        {names.PLOT_STEP: step, names.LOSS_SCALE: scale}
         for numerics in by_epoch.values()
         for step, scale in numerics.loss_scales
     ]
@@ -357,6 +357,10 @@ def histogram_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
         return []
     total = sum(last.counts) or 1
     return [
-        {m.PLOT_LOG2_MAGNITUDE: last.first_exponent + i, m.PLOT_SHARE: count / total, m.LOSS_SCALE: last.loss_scale}
+        {
+            names.PLOT_LOG2_MAGNITUDE: last.first_exponent + i,
+            names.PLOT_SHARE: count / total,
+            names.LOSS_SCALE: last.loss_scale,
+        }
         for i, count in enumerate(last.counts)
     ]

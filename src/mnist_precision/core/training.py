@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mnist_precision.base import metrics as m
+from mnist_precision.base import names
 from mnist_precision.base.errors import UserError
 from mnist_precision.base.interrupts import StopRequest
 from mnist_precision.base.params import TrainParams
@@ -73,12 +73,13 @@ def numeric_causes(
         causes.append(f"AdamW's eps flushed to zero ({eps})")
     figures = diagnostics.figures_so_far() if diagnostics is not None else {}
     stalled = flushed_second_moments(optimizer) if policy.param_dtype != torch.float32 else 0.0
-    if stalled or figures.get(m.SECOND_MOMENT_FLUSHED):
+    if stalled or figures.get(names.SECOND_MOMENT_FLUSHED):
         seen = (
             f"{stalled:.1%} of the weights with a first moment have a second moment of 0 in "
             f"{policy.precision.param_dtype}, so their update is m / eps"
             if stalled
-            else f"{figures[m.SECOND_MOMENT_FLUSHED]:.1%} of its non-zero values flushed to zero on the sampled steps"
+            else f"{figures[names.SECOND_MOMENT_FLUSHED]:.1%} of its non-zero values flushed to zero "
+            "on the sampled steps"
         )
         causes.append(
             f"AdamW's second moment underflowed ({seen}): use a mixed precision, whose optimizer state "
@@ -109,6 +110,16 @@ class EpochRecord:
         numerics = state["diagnostics"]
         return cls(**state | {"diagnostics": EpochNumerics.from_dict(numerics) if numerics else None})
 
+    def plot_row(self) -> dict[str, float]:
+        """Its row of the DVC plot file of loss and accuracy per epoch."""
+        return {
+            names.PLOT_EPOCH: self.epoch,
+            names.PLOT_LOSS: self.loss,
+            names.PLOT_ACCURACY: self.accuracy,
+            names.PLOT_SECONDS: self.seconds,
+            names.PLOT_SKIPPED_STEPS: self.skipped_steps,
+        }
+
 
 @dataclass
 class TrainResult:
@@ -131,6 +142,13 @@ class TrainResult:
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
+
+    def figures(self) -> dict[str, float]:
+        """The run's figures, beside its per-epoch ones; the loss scale's with a GradScaler."""
+        figures = {names.SAMPLES_PER_S: self.samples_per_s, names.TRAIN_SECONDS: self.seconds}
+        if self.final_scale is not None:
+            figures |= {names.GRAD_SCALE_FINAL: self.final_scale, names.SKIPPED_STEPS: self.skipped_steps}
+        return figures
 
 
 def batch_loss(logits: torch.Tensor, labels: torch.Tensor, world: World, global_count: int) -> torch.Tensor:
@@ -258,6 +276,18 @@ class Stopped(Exception):
     def __init__(self, checkpoint: SavedState, reason: str):
         super().__init__(f"training stopped ({reason}) at step {checkpoint.progress.step}")
         self.checkpoint = checkpoint
+
+
+class Hooks:
+    """What the loop tells the rank that records the job. These defaults do
+    nothing: every other rank trains and records nothing."""
+
+    def epoch_ended(self, record: EpochRecord) -> None:
+        """After each epoch, with the figures of the whole job."""
+
+    def checkpoint_due(self, state: SavedState) -> None:
+        """Every `train.checkpoint_every` epochs but the last: the state to
+        continue from (what a stop carries, at the epoch's end)."""
 
 
 def epoch_length(samples: int, batch_size: int, max_steps: int | None) -> tuple[int, int]:
@@ -430,21 +460,20 @@ def train(
     params: TrainParams,
     seed: int,
     *,
+    optimizer: OptimizerChoice = SGD,
     world: World = World(),
-    on_epoch: Callable[[EpochRecord], None] = lambda record: None,
+    hooks: Hooks = Hooks(),
     stop: StopRequest | None = None,
     resume: SavedState | None = None,
     diagnose_every: int = 0,
-    on_checkpoint: Callable[[SavedState], None] = lambda state: None,
-    optimizer: OptimizerChoice = SGD,
 ) -> TrainResult:
     """Train for `params.epochs` epochs, or continue from `resume` (the state
     that `Stopped` carried) so that the end state is the same, bit for bit, as
     if training had never stopped. In a distributed job every rank calls it,
     and every rank gets the records of the whole job. Every `diagnose_every`
     steps (0: never), rank 0 measures the step's numerics (`diagnostics`).
-    Every `params.checkpoint_every` epochs but the last, `on_checkpoint` gets
-    the state to continue from (the state a stop carries, at an epoch's end)."""
+    After each epoch, and every `params.checkpoint_every` epochs but the
+    last, it tells `hooks` (see `Hooks`)."""
     state = TrainState(model, policy, params.lr, seed, optimizer)
     if resume is not None:
         state.restore(resume)
@@ -458,9 +487,9 @@ def train(
             record = run_epoch(state, step, data, params.batch_size, params.epochs, stop, diagnostics, params.max_steps)
         except DivergenceError as error:
             raise error.because(numeric_causes(policy, optimizer, state.optimizer, diagnostics)) from None
-        on_epoch(record)
+        hooks.epoch_ended(record)
         if params.checkpoint_every and record.epoch % params.checkpoint_every == 0 and record.epoch < params.epochs:
             state.progress.epoch_generator_state = state.generator.get_state()  # the next epoch's order
-            on_checkpoint(state.saved())
+            hooks.checkpoint_due(state.saved())
     samples_per_epoch = epoch_length(len(data), params.batch_size, params.max_steps)[1]
     return TrainResult(samples_per_epoch=samples_per_epoch, epochs=state.progress.records, final_scale=policy.scale())

@@ -16,6 +16,7 @@ import time
 
 from mlflow import MlflowClient
 
+from mnist_precision.base import names
 from mnist_precision.base.errors import UserError
 from mnist_precision.base.params import experiment_name
 from mnist_precision.tracking.liveness import mark_killed, process_state
@@ -43,8 +44,8 @@ def describe(run) -> str:
     tags = run.data.tags
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.info.start_time / 1000))
     return (
-        f"{run.info.run_id}  {run.info.run_name}  started {started}  host {tags.get('host', '?')}  "
-        f"pid {tags.get('pid', '?')}  ({STATES[process_state(tags)]})"
+        f"{run.info.run_id}  {run.info.run_name}  started {started}  host {tags.get(names.HOST, '?')}  "
+        f"pid {tags.get(names.PID, '?')}  ({STATES[process_state(tags)]})"
     )
 
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             raise RunsError(f"run {run_id} is {run.info.status}, not RUNNING: nothing to end")
         if process_state(run.data.tags) == "alive":
             raise RunsError(
-                f"run {run_id} is still running here as pid {run.data.tags['pid']}: stop that "
+                f"run {run_id} is still running here as pid {run.data.tags[names.PID]}: stop that "
                 "process instead (SIGTERM checkpoints it and ends the run KILLED)"
             )
         mark_killed(

@@ -15,6 +15,7 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
+from mnist_precision.base import names
 from mnist_precision.base.interrupts import Interrupted, deferred, sigterm_raises
 from mnist_precision.tracking.health import TrackingError
 from mnist_precision.tracking.internals import system_metrics_monitor
@@ -31,10 +32,10 @@ def git_commit() -> str | None:
 
 
 def run_tags() -> dict[str, str]:
-    tags = {"host": socket.gethostname()}
+    tags = {names.HOST: socket.gethostname()}
     commit = git_commit()
     if commit:
-        tags["git_commit"] = commit
+        tags[names.GIT_COMMIT] = commit
         tags["mlflow.source.git.commit"] = commit
     for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
         if os.environ.get(env):
@@ -50,9 +51,13 @@ SYSTEM_METRICS_INTERVAL_S = 1
 
 
 @contextmanager
-def node_system_metrics(run_id: str, node_id: str) -> Iterator[None]:
-    """Sample this machine's CPU, memory and GPUs into `run_id` as
-    `system/<node_id>/...`: each node of a distributed job logs its own."""
+def node_system_metrics(run_id: str, node_id: str | None, local_rank: int) -> Iterator[None]:
+    """In a multi-node job, the first rank of each node samples its machine's
+    CPU, memory and GPUs into `run_id` as `system/<node_id>/...`."""
+    if node_id is None or local_rank != 0:
+        yield
+        return
+    configure()  # the store, on the nodes where rank 0 did not set it
     monitor = system_metrics_monitor(run_id, SYSTEM_METRICS_INTERVAL_S, node_id)
     monitor.start()
     try:

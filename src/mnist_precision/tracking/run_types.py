@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-RUN_TYPE_TAG = "mnist_precision.run_type"
+from mnist_precision.base import names
+
+RUN_TYPE_TAG = names.RUN_TYPE
 SUMMARY = "summary"  # a report, in `<experiment>-reports`
 BENCHMARK = "benchmark"  # a crossover map, in `<experiment>-benchmarks`
 VARIANT = "variant"  # a variant's parent run, over its seed runs, in the training experiment

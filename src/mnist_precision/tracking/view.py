@@ -18,7 +18,7 @@ import zlib
 
 from mlflow import MlflowClient
 
-from mnist_precision.base import metrics as m
+from mnist_precision.base import names
 
 VIEW_KEY = "mnist-precision-verdict"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
@@ -30,15 +30,15 @@ COLUMNS = (
     *(
         f"metrics.`{name}`"
         for name in (
-            m.VERDICT_ACCURACY_DIFFERENCE,
-            m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "low"),
-            m.bound(m.VERDICT_ACCURACY_DIFFERENCE, "high"),
-            m.VERDICT_WITHIN_NOISE,
-            m.VERDICT_THROUGHPUT_RATIO,
-            m.VERDICT_SEEDS,
-            m.VERDICT_TEST_ACCURACY,
-            m.TEST_ACCURACY,
-            m.SAMPLES_PER_S,
+            names.VERDICT_ACCURACY_DIFFERENCE,
+            names.bound(names.VERDICT_ACCURACY_DIFFERENCE, "low"),
+            names.bound(names.VERDICT_ACCURACY_DIFFERENCE, "high"),
+            names.VERDICT_WITHIN_NOISE,
+            names.VERDICT_THROUGHPUT_RATIO,
+            names.VERDICT_SEEDS,
+            names.VERDICT_TEST_ACCURACY,
+            names.TEST_ACCURACY,
+            names.SAMPLES_PER_S,
         )
     ),
 )

@@ -22,7 +22,7 @@ import torch
 from mnist_precision.analysis.crossover.measure import REPEATS, Cell, time_grid
 from mnist_precision.analysis.crossover.output import read, write
 from mnist_precision.analysis.crossover.record import CrossoverMap
-from mnist_precision.base import metrics as m
+from mnist_precision.base import names
 from mnist_precision.base.errors import UserError
 from mnist_precision.base.params import experiment_name
 from mnist_precision.base.precision_table import BASELINE, NAMES
@@ -50,10 +50,10 @@ def describe(device: torch.device) -> tuple[str, str]:
     """The device as the map names it, and the software whose kernels ran."""
     offers = capability_params(device)
     if device.type == "cuda":
-        label = f"cuda ({device_name(device)}; compute capability {offers[m.CUDA_COMPUTE_CAPABILITY]})"
+        label = f"cuda ({device_name(device)}; compute capability {offers[names.CUDA_COMPUTE_CAPABILITY]})"
         return label, f"torch {torch.__version__}, CUDA {torch.version.cuda}"
     label = (
-        f"cpu ({device_name(device)}; {offers[m.CPU_CAPABILITY]}, features {offers[m.CPU_FEATURES]}, "
+        f"cpu ({device_name(device)}; {offers[names.CPU_CAPABILITY]}, features {offers[names.CPU_FEATURES]}, "
         f"{torch.get_num_threads()} threads)"
     )
     return label, f"torch {torch.__version__}"

@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mnist_precision.analysis.crossover.record import CrossoverMap
 from mnist_precision.analysis.report.quiet import no_progress_bar
 from mnist_precision.analysis.stats import Interval, difference_of_means, ratio_of_means
-from mnist_precision.base import metrics as m
+from mnist_precision.base import names
 from mnist_precision.base.errors import UserError
 from mnist_precision.base.precision_table import BASELINE, NAMES
 from mnist_precision.tracking.run_types import is_training_run
@@ -108,9 +108,9 @@ def collect(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
     )
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
-        if not is_training_run(run.data.tags) or m.TEST_ACCURACY not in metrics:
+        if not is_training_run(run.data.tags) or names.TEST_ACCURACY not in metrics:
             continue
-        memory_kind = next((k for k in m.PEAK_MEMORY if k in metrics), None)
+        memory_kind = next((k for k in names.PEAK_MEMORY if k in metrics), None)
 
         def history(key: str, run_id: str = run.info.run_id) -> dict[int, float]:
             return {point.step: point.value for point in client.get_metric_history(run_id, key) if point.step >= 1}
@@ -122,22 +122,22 @@ def collect(client: MlflowClient, experiment_id: str) -> list[RunRecord]:
                 seed=int(params["seed"]),
                 device=device_label(params),
                 config=config_of(params),
-                test_accuracy=metrics[m.TEST_ACCURACY],
-                samples_per_s=metrics[m.SAMPLES_PER_S],
+                test_accuracy=metrics[names.TEST_ACCURACY],
+                samples_per_s=metrics[names.SAMPLES_PER_S],
                 peak_memory_mb=metrics.get(memory_kind) if memory_kind else None,
                 peak_memory_kind=memory_kind,
-                model_bytes_fp32=metrics.get(m.MODEL_BYTES_FP32),
-                model_bytes_fp16=metrics.get(m.MODEL_BYTES_FP16),
-                fp16_stored_test_accuracy=metrics.get(m.FP16_STORED_TEST_ACCURACY),
-                lost_updates=metrics.get(m.LOST_UPDATES),
-                act_grads_flushed=metrics.get(m.underflow("act_grads", "flushed")),
-                act_grads_scaled_flushed=metrics.get(m.underflow("act_grads", "flushed", scaled=True)),
-                update_bias=metrics.get(m.UPDATE_BIAS),
-                second_moment_flushed=metrics.get(m.SECOND_MOMENT_FLUSHED),
-                loss_by_epoch=history(m.TRAIN_LOSS),
-                lost_updates_by_epoch=history(m.LOST_UPDATES) if m.LOST_UPDATES in metrics else {},
-                update_bias_by_epoch=history(m.UPDATE_BIAS) if m.UPDATE_BIAS in metrics else {},
-                loss_scale_by_step=history(m.LOSS_SCALE) if m.LOSS_SCALE in metrics else {},
+                model_bytes_fp32=metrics.get(names.MODEL_BYTES_FP32),
+                model_bytes_fp16=metrics.get(names.MODEL_BYTES_FP16),
+                fp16_stored_test_accuracy=metrics.get(names.FP16_STORED_TEST_ACCURACY),
+                lost_updates=metrics.get(names.LOST_UPDATES),
+                act_grads_flushed=metrics.get(names.underflow("act_grads", "flushed")),
+                act_grads_scaled_flushed=metrics.get(names.underflow("act_grads", "flushed", scaled=True)),
+                update_bias=metrics.get(names.UPDATE_BIAS),
+                second_moment_flushed=metrics.get(names.SECOND_MOMENT_FLUSHED),
+                loss_by_epoch=history(names.TRAIN_LOSS),
+                lost_updates_by_epoch=history(names.LOST_UPDATES) if names.LOST_UPDATES in metrics else {},
+                update_bias_by_epoch=history(names.UPDATE_BIAS) if names.UPDATE_BIAS in metrics else {},
+                loss_scale_by_step=history(names.LOSS_SCALE) if names.LOSS_SCALE in metrics else {},
             )
         )
     return records
@@ -161,18 +161,18 @@ def device_label(params: dict[str, str]) -> str:
     and the software whose kernels it ran (torch, and CUDA on a GPU): runs that
     differ in any of these are other groups, since these decide the speed."""
     offers = (
-        f"compute capability {params[m.CUDA_COMPUTE_CAPABILITY]}"
-        if m.CUDA_COMPUTE_CAPABILITY in params
-        else f"{params[m.CPU_CAPABILITY]}, features {params.get(m.CPU_FEATURES, 'none')}"
-        if m.CPU_CAPABILITY in params
+        f"compute capability {params[names.CUDA_COMPUTE_CAPABILITY]}"
+        if names.CUDA_COMPUTE_CAPABILITY in params
+        else f"{params[names.CPU_CAPABILITY]}, features {params.get(names.CPU_FEATURES, 'none')}"
+        if names.CPU_CAPABILITY in params
         else "features not recorded"
     )
-    threads = f", {params[m.THREADS]} threads" if m.THREADS in params else ""
-    software = f"torch {params.get(m.TORCH_VERSION, 'not recorded')}"
-    if params.get(m.DEVICE_RESOLVED, "").startswith("cuda"):
-        software += f", CUDA {params.get(m.CUDA_VERSION, 'not recorded')}"
+    threads = f", {params[names.THREADS]} threads" if names.THREADS in params else ""
+    software = f"torch {params.get(names.TORCH_VERSION, 'not recorded')}"
+    if params.get(names.DEVICE_RESOLVED, "").startswith("cuda"):
+        software += f", CUDA {params.get(names.CUDA_VERSION, 'not recorded')}"
     return (
-        f"{params.get(m.DEVICE_RESOLVED, '?')} ({params.get(m.DEVICE_NAME, 'unknown device')}; "
+        f"{params.get(names.DEVICE_RESOLVED, '?')} ({params.get(names.DEVICE_NAME, 'unknown device')}; "
         f"{offers}{threads}; {software})"
     )
 

@@ -25,12 +25,12 @@ from mlflow.exceptions import MlflowException
 from mnist_precision.analysis.report.comparison import Group, Verdict, verdicts
 from mnist_precision.analysis.report.markdown import baseline_sentence, verdict_sentence
 from mnist_precision.analysis.stats import Interval
-from mnist_precision.base import metrics as m
+from mnist_precision.base import names
 from mnist_precision.base.precision_table import BASELINE
 from mnist_precision.tracking.lifecycle import forbidden, not_permitted
 from mnist_precision.tracking.run_types import RUN_TYPE_TAG, VARIANT
 
-KEY_TAG = "mnist_precision.variant_key"
+KEY_TAG = names.VARIANT_KEY
 PARENT_TAG = "mlflow.parentRunId"
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's description in the UI
 
@@ -76,12 +76,12 @@ def create_parent(client: MlflowClient, experiment_id: str, group: Group, precis
 
 def record_verdict(client: MlflowClient, parent: str, group: Group, precision: str, verdict: Verdict | None) -> None:
     accuracy = group.values(precision, "test_accuracy")
-    values = {m.VERDICT_SEEDS: len(accuracy), m.VERDICT_TEST_ACCURACY: statistics.fmean(accuracy.values())}
+    values = {names.VERDICT_SEEDS: len(accuracy), names.VERDICT_TEST_ACCURACY: statistics.fmean(accuracy.values())}
     if verdict is not None:
-        values |= interval_metrics(m.VERDICT_ACCURACY_DIFFERENCE, verdict.accuracy)
-        values |= interval_metrics(m.VERDICT_THROUGHPUT_RATIO, verdict.throughput)
+        values |= interval_metrics(names.VERDICT_ACCURACY_DIFFERENCE, verdict.accuracy)
+        values |= interval_metrics(names.VERDICT_THROUGHPUT_RATIO, verdict.throughput)
         inside = verdict.accuracy.contains(0.0)
-        values[m.VERDICT_WITHIN_NOISE] = math.nan if inside is None else float(inside)
+        values[names.VERDICT_WITHIN_NOISE] = math.nan if inside is None else float(inside)
     now = int(time.time() * 1000)
     client.log_batch(
         parent,
@@ -105,4 +105,4 @@ def interval_metrics(name: str, interval: Interval) -> dict[str, float]:
     that a bound from an earlier report never stays beside a newer estimate."""
     low = interval.low if interval.low is not None else math.nan
     high = interval.high if interval.high is not None else math.nan
-    return {name: interval.estimate, m.bound(name, "low"): low, m.bound(name, "high"): high}
+    return {name: interval.estimate, names.bound(name, "low"): low, names.bound(name, "high"): high}

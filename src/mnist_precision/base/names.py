@@ -1,6 +1,7 @@
-"""Every metric's name, defined once: the stages log them under these names,
-and the report, DVC's plots (dvc.yaml, checked by tests/test_metrics.py) and
-the benchmarks read them back by the same ones."""
+"""Every name the project logs, defined once: metrics, params, tags and the
+fields of the DVC plot files. The stages log under these names, and the
+report, DVC's plots (dvc.yaml, checked by tests/test_metrics.py) and the
+benchmarks read them back by the same ones."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_accuracy_of_class(label: int | str) -> str:
 
 # The fields of the DVC plot files (plots/*.json) beside the metrics above.
 PLOT_EPOCH, PLOT_STEP = "epoch", "step"
-PLOT_LOSS, PLOT_ACCURACY = "loss", "accuracy"  # plots/train_epochs.json: EpochRecord's fields
+# plots/train_epochs.json: EpochRecord's fields
+PLOT_LOSS, PLOT_ACCURACY, PLOT_SECONDS, PLOT_SKIPPED_STEPS = "loss", "accuracy", "seconds", "skipped_steps"
 PLOT_LOG2_MAGNITUDE, PLOT_SHARE = "log2_magnitude", "share"  # plots/underflow_histogram.json
 PLOT_PREDICTED, PLOT_ACTUAL = "predicted", "actual"  # plots/confusion.json
 
@@ -102,3 +104,36 @@ COMPUTE_DTYPE_MAX = "compute_dtype_max"
 FP8_LAYERS_KEPT_BF16 = "fp8_layers_kept_bf16"
 THREADS = "threads"
 THREADS_FROM = "threads_from"
+RUN_PARAMS = (
+    WORLD_SIZE,
+    NODES,
+    DISTRIBUTED_BACKEND,
+    DEVICE_RESOLVED,
+    DEVICE_NAME,
+    TORCH_VERSION,
+    CUDA_VERSION,
+    FLOAT32_MATMUL_PRECISION,
+    CUDA_COMPUTE_CAPABILITY,
+    CUDA_NATIVE_BF16,
+    CPU_CAPABILITY,
+    CPU_FEATURES,
+    COMPUTE_DTYPE,
+    COMPUTE_DTYPE_MAX,
+    FP8_LAYERS_KEPT_BF16,
+    THREADS,
+    THREADS_FROM,
+)
+
+# The tags of a run beside MLflow's own. Where its process runs: a run left
+# RUNNING by a process of this host that no longer exists is stale.
+HOST, PID, PROCESS_START = "host", "pid", "process_start"
+GIT_COMMIT = "git_commit"
+KILLED_REASON = "killed_reason"  # why a stale run was ended
+FAILURE = "failure"  # a training run that diverged: the message
+DIVERGED_AT_EPOCH, DIVERGED_AT_STEP = "diverged_at_epoch", "diverged_at_step"
+STOPPED_AT_STEP = "stopped_at_step"  # stopped by SIGINT or SIGTERM, checkpointed there
+RESUMED_AT_STEP = "resumed_at_step"  # continued from that checkpoint
+# The runs the commands add beside the training runs carry their type
+# (tracking/run_types.py); a variant's parent run its key (analysis/report/parents.py).
+RUN_TYPE = "mnist_precision.run_type"
+VARIANT_KEY = "mnist_precision.variant_key"
