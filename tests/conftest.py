@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from plots_page import VEGA_PACKAGES
 
 from mnist_precision.core.download import download_mnist
 
@@ -26,6 +27,8 @@ def missing_system_parts() -> dict[str, str]:
         missing["needs_postgres"] = "PostgreSQL's server programs are not installed: apt-get install postgresql"
     if not shutil.which("chromium"):
         missing["needs_chromium"] = "Chromium is not installed: apt-get install chromium"
+    if not (VEGA_PACKAGES / "vega-embed").is_dir():
+        missing["needs_vega"] = "vega is not installed from npm: npm ci --prefix tests/vega"
     return missing
 
 

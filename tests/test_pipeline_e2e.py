@@ -14,7 +14,7 @@ import yaml
 
 from mnist_precision.core.device import cpu_features
 
-from helpers import Project, make_project, running_queue, wait_for_queue
+from helpers import REPO_ROOT, Project, make_project, running_queue, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -103,6 +103,47 @@ def test_repro_then_fp16_experiment(project):
             assert changed["environment"] == ["always changed"]
         finally:
             module.write_text(original)
+
+
+def declared_charts() -> dict[str, list[str]]:
+    """The vega charts dvc.yaml declares at its top level (an image is only a
+    path): each title with its axes' titles, x then y."""
+    charts = {}
+    for plot in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["plots"]:
+        if isinstance(plot, dict):
+            ((title, spec),) = plot.items()
+            ((field,),) = [[ys] if isinstance(ys, str) else [ys[0]] for ys in spec["y"].values()]
+            charts[title] = [spec.get("x_label", spec["x"]), spec.get("y_label", field)]
+    return charts
+
+
+@pytest.mark.needs_chromium
+@pytest.mark.needs_vega
+def test_dvc_plots_show_and_diff_render_the_declared_charts_and_nothing_else(project, tmp_path):
+    """Test one left the fp16 experiment in the workspace over the committed fp32 baseline."""
+    from plots_page import render
+
+    exp_name = project.run("dvc", "exp", "ls", "--name-only").stdout.split()[-1]
+    shown = project.run("dvc", "plots", "show", "-o", str(tmp_path / "show"))
+    diffed = project.run("dvc", "plots", "diff", "HEAD", exp_name, "-o", str(tmp_path / "diff"))
+    for result in (shown, diffed):
+        assert "WARNING" not in result.stdout + result.stderr, result.stdout + result.stderr
+
+    declared = declared_charts()
+    assert len(declared) == 9 and not any("'" in title for title in declared)  # a quote breaks DVC's page script
+    for name, revisions in (("show", ["workspace"]), ("diff", ["HEAD", exp_name])):
+        page = render(tmp_path / name / "index.html", project.root / "reports" / f"dvc-plots-{name}.png")
+        assert page.errors == [], name
+        assert page.images == [f"static/{rev}_plots_confusion.png" for rev in revisions]  # each revision's, once
+        assert len(page.charts) == len(declared), name
+        for title, axes in declared.items():
+            (chart,) = [chart for chart in page.charts if title in chart.titles]
+            assert set(chart.axis_titles) == set(axes), (name, title)  # a faceted chart repeats its x
+            assert all(rev in chart.texts for rev in revisions), (name, title)  # each revision drawn in it
+        histogram = next(chart for chart in page.charts if "log2 of the magnitude" in chart.axis_titles)
+        # vega writes negative labels with a Unicode minus: read as UTF-8, not as mojibake
+        assert any(text.startswith("\u2212") for text in histogram.texts)
+        assert not any("\u00e2" in text for text in histogram.texts)
 
 
 def test_another_cpu_capability_reruns_train_and_evaluate_and_the_first_comes_back(project):

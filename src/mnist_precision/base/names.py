@@ -37,6 +37,20 @@ SECOND_MOMENT_SUBNORMAL = "second_moment_subnormal"  # share below the stored dt
 ADAMW_EPS_SURVIVES = "adamw_eps_survives"  # 1: eps is non-zero in the dtype AdamW adds it in; 0: it became 0
 
 
+# Every figure an epoch's numerics may hold besides the ranges (which are per
+# layer): each row of plots/diagnostics.json has them all, null where the run
+# does not measure one, so a chart of the field never lacks it.
+EPOCH_NUMERICS = (
+    SAMPLED_STEPS,
+    LOST_UPDATES,
+    UPDATE_BIAS,
+    WEIGHT_DRIFT,
+    SECOND_MOMENT_FLUSHED,
+    SECOND_MOMENT_SUBNORMAL,
+    ADAMW_EPS_SURVIVES,
+)
+
+
 def underflow(values: str, below: str, scaled: bool = False) -> str:
     """The share of `values` (UNDERFLOW_VALUES) below fp16's range (UNDERFLOW_BELOW),
     with the run's loss scale applied or not."""

@@ -337,8 +337,16 @@ class Diagnostics:
 
 
 def epoch_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
-    """DVC plot rows, one per epoch that measured its numerics."""
-    return [{names.PLOT_EPOCH: epoch, **numerics.figures} for epoch, numerics in by_epoch.items()]
+    """DVC plot rows, one per epoch that measured its numerics: every field of
+    `names.EPOCH_NUMERICS` and the underflow shares, null where not measured."""
+    fields = names.EPOCH_NUMERICS + tuple(
+        names.underflow(values, below, scaled)
+        for values in names.UNDERFLOW_VALUES
+        for below in names.UNDERFLOW_BELOW
+        for scaled in (False, True)
+    )
+    unmeasured = dict.fromkeys(fields)
+    return [{names.PLOT_EPOCH: epoch, **unmeasured, **numerics.figures} for epoch, numerics in by_epoch.items()]
 
 
 def loss_scale_rows(by_epoch: dict[int, EpochNumerics]) -> list[dict]:
