@@ -32,7 +32,7 @@ import torch  # noqa: E402 - timed, as the stage imports it
 lap("import torch, mlflow")
 
 from mnist_precision.base import paths  # noqa: E402
-from mnist_precision.core.data import load_split  # noqa: E402
+from mnist_precision.core.data import load_split, read_pixels  # noqa: E402
 from mnist_precision.core.model import build_mlp  # noqa: E402
 from mnist_precision.core.optimizers import make_optimizer  # noqa: E402
 from mnist_precision.core.precision import PrecisionPolicy  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
 
                     _init_packages_to_modules_map()
                     lap("map installed packages (MLflow's requirement check): once per process")
-                log_model(model.state_dict(), [256], data.images[:2])
+                log_model(model.state_dict(), [256], read_pixels(data_dir, "train")[:2])
                 lap(f"{store_state} store: log the model (pt2, torch.export)")
             lap(f"{store_state} store: end the run")
     width = max(len(name) for name, _ in phases)

@@ -21,7 +21,7 @@ from mnist_precision.base.interrupts import Interrupted, StopRequest
 from mnist_precision.base.params import Params, load
 from mnist_precision.core import checkpoint, diagnostics
 from mnist_precision.core.checkpoint import Checkpoint, atomic_torch_save
-from mnist_precision.core.data import Split, load_split
+from mnist_precision.core.data import Split, load_split, read_pixels
 from mnist_precision.core.device import peak_memory_metrics, resolve_device
 from mnist_precision.core.distributed import World, device_of, joined, launch, processes_wanted, under_torchrun
 from mnist_precision.core.model import build_mlp
@@ -98,7 +98,8 @@ def train_and_record(job: Job) -> None:
                 raise interrupted(stopped, job.stop, f"checkpoint written to {paths.CHECKPOINT}: ") from None
             summary = write_outputs(job, result)
             weights = {name: tensor.cpu() for name, tensor in job.model.state_dict().items()}
-            run.log_outcome(summary, paths.TRAIN_PLOTS, weights, job.params.train.hidden, job.data.images[:2].cpu())
+            example = read_pixels(paths.DATA_DIR, "train")[:2]  # what a client of the served model sends
+            run.log_outcome(summary, paths.TRAIN_PLOTS, weights, job.params.train.hidden, example)
     paths.CHECKPOINT.unlink(missing_ok=True)  # the run ended: a later `dvc repro` starts afresh
 
 

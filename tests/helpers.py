@@ -265,6 +265,40 @@ def start_mlflow_server(cwd: Path, port: int, store_uri: str, env: dict[str, str
             assert server.wait(timeout=30) in (0, -15), log.read_text()
 
 
+@contextlib.contextmanager
+def served_model(project: Project, model_id: str, port: int) -> Iterator[subprocess.Popen]:
+    """`mlflow models serve` on a logged model of the project's store, as
+    docs/experiments.md shows it; the server and its workers stopped on exit."""
+    log = project.root / f"mlflow-models-serve-{port}.log"
+    with open(log, "a") as output:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{model_id}"]
+            + ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=project.root,
+            env=project.env | {"MLFLOW_TRACKING_URI": f"sqlite:///{project.root / 'mlflow.db'}"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow models serve did not start:\n{log.read_text()}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        workers = psutil.Process(server.pid).children(recursive=True) if server.poll() is None else []
+        server.terminate()
+        server.wait(timeout=30)
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.wait(timeout=30)
+
+
 class Stage:
     """A directory laid out like the project, where the real train stage runs."""
 

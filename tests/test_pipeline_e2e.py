@@ -8,13 +8,17 @@ absent, from the public mirrors.
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import pytest
+import torch
 import yaml
 
+from mnist_precision.core.data import read_pixels
 from mnist_precision.core.device import cpu_features
+from mnist_precision.core.idx import read_idx
 
-from helpers import REPO_ROOT, Project, make_project, running_queue, wait_for_queue
+from helpers import REPO_ROOT, Project, free_port, make_project, running_queue, served_model, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -144,6 +148,56 @@ def test_dvc_plots_show_and_diff_render_the_declared_charts_and_nothing_else(pro
         # vega writes negative labels with a Unicode minus: read as UTF-8, not as mojibake
         assert any(text.startswith("\u2212") for text in histogram.texts)
         assert not any("\u00e2" in text for text in histogram.texts)
+
+
+SERVED_IMAGES = 1000
+
+
+def baseline_model(project: Project) -> tuple[str, list[int], torch.Tensor]:
+    """The committed fp32 run's logged model, the evaluate stage's predictions of
+    the first test images (its confusion rows, in the test set's order), and
+    those images as MNIST stores them."""
+    client, experiment, runs = project.mlflow_runs()
+    (fp32,) = [run for run in runs if run.data.params["precision"] == "fp32"]
+    (model,) = client.search_logged_models(
+        [experiment.experiment_id], filter_string=f"source_run_id = '{fp32.info.run_id}'"
+    )
+    rows = json.loads(project.run("git", "show", "HEAD:plots/confusion.json").stdout)[:SERVED_IMAGES]
+    pixels = read_pixels(project.root / "data" / "mnist", "test")[:SERVED_IMAGES]
+    return model.model_id, [row["predicted"] for row in rows], pixels
+
+
+def accuracy(predicted, labels) -> float:
+    return sum(int(p) == int(label) for p, label in zip(predicted, labels, strict=True)) / len(labels)
+
+
+def test_the_logged_model_serves_raw_pixels_over_http_as_the_evaluate_stage_scored_them(project):
+    model_id, evaluated, pixels = baseline_model(project)
+    labels = read_idx(project.root / "data" / "mnist" / "t10k-labels-idx1-ubyte")[:SERVED_IMAGES]
+    port = free_port()
+    with served_model(project, model_id, port):
+        body = json.dumps({"inputs": pixels.tolist()}).encode()  # 0-255, as a client has them
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            logits = json.loads(answer.read())["predictions"]
+    predicted = torch.tensor(logits).argmax(dim=1).tolist()
+    assert accuracy(predicted, labels) == accuracy(evaluated, labels) > 0.9
+    assert sum(a != b for a, b in zip(predicted, evaluated, strict=True)) <= 1
+
+
+def test_the_logged_model_loads_with_pyfunc_and_says_what_it_takes(project):
+    import mlflow
+
+    model_id, evaluated, pixels = baseline_model(project)
+    client, _, _ = project.mlflow_runs()
+    model = mlflow.pyfunc.load_model(client.get_logged_model(model_id).artifact_location)
+    (spec,) = model.metadata.get_input_schema().inputs
+    assert (str(spec.type), spec.shape) == ("uint8", (-1, 28, 28))
+    predicted = model.predict(pixels.numpy()).argmax(axis=1).tolist()
+    labels = read_idx(project.root / "data" / "mnist" / "t10k-labels-idx1-ubyte")[:SERVED_IMAGES]
+    assert accuracy(predicted, labels) == accuracy(evaluated, labels)
 
 
 def test_another_cpu_capability_reruns_train_and_evaluate_and_the_first_comes_back(project):

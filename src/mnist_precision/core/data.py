@@ -28,14 +28,25 @@ class Split:
         return len(self.labels)
 
 
+def read_pixels(data_dir: str | Path, split: str) -> torch.Tensor:
+    """The split's images as MNIST stores them: (N, 28, 28) uint8, 0-255."""
+    return read_idx(Path(data_dir) / f"{SPLITS[split]}-images-idx3-ubyte")
+
+
+def to_input(pixels: torch.Tensor) -> torch.Tensor:
+    """The network's input from raw pixels: scaled to [0, 1], normalized with
+    the training set's mean and std, flattened. The same arithmetic as
+    torchvision's ToDtype(scale=True) and Normalize, which the logged model
+    carries (`model.served`): what a client sends is what training saw."""
+    return pixels.float().mul_(1.0 / 255).sub_(MEAN).div_(STD).reshape(len(pixels), -1)
+
+
 def load_split(data_dir: str | Path, split: str, device: torch.device | str = "cpu") -> Split:
-    prefix = SPLITS[split]
-    images = read_idx(Path(data_dir) / f"{prefix}-images-idx3-ubyte")
-    labels = read_idx(Path(data_dir) / f"{prefix}-labels-idx1-ubyte")
+    images = read_pixels(data_dir, split)
+    labels = read_idx(Path(data_dir) / f"{SPLITS[split]}-labels-idx1-ubyte")
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
-    pixels = images.to(device).reshape(len(images), -1).float().div_(255).sub_(MEAN).div_(STD)
-    return Split(images=pixels, labels=labels.to(device).long())
+    return Split(images=to_input(images.to(device)), labels=labels.to(device).long())
 
 
 def shuffled_batches(

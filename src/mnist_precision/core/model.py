@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
+
+from mnist_precision.core.data import MEAN, STD
 
 IN_FEATURES, CLASSES = 28 * 28, 10
 
@@ -21,3 +24,13 @@ def build_mlp(hidden: Sequence[int]) -> nn.Sequential:
         width = out
     layers.append(nn.Linear(width, CLASSES))
     return nn.Sequential(*layers)
+
+
+def served(network: nn.Module) -> nn.Sequential:
+    """The network as it is logged and served: MNIST's pixels in as the data set
+    stores them ((N, 28, 28) uint8, 0-255), the 10 classes' logits out (the
+    class is their argmax). The input transform is torchvision's, the same
+    arithmetic as `data.to_input` (tests/test_serving.py checks bit for bit)."""
+    from torchvision.transforms import v2  # here: its import takes about a second, and only logging needs it
+
+    return nn.Sequential(v2.ToDtype(torch.float32, scale=True), v2.Normalize([MEAN], [STD]), nn.Flatten(), network)

@@ -19,7 +19,7 @@ from mnist_precision.base.atomic import atomic_write_json
 from mnist_precision.base.params import Params
 from mnist_precision.core import checkpoint, diagnostics
 from mnist_precision.core.checkpoint import Checkpoint
-from mnist_precision.core.model import build_mlp
+from mnist_precision.core.model import build_mlp, served
 from mnist_precision.core.training import DivergenceError, EpochRecord, Hooks, SavedState
 from mnist_precision.tracking.buffer import MetricsBuffer
 from mnist_precision.tracking.lifecycle import run_name, run_scope, run_tags
@@ -106,12 +106,13 @@ def say(message: str) -> None:
 
 
 def log_model(weights: dict, hidden, example: torch.Tensor) -> None:
-    """Log the trained weights to the active run as a plain fp32 model (weights
-    trained in half widen exactly), with a signature and a 2-row input example
-    (MLflow's default pt2 format exports the model with it)."""
-    model = build_mlp(hidden)
-    model.load_state_dict(weights)
-    model.eval()
+    """Log the trained weights to the active run as the model a client serves
+    (`model.served`: raw pixels in, logits out), in fp32 (weights trained in
+    half widen exactly), with its signature and an input example of raw
+    pixels (MLflow's default pt2 format exports the model with it)."""
+    network = build_mlp(hidden)
+    network.load_state_dict(weights)
+    model = served(network).eval()
     with torch.no_grad():
         signature = infer_signature(example.numpy(), model(example).numpy())
     mlflow.pytorch.log_model(
