@@ -56,7 +56,7 @@ def main() -> None:
             store = configure(Path(work))
             experiment_id = get_or_create_experiment("profile", store)
             lap(f"{store_state} store: open it, get or create the experiment")
-            data = load_split(data_dir, "train")
+            load_split(data_dir, "train")
             lap(f"{store_state} store: load MNIST as tensors")
             with run_scope(experiment_id=experiment_id):
                 mlflow.log_params({"precision": "fp32"})
