@@ -21,6 +21,7 @@ from mnist_precision.core.model import CLASSES, build_mlp
 from mnist_precision.core.precision import PrecisionPolicy
 from mnist_precision.core.threads import budget
 from mnist_precision.tracking.lifecycle import run_scope
+from mnist_precision.tracking.lineage import log_split
 from mnist_precision.tracking.store import configure
 
 
@@ -67,6 +68,7 @@ def main() -> None:
     test = load_split(paths.require(paths.DATA_DIR, "download"), "test", device)
 
     with run_scope(run_id=run_id):
+        log_split(paths.DATA_DIR, "test", len(test), context="evaluation")
         with policy.numerics():
             result = evaluate(model, test, policy, params.evaluate.batch_size)
         half, widened = fp16_stored_copy(state)

@@ -85,7 +85,7 @@ def train_and_record(job: Job) -> None:
     resume = job.world.broadcast(checkpoint.load(paths.CHECKPOINT, fingerprint, job.params.train.epochs))
     run_params = job.params.flat() | provenance(job.device, job.world, job.policy, job.model, job.threads).as_params()
     system_metrics = job.world.node_id is None  # else each node samples its own
-    with TrainingRun.open(job.params, fingerprint, resume, run_params, system_metrics) as run:
+    with TrainingRun.open(job.params, fingerprint, resume, run_params, len(job.data), system_metrics) as run:
         job.world.broadcast(run.run_id)
         with job.stop.active():  # from here on, a stop after training waits for the outputs
             try:

@@ -7,6 +7,7 @@ absent, from the public mirrors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.request
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from mnist_precision.core.data import read_pixels
+from mnist_precision.core.data import read_pixels, split_files
 from mnist_precision.core.device import cpu_features
 from mnist_precision.core.idx import read_idx
 
@@ -45,6 +46,24 @@ def assert_evaluated(project: Project, precision: str) -> None:
     assert len(project.json("plots/train_epochs.json")) == 1
     assert len(project.json("plots/confusion.json")) == 10_000
     assert (project.root / "plots/confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def assert_lineage(project: Project, run) -> None:
+    """The run names its data as MLflow's Datasets (the digest: MD5 of the
+    split's downloaded files) and as DVC's lock hashes it."""
+    data = project.root / "data" / "mnist"
+    inputs = {
+        (entry.dataset.name, entry.dataset.digest, {tag.key: tag.value for tag in entry.tags}["mlflow.data.context"])
+        for entry in run.inputs.dataset_inputs
+    }
+    checksums = {
+        split: hashlib.md5(b"".join(path.read_bytes() for path in split_files(data, split))).hexdigest()
+        for split in ("train", "test")
+    }
+    assert inputs == {("mnist-train", checksums["train"], "training"), ("mnist-test", checksums["test"], "evaluation")}
+    lock = yaml.safe_load((project.root / "dvc.lock").read_text())
+    (data_out,) = lock["stages"]["download"]["outs"]
+    assert run.data.tags["dvc.data_md5"] == data_out["md5"] and data_out["md5"].endswith(".dir")
 
 
 def test_repro_then_fp16_experiment(project):
@@ -82,6 +101,7 @@ def test_repro_then_fp16_experiment(project):
         assert [m.name for m in models] == ["model"]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"params.yaml", "metrics", "plots"} <= artifacts
+        assert_lineage(project, run)
     assert by_precision["fp32"].info.run_name == "fp32-workspace"
     exp_name = by_precision["fp16"].data.tags["dvc.exp_name"]
     assert by_precision["fp16"].info.run_name == f"fp16-{exp_name}"

@@ -147,6 +147,7 @@ FAILURE = "failure"  # a training run that diverged: the message
 DIVERGED_AT_EPOCH, DIVERGED_AT_STEP = "diverged_at_epoch", "diverged_at_step"
 STOPPED_AT_STEP = "stopped_at_step"  # stopped by SIGINT or SIGTERM, checkpointed there
 RESUMED_AT_STEP = "resumed_at_step"  # continued from that checkpoint
+DVC_DATA_HASH = "dvc.data_md5"  # the hash dvc.lock records for data/mnist
 # The runs the commands add beside the training runs carry their type
 # (tracking/run_types.py); a variant's parent run its key (analysis/report/parents.py).
 RUN_TYPE = "mnist_precision.run_type"

@@ -9,6 +9,7 @@ from mnist_precision.base.errors import UserError
 DVC_QUEUE_DIR = (".dvc", "tmp", "exps")
 
 PARAMS = Path("params.yaml")
+DVC_LOCK = Path("dvc.lock")
 DATA_DIR = Path("data/mnist")
 # Where the stages run (the environment stage writes it; train and evaluate depend on it).
 ENVIRONMENT = Path("environment.json")

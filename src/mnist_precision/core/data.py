@@ -28,9 +28,15 @@ class Split:
         return len(self.labels)
 
 
+def split_files(data_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """The split's images file and labels file."""
+    prefix = Path(data_dir) / SPLITS[split]
+    return prefix.with_name(f"{prefix.name}-images-idx3-ubyte"), prefix.with_name(f"{prefix.name}-labels-idx1-ubyte")
+
+
 def read_pixels(data_dir: str | Path, split: str) -> torch.Tensor:
     """The split's images as MNIST stores them: (N, 28, 28) uint8, 0-255."""
-    return read_idx(Path(data_dir) / f"{SPLITS[split]}-images-idx3-ubyte")
+    return read_idx(split_files(data_dir, split)[0])
 
 
 def to_input(pixels: torch.Tensor) -> torch.Tensor:
@@ -43,7 +49,7 @@ def to_input(pixels: torch.Tensor) -> torch.Tensor:
 
 def load_split(data_dir: str | Path, split: str, device: torch.device | str = "cpu") -> Split:
     images = read_pixels(data_dir, split)
-    labels = read_idx(Path(data_dir) / f"{SPLITS[split]}-labels-idx1-ubyte")
+    labels = read_idx(split_files(data_dir, split)[1])
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
     return Split(images=to_input(images.to(device)), labels=labels.to(device).long())

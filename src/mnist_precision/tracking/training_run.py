@@ -23,6 +23,7 @@ from mnist_precision.core.model import build_mlp, served
 from mnist_precision.core.training import DivergenceError, EpochRecord, Hooks, SavedState
 from mnist_precision.tracking.buffer import MetricsBuffer
 from mnist_precision.tracking.lifecycle import run_name, run_scope, run_tags
+from mnist_precision.tracking.lineage import log_split, tag_dvc_data_hash
 from mnist_precision.tracking.liveness import end_stale_runs
 from mnist_precision.tracking.store import configure, get_or_create_experiment
 
@@ -35,11 +36,18 @@ class TrainingRun(Hooks):
     @classmethod
     @contextmanager
     def open(
-        cls, params: Params, fingerprint: dict, resume: Checkpoint | None, run_params: dict, system_metrics: bool
+        cls,
+        params: Params,
+        fingerprint: dict,
+        resume: Checkpoint | None,
+        run_params: dict,
+        images: int,
+        system_metrics: bool,
     ) -> Iterator[TrainingRun]:
         """The run, for as long as the block lasts: the checkpoint's run if
-        there is one, else a new run with `run_params`. First, the runs of
-        this host's dead processes left RUNNING are ended."""
+        there is one, else a new run with `run_params` and the training split
+        (`images` of them) as its input. First, the runs of this host's dead
+        processes left RUNNING are ended."""
         experiment_id = get_or_create_experiment(params.mlflow_experiment, configure())
         ended = end_stale_runs(experiment_id, keep=resume.mlflow_run_id if resume else None)
         if ended:
@@ -59,6 +67,8 @@ class TrainingRun(Hooks):
                 say(f"resuming from {paths.CHECKPOINT} at step {resume.step}")
             else:
                 mlflow.log_params(run_params)
+                log_split(paths.DATA_DIR, "train", images, context="training")
+                tag_dvc_data_hash()
             try:
                 yield run
             finally:

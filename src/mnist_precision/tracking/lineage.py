@@ -1,0 +1,64 @@
+"""What data a run was trained and evaluated on, where MLflow users look for it:
+each split as an input of the run (`mlflow.log_input`: the UI's Datasets),
+named and with the digest of its files, and the hash DVC's lock gives the
+data, so that MLflow and DVC name the same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import yaml
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.types import Schema, TensorSpec
+
+from mnist_precision.base import names, paths
+from mnist_precision.core.data import split_files
+
+SCHEMA = Schema([TensorSpec(np.dtype(np.uint8), (-1, 28, 28), "image"), TensorSpec(np.dtype(np.uint8), (-1,), "label")])
+
+
+def split_digest(data_dir: Path, split: str) -> str:
+    """MD5 of the split's two files, images then labels, as downloaded."""
+    digest = hashlib.md5()
+    for path in split_files(data_dir, split):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class Split(MetaDataset):
+    """A split by its files' digest, with its size as the UI's profile."""
+
+    def __init__(self, data_dir: Path, split: str, images: int):
+        source = resolve_dataset_source(data_dir.resolve().as_uri())
+        super().__init__(source, name=f"mnist-{split}", digest=split_digest(data_dir, split), schema=SCHEMA)
+        self.images = images
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return {"num_images": self.images}
+
+
+def log_split(data_dir: Path, split: str, images: int, context: str) -> None:
+    """Record MNIST's `split` (`images` of them) as an input of the active
+    run, in `context` ("training" or "evaluation")."""
+    mlflow.log_input(Split(data_dir, split, images), context=context)
+
+
+def dvc_data_hash(lock: Path = paths.DVC_LOCK) -> str | None:
+    """The hash `dvc.lock` records for the downloaded data, if DVC ran the download."""
+    try:
+        stages = yaml.safe_load(lock.read_text())["stages"]
+    except (FileNotFoundError, KeyError, TypeError):
+        return None
+    outs = stages.get("download", {}).get("outs", [])
+    return next((out.get("md5") for out in outs if out.get("path") == str(paths.DATA_DIR)), None)
+
+
+def tag_dvc_data_hash() -> None:
+    value = dvc_data_hash()
+    if value:
+        mlflow.set_tag(names.DVC_DATA_HASH, value)
