@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -14,6 +13,7 @@ from mnist_precision.base.entry import run_stage
 from mnist_precision.base.figures import new_figure, save_png
 from mnist_precision.base.params import load
 from mnist_precision.base.precision_table import BASELINE
+from mnist_precision.core.checkpoint import atomic_torch_save
 from mnist_precision.core.data import load_split
 from mnist_precision.core.device import resolve_device
 from mnist_precision.core.evaluation import evaluate, fp16_stored_copy, stored_bytes
@@ -22,7 +22,9 @@ from mnist_precision.core.precision import PrecisionPolicy
 from mnist_precision.core.threads import budget
 from mnist_precision.tracking.lifecycle import run_scope
 from mnist_precision.tracking.lineage import log_split
+from mnist_precision.tracking.registry import tag_version
 from mnist_precision.tracking.store import configure
+from mnist_precision.tracking.training_run import RunFile
 
 
 def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, path: Path) -> None:
@@ -52,12 +54,18 @@ def save_confusion_png(matrix: torch.Tensor, accuracy: float, precision: str, pa
     save_png(figure, path)
 
 
+def write_fp16_copy(half: dict[str, torch.Tensor]) -> int:
+    """The weights stored in fp16, a file of their own; returns its bytes."""
+    atomic_torch_save(paths.MODEL_FP16, half)
+    return paths.MODEL_FP16.stat().st_size
+
+
 def main() -> None:
     params = load(paths.PARAMS)
     torch.set_num_threads(budget(params.train.threads).threads)
     device = resolve_device(params.device, params.precision)
     policy = PrecisionPolicy(params.precision, device.type)
-    run_id = json.loads(paths.require(paths.MLFLOW_RUN, "train").read_text())["run_id"]
+    trained_run = RunFile.read()
     configure()
 
     trained = torch.load(paths.require(paths.MODEL, "train"), map_location="cpu", weights_only=True)
@@ -67,7 +75,7 @@ def main() -> None:
     policy.convert_module(model.to(device))  # evaluated in the precision it was trained in
     test = load_split(paths.require(paths.DATA_DIR, "download"), "test", device)
 
-    with run_scope(run_id=run_id):
+    with run_scope(run_id=trained_run.run_id):
         log_split(paths.DATA_DIR, "test", len(test), context="evaluation")
         with policy.numerics():
             result = evaluate(model, test, policy, params.evaluate.batch_size)
@@ -82,7 +90,7 @@ def main() -> None:
             names.TEST_ACCURACY: result.accuracy,
             names.TEST_LOSS: result.loss,
             names.MODEL_BYTES_FP32: stored_bytes(state),
-            names.MODEL_BYTES_FP16: stored_bytes(half),
+            names.MODEL_BYTES_FP16: write_fp16_copy(half),
             names.FP16_STORED_TEST_ACCURACY: fp16_stored.accuracy,
         }
         per_class = result.per_class_accuracy(test.labels)
@@ -101,6 +109,10 @@ def main() -> None:
         save_confusion_png(result.confusion(labels), result.accuracy, params.precision, paths.CONFUSION_PNG)
         mlflow.log_artifact(str(paths.EVAL_METRICS), artifact_path="metrics")
         mlflow.log_artifact(str(paths.CONFUSION_PNG), artifact_path="plots")
+        mlflow.log_artifact(str(paths.MODEL_FP16), artifact_path="model_fp16")
+        if trained_run.model_version:
+            accuracy = {names.TEST_ACCURACY: str(result.accuracy)}
+            tag_version(str(trained_run.registered_model), trained_run.model_version, accuracy)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def assert_evaluated(project: Project, precision: str) -> None:
     assert train["samples_per_s"] > 0 and train["train_loss"] > 0
     assert evaluate["test_accuracy"] >= MIN_TEST_ACCURACY, evaluate
     assert evaluate["model_bytes_fp16"] < 0.55 * evaluate["model_bytes_fp32"]
+    assert evaluate["model_bytes_fp16"] == (project.root / "models" / "model_fp16.pt").stat().st_size
     assert abs(evaluate["fp16_stored_test_accuracy"] - evaluate["test_accuracy"]) < 0.005
     assert len(evaluate["per_class_accuracy"]) == 10
     assert ("grad_scale_final" in train) == (precision == "fp16")
@@ -102,10 +103,25 @@ def test_repro_then_fp16_experiment(project):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"params.yaml", "metrics", "plots"} <= artifacts
         assert_lineage(project, run)
+        (version,) = client.search_model_versions(f"name = 'mnist-precision' and run_id = '{run.info.run_id}'")
+        expected = {key: run.data.params[key] for key in ("precision", "loss_scale", "optimizer", "seed")}
+        assert version.tags == expected | {
+            "device": f"cpu ({run.data.params['device_name']})",
+            "test_accuracy": str(run.data.metrics["test_accuracy"]),
+        }
+        assert "model_fp16/model_fp16.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "model_fp16")}
     assert by_precision["fp32"].info.run_name == "fp32-workspace"
     exp_name = by_precision["fp16"].data.tags["dvc.exp_name"]
     assert by_precision["fp16"].info.run_name == f"fp16-{exp_name}"
     assert by_precision["fp16"].data.tags["dvc.baseline_rev"]
+
+    # DVC's registry: GTO registers the dvc.yaml artifact, `dvc artifacts get` fetches it.
+    project.run("gto", "register", "mnist-mlp")
+    fetched = project.root / "reports" / "fetched-model.pt"
+    project.run("dvc", "artifacts", "get", str(project.root), "mnist-mlp", "-o", str(fetched))
+    committed = yaml.safe_load(project.run("git", "show", "HEAD:dvc.lock").stdout)["stages"]["train"]["outs"]
+    (model_out,) = [out for out in committed if out["path"] == "models/model.pt"]
+    assert hashlib.md5(fetched.read_bytes()).hexdigest() == model_out["md5"]  # the fp32 baseline's weights
 
     out = project.run("dvc", "repro").stdout
     # The environment is checked on every repro; the same machine retrains nothing.

@@ -168,6 +168,13 @@ def test_report_compares_each_reduced_precision_with_fp32(project):
         assert (project.root / "reports" / name).is_file(), name
     result = project.run("mnist-precision", "report")
     assert "| fp16 | 4 vs 4 |" in result.stdout  # the verdict table, in the terminal
+    # The Model Registry: each variant's alias, and the one to deploy.
+    assert "aliases bf16-cpu, fp16-cpu, fp32-cpu, recommended-cpu." in result.stdout
+    client, _, _ = project.mlflow_runs()
+    registered = client.get_registered_model("mnist-precision")
+    recommended = client.get_model_version("mnist-precision", registered.aliases["recommended-cpu"])
+    assert recommended.description.startswith("Recommended: the fastest variant whose accuracy is within noise")
+    assert recommended.tags["precision"] in PRECISIONS
     # What the device offers for each precision, beside the group.
     assert (
         f"{torch.backends.cpu.get_cpu_capability()}, features {','.join(cpu_features()) or 'none'}, 1 threads; "

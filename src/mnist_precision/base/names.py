@@ -151,4 +151,10 @@ DVC_DATA_HASH = "dvc.data_md5"  # the hash dvc.lock records for data/mnist
 # The runs the commands add beside the training runs carry their type
 # (tracking/run_types.py); a variant's parent run its key (analysis/report/parents.py).
 RUN_TYPE = "mnist_precision.run_type"
+# A model version in the registry carries its run's precision, loss_scale,
+# optimizer and seed (params.yaml's keys), its device and TEST_ACCURACY.
+VERSION_DEVICE = "device"
+# The registry's aliases the report sets: `<variant>-<device>` on each
+# variant's most accurate seed, and this prefix on the recommended one.
+RECOMMENDED_ALIAS = "recommended"
 VARIANT_KEY = "mnist_precision.variant_key"

@@ -14,6 +14,7 @@ DATA_DIR = Path("data/mnist")
 # Where the stages run (the environment stage writes it; train and evaluate depend on it).
 ENVIRONMENT = Path("environment.json")
 MODEL = Path("models/model.pt")
+MODEL_FP16 = Path("models/model_fp16.pt")  # the weights stored in fp16: what the storage figures are of
 MLFLOW_RUN = Path("models/mlflow_run.json")
 # Not a DVC output (DVC deletes those before it reruns a stage): it must outlive a stopped run.
 CHECKPOINT = Path("checkpoints/train.pt")

@@ -11,12 +11,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import yaml
-from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.types import Schema, TensorSpec
 
 from mnist_precision.base import names, paths
 from mnist_precision.core.data import split_files
+from mnist_precision.core.download import mirrors_from_env, normalize_mirror
 
 SCHEMA = Schema([TensorSpec(np.dtype(np.uint8), (-1, 28, 28), "image"), TensorSpec(np.dtype(np.uint8), (-1,), "label")])
 
@@ -33,7 +34,9 @@ class Split(MetaDataset):
     """A split by its files' digest, with its size as the UI's profile."""
 
     def __init__(self, data_dir: Path, split: str, images: int):
-        source = resolve_dataset_source(data_dir.resolve().as_uri())
+        # Where the download stage fetches it in this environment (MNIST_MIRROR,
+        # else the first public mirror); the digest says which bytes arrived.
+        source = HTTPDatasetSource(normalize_mirror(mirrors_from_env()[0]))
         super().__init__(source, name=f"mnist-{split}", digest=split_digest(data_dir, split), schema=SCHEMA)
         self.images = images
 

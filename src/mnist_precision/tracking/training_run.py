@@ -5,14 +5,17 @@ model. The other ranks keep no run: the loop's default `Hooks` stand in."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
 import torch
 from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 
 from mnist_precision.base import names, paths
 from mnist_precision.base.atomic import atomic_write_json
@@ -25,12 +28,32 @@ from mnist_precision.tracking.buffer import MetricsBuffer
 from mnist_precision.tracking.lifecycle import run_name, run_scope, run_tags
 from mnist_precision.tracking.lineage import log_split, tag_dvc_data_hash
 from mnist_precision.tracking.liveness import end_stale_runs
+from mnist_precision.tracking.registry import register
 from mnist_precision.tracking.store import configure, get_or_create_experiment
 
 
+@dataclass(frozen=True)
+class RunFile:
+    """models/mlflow_run.json: the run the evaluate stage continues, and the
+    model version it tags (none where the server refused to register it)."""
+
+    run_id: str
+    experiment_id: str
+    registered_model: str | None = None
+    model_version: str | None = None
+
+    def write(self) -> None:
+        atomic_write_json(paths.MLFLOW_RUN, asdict(self))
+
+    @classmethod
+    def read(cls) -> RunFile:
+        return cls(**json.loads(paths.require(paths.MLFLOW_RUN, "train").read_text()))
+
+
 class TrainingRun(Hooks):
-    def __init__(self, run_id: str, experiment_id: str, fingerprint: dict):
+    def __init__(self, run_id: str, experiment_id: str, fingerprint: dict, version_tags: dict[str, str]):
         self.run_id, self.experiment_id, self.fingerprint = run_id, experiment_id, fingerprint
+        self.version_tags = version_tags
         self.buffer = MetricsBuffer(run_id)
 
     @classmethod
@@ -61,7 +84,7 @@ class TrainingRun(Hooks):
             else {"experiment_id": experiment_id, "run_name": run_name(params.precision), "tags": run_tags()}
         )
         with run_scope(system_metrics=system_metrics, **start) as active:
-            run = cls(active.info.run_id, experiment_id, fingerprint)
+            run = cls(active.info.run_id, experiment_id, fingerprint, version_tags(run_params))
             if resume:
                 mlflow.set_tag(names.RESUMED_AT_STEP, resume.step)
                 say(f"resuming from {paths.CHECKPOINT} at step {resume.step}")
@@ -107,15 +130,23 @@ class TrainingRun(Hooks):
         mlflow.log_artifact(str(paths.TRAIN_METRICS), artifact_path="metrics")
         for plot in plots:
             mlflow.log_artifact(str(plot), artifact_path="plots")
-        log_model(weights, hidden, example)
-        atomic_write_json(paths.MLFLOW_RUN, {"run_id": self.run_id, "experiment_id": self.experiment_id})
+        model = log_model(weights, hidden, example)
+        registered = mlflow.get_experiment(self.experiment_id).name  # one registered model per experiment
+        version = register(model.model_uri, registered, self.version_tags)
+        RunFile(self.run_id, self.experiment_id, registered if version else None, version).write()
 
 
 def say(message: str) -> None:
     print(f"train: {message}", file=sys.stderr)
 
 
-def log_model(weights: dict, hidden, example: torch.Tensor) -> None:
+def version_tags(run_params: dict) -> dict[str, str]:
+    """What a model version says of its training run, to pick it by in the registry."""
+    tags = {key: str(run_params[key]) for key in ("precision", "loss_scale", "optimizer", "seed")}
+    return tags | {names.VERSION_DEVICE: f"{run_params[names.DEVICE_RESOLVED]} ({run_params[names.DEVICE_NAME]})"}
+
+
+def log_model(weights: dict, hidden, example: torch.Tensor) -> ModelInfo:
     """Log the trained weights to the active run as the model a client serves
     (`model.served`: raw pixels in, logits out), in fp32 (weights trained in
     half widen exactly), with its signature and an input example of raw
@@ -125,7 +156,7 @@ def log_model(weights: dict, hidden, example: torch.Tensor) -> None:
     model = served(network).eval()
     with torch.no_grad():
         signature = infer_signature(example.numpy(), model(example).numpy())
-    mlflow.pytorch.log_model(
+    return mlflow.pytorch.log_model(
         model,
         name="model",
         signature=signature,

@@ -5,7 +5,8 @@
 Reads the finished runs of the experiment (`comparison`), writes
 reports/precision.md (`markdown`) with PNG figures beside it (`figures`),
 prints the verdict tables, nests each variant's seed runs under a parent run
-that carries its verdict (`parents`), and logs the report to MLflow as a run
+that carries its verdict (`parents`), sets the Model Registry's aliases of
+each variant and of the recommended one (`aliases`), and logs the report to MLflow as a run
 tagged as a summary, in its own experiment `<experiment>-reports`, so that it
 never mixes with training runs.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from mnist_precision.analysis.report.aliases import set_aliases
 from mnist_precision.analysis.report.markdown import verdict_table, write_report
 from mnist_precision.analysis.report.parents import update_parents
 from mnist_precision.base.params import experiment_name
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         f"MLflow: {parents} variant parent run(s) in experiment '{experiment}', each over its seed runs, "
         "with its verdict as metrics (`mnist-precision ui` opens the runs table)."
     )
+    aliases = set_aliases(client, experiment, groups)
+    if aliases:
+        print(f"MLflow Model Registry: registered model '{experiment}', aliases {', '.join(aliases)}.")
     run_id = log_summary(experiment, args.out, figures)
     print(
         f"Wrote {args.out} and {len(figures)} figures; logged as summary run {run_id} "
