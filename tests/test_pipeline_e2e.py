@@ -11,6 +11,7 @@ import hashlib
 import json
 import urllib.request
 
+import dvc.api
 import pytest
 import torch
 import yaml
@@ -198,7 +199,7 @@ def baseline_model(project: Project) -> tuple[str, list[int], torch.Tensor]:
     (model,) = client.search_logged_models(
         [experiment.experiment_id], filter_string=f"source_run_id = '{fp32.info.run_id}'"
     )
-    rows = json.loads(project.run("git", "show", "HEAD:plots/confusion.json").stdout)[:SERVED_IMAGES]
+    rows = json.loads(dvc.api.read("plots/confusion.json", repo=str(project.root), rev="HEAD"))[:SERVED_IMAGES]
     pixels = read_pixels(project.root / "data" / "mnist", "test")[:SERVED_IMAGES]
     return model.model_id, [row["predicted"] for row in rows], pixels
 

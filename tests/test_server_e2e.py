@@ -12,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-from mnist_precision.core.data import load_split
+from mnist_precision.core.data import load_split, read_pixels
 from mnist_precision.core.model import build_mlp
 
 from helpers import ADMIN, CLI, S3_KEYS, Server, Stage, clean_env, free_port, moto_s3, served, wait_for_epoch
@@ -114,8 +114,9 @@ def test_the_train_stage_logs_through_the_server_and_its_artifacts_land_on_s3(
     local = build_mlp([256])
     local.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
     test = load_split(mnist_data, "test")
+    pixels = read_pixels(mnist_data, "test")  # the logged model takes raw pixels
     with torch.no_grad():
-        predicted = torch.cat([model(images).argmax(dim=1) for images in test.images.split(1000)])
+        predicted = torch.cat([model(images).argmax(dim=1) for images in pixels.split(1000)])
         expected = local(test.images).argmax(dim=1)
     assert torch.equal(predicted, expected)
 

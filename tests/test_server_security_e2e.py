@@ -148,6 +148,14 @@ def test_a_reader_reads_and_is_refused_logging_and_a_stranger_sees_nothing(
         in result.stderr
     )
     assert "mnist-precision server users grant reader mnist-precision EDIT" in result.stderr
+    # With EDIT on the experiment the run is logged; the registered model is the
+    # admin's (its first run made it): the model stays on the run, with a warning.
+    assert users(tls_server, "grant", READER[0], "mnist-precision", "edit").returncode == 0
+    (tmp_path / "edit").mkdir()
+    result = Stage(tmp_path / "edit", mnist_data, train={"max_steps": 5}).run(**as_user(READER, tls_server))
+    assert result.returncode == 0, result.stderr
+    assert "refused user 'reader' to add a version to registered model 'mnist-precision'" in result.stderr
+    assert "the model stays logged on its run" in result.stderr and "Traceback" not in result.stderr
 
     stranger = client_as(STRANGER, tls_server, monkeypatch)
     assert "mnist-precision" not in [e.name for e in stranger.search_experiments()]  # no grant: not visible

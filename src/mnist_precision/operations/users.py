@@ -84,8 +84,16 @@ def grant(name: str, experiment: str, permission: str) -> None:
             f"no experiment named {experiment!r} on {uri}: it is created by the first pipeline run "
             "(whose user then manages it)"
         )
+    auth = AuthServiceClient(uri)
     try:
-        AuthServiceClient(uri).grant_user_permission(name, "experiment", found.experiment_id, permission)
+        try:
+            auth.grant_user_permission(name, "experiment", found.experiment_id, permission)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # A grant replaces the user's earlier one: MLflow's client has no update call.
+            auth.revoke_user_permission(name, "experiment", found.experiment_id)
+            auth.grant_user_permission(name, "experiment", found.experiment_id, permission)
     except MlflowException as error:
         raise refused(f"grant {permission} on {experiment!r} to {name!r}", error) from None
     print(f"user {name!r} may now {permission} experiment {experiment!r}")

@@ -1,0 +1,184 @@
+"""What a short experiment pays besides training, and where every second goes.
+
+    MNIST_MIRROR=<dir or URL> python benchmarks/experiment_overhead.py [--base d62a2fd] [--repeats 5]
+
+Two fresh copies of the project, each in a git repository of its own with its
+data downloaded: this checkout's commit (HEAD) and `--base`. In alternation,
+`--repeats` times each, `dvc exp run -S train.epochs=1 -S seed=<n>` (a new
+seed each time, so DVC's run-cache restores nothing). A `python` placed first
+on the PATH of `dvc` records when each stage process starts and ends, so the
+wall splits into DVC's own time and each stage's process; the fixed cost is
+the wall minus the run's `train_seconds`. Then one more experiment of HEAD
+under `python -X importtime` and cProfile splits each stage process into its
+imports, the MLflow store and run, the model's logging, and training.
+Writes benchmarks/results/experiment_overhead.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mnist_precision.analysis.stats import ratio_of_means
+from mnist_precision.base.atomic import atomic_write_bytes
+from mnist_precision.base.environment import cpu_name
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("download", "environment", "train", "evaluate")
+# The shim that stands in for `python` on dvc's PATH: it records each stage
+# process's start and end, and under PROFILE runs it with -X importtime and cProfile.
+SHIM = """#!/bin/sh
+start=$(date +%s.%N)
+stage="$TIMES/$(basename "$1" .py)"
+if [ -n "$PROFILE" ]; then
+  "$REAL_PYTHON" -X importtime -m cProfile -o "$stage.prof" "$@" 2>"$stage.imports"
+else
+  "$REAL_PYTHON" "$@"
+fi
+code=$?
+echo "$(basename "$1" .py) $start $(date +%s.%N)" >> "$TIMES/processes"
+exit $code
+"""
+# What each profiled phase is, by the function cProfile found it under (cumulative seconds).
+PHASES = {
+    "MLflow store: open it, get or create the experiment": ("store.py", "configure"),
+    "MLflow run: start it": ("fluent.py", "start_run"),
+    "MLflow run: end it": ("fluent.py", "end_run"),
+    "log the model (export, signature, requirements)": ("training_run.py", "log_model"),
+    "register the model": ("registry.py", "register"),
+    "log the datasets": ("lineage.py", "log_split"),
+    "training (the loop)": ("training.py", "train"),
+    "evaluation (the test set, twice)": ("evaluation.py", "evaluate"),
+}
+
+
+class Copy:
+    """The project at `rev`, in a fresh git repository with its data."""
+
+    def __init__(self, root: Path, rev: str, times: Path):
+        subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(root)], check=True)
+        subprocess.run(["git", "checkout", "-q", rev], cwd=root, check=True)
+        self.root, self.times = root, times
+        shim = times / "bin" / "python"
+        shim.parent.mkdir(parents=True, exist_ok=True)
+        shim.write_text(SHIM)
+        shim.chmod(0o755)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "OMP_"))}
+        self.env |= {
+            # The copy's own code, before the editable install of this checkout.
+            "PYTHONPATH": str(root / "src"),
+            "PATH": f"{shim.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "REAL_PYTHON": sys.executable,
+            "TIMES": str(times),
+            "DVC_NO_ANALYTICS": "1",
+        }
+        self.run("dvc", "repro", "download")
+
+    def run(self, *command: str, **env: str) -> str:
+        return subprocess.run(
+            command, cwd=self.root, env=self.env | env, capture_output=True, text=True, check=True
+        ).stdout
+
+    def experiment(self, seed: int, **env: str) -> dict[str, float]:
+        """One short experiment: its wall, each stage process's, DVC's own and the fixed cost."""
+        (self.times / "processes").unlink(missing_ok=True)
+        started = time.perf_counter()
+        self.run("dvc", "exp", "run", "-S", "train.epochs=1", "-S", f"seed={seed}", **env)
+        wall = time.perf_counter() - started
+        processes: dict[str, float] = {}
+        for line in (self.times / "processes").read_text().splitlines():
+            name, start, end = line.split()
+            processes[name] = processes.get(name, 0.0) + float(end) - float(start)
+        train_seconds = json.loads((self.root / "metrics" / "train.json").read_text())["train_seconds"]
+        return {
+            "wall": wall,
+            "train_seconds": train_seconds,
+            "fixed": wall - train_seconds,
+            "dvc": wall - sum(processes.values()),
+            **{f"process {name}": seconds for name, seconds in processes.items()},
+        }
+
+
+def profile(copy: Copy) -> list[tuple[str, str, float]]:
+    """(stage, phase, seconds) of one experiment run under cProfile and -X importtime."""
+    copy.experiment(10_000, PROFILE="1")
+    rows = []
+    for stage in ("environment", "train", "evaluate"):
+        imports = 0
+        for line in (copy.times / f"{stage}.imports").read_text().splitlines():
+            if line.startswith("import time:") and "|" in line:
+                cumulative, name = line.split("|")[1:3]
+                if cumulative.strip().isdigit() and not name.startswith(" "):  # top-level imports only
+                    imports += int(cumulative)
+        rows.append((stage, "imports (-X importtime, top level)", imports / 1e6))
+        stats = pstats.Stats(str(copy.times / f"{stage}.prof")).stats  # type: ignore[attr-defined]
+        for phase, (file, function) in PHASES.items():
+            seconds = sum(v[3] for (path, _, name), v in stats.items() if path.endswith(file) and name == function)
+            if seconds:
+                rows.append((stage, phase, seconds))
+    return rows
+
+
+def table(label: str, results: list[dict[str, float]]) -> list[str]:
+    keys = sorted({key for result in results for key in result}, key=lambda k: (not k.startswith("wall"), k))
+    return [f"| {label}: {key} | {statistics.median(r.get(key, 0.0) for r in results):.2f} |" for key in keys]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="d62a2fd", help="the commit to compare against")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "experiment_overhead.md")
+    args = parser.parse_args()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    folder = Path(tempfile.mkdtemp(prefix="experiment-overhead-"))
+    try:
+        copies = {rev: Copy(folder / rev, rev, folder / f"times-{rev}") for rev in (args.base, head.stdout.strip())}
+        results: dict[str, list[dict[str, float]]] = {rev: [] for rev in copies}
+        for repeat in range(args.repeats):
+            for rev, copy in copies.items():
+                results[rev].append(copy.experiment(seed=repeat))
+        phases = profile(copies[head.stdout.strip()])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    base, new = results[args.base], results[head.stdout.strip()]
+    ratio = ratio_of_means({i: r["fixed"] for i, r in enumerate(new)}, {i: r["fixed"] for i, r in enumerate(base)})
+    interval = f"[{ratio.low:.2f}, {ratio.high:.2f}]" if ratio.low is not None and not math.isnan(ratio.low) else ""
+    lines = [
+        "# What a short experiment pays besides training",
+        "",
+        f"`python benchmarks/experiment_overhead.py`, {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
+        f"{os.cpu_count()} cores: `dvc exp run -S train.epochs=1` in a fresh copy of each commit with its data, "
+        f"alternated {args.repeats} times (medians, seconds). Fixed cost = wall - `train_seconds`.",
+        "",
+        "| commit: part | s |",
+        "| --- | ---: |",
+        *table(args.base, base),
+        *table(head.stdout.strip(), new),
+        "",
+        f"Fixed cost, {head.stdout.strip()} against {args.base}: {ratio.estimate:.2f}x {interval} ({ratio.method}).",
+        "",
+        f"Inside the stage processes of one more experiment of {head.stdout.strip()}, under cProfile "
+        "(which slows Python code; cumulative seconds, a phase may contain another):",
+        "",
+        "| stage | phase | s |",
+        "| --- | --- | ---: |",
+        *(f"| {stage} | {phase} | {seconds:.2f} |" for stage, phase, seconds in phases),
+        "",
+    ]
+    atomic_write_bytes(args.out, "\n".join(lines).encode())
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
