@@ -118,7 +118,8 @@ def profile(copy: Copy) -> list[tuple[str, str, float]]:
         for line in (copy.times / f"{stage}.imports").read_text().splitlines():
             if line.startswith("import time:") and "|" in line:
                 cumulative, name = line.split("|")[1:3]
-                if cumulative.strip().isdigit() and not name.startswith(" "):  # top-level imports only
+                # A top-level import's name has one leading space; nested ones are indented further.
+                if cumulative.strip().isdigit() and not name.startswith("  "):
                     imports += int(cumulative)
         rows.append((stage, "imports (-X importtime, top level)", imports / 1e6))
         stats = pstats.Stats(str(copy.times / f"{stage}.prof")).stats  # type: ignore[attr-defined]
