@@ -225,39 +225,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def mlflow_process(arguments: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """The venv's `mlflow` with `arguments`, its output appended to `log`."""
+    with open(log, "a") as output:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), *arguments],
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_http(server: subprocess.Popen, url: str, log: Path, timeout: float, what: str) -> None:
+    """Until `url` answers; the test fails with the server's log if it exits or takes longer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{what} did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def start_mlflow_server(cwd: Path, port: int, store_uri: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
     """`mlflow server` as the README starts it, bound to 127.0.0.1; SIGTERM on exit."""
     log = cwd / f"mlflow-server-{port}.log"
-    with open(log, "a") as output:
-        server = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                store_uri,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            cwd=cwd,
-            env=env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    command = ["server", "--backend-store-uri", store_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    server = mlflow_process(command, cwd, env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, log)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start:\n{log.read_text()}")
-                time.sleep(0.5)
+        wait_for_http(server, f"http://127.0.0.1:{port}/health", log, 90, "mlflow server")
         yield server
     finally:
         if server.poll() is None:
@@ -270,25 +270,11 @@ def served_model(project: Project, model_id: str, port: int) -> Iterator[subproc
     """`mlflow models serve` on a logged model of the project's store, as
     docs/experiments.md shows it; the server and its workers stopped on exit."""
     log = project.root / f"mlflow-models-serve-{port}.log"
-    with open(log, "a") as output:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{model_id}"]
-            + ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=project.root,
-            env=project.env | {"MLFLOW_TRACKING_URI": f"sqlite:///{project.root / 'mlflow.db'}"},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    command = ["models", "serve", "-m", f"models:/{model_id}", "--env-manager", "local"]
+    env = project.env | {"MLFLOW_TRACKING_URI": f"sqlite:///{project.root / 'mlflow.db'}"}
+    server = mlflow_process([*command, "--host", "127.0.0.1", "--port", str(port)], project.root, env, log)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow models serve did not start:\n{log.read_text()}")
-                time.sleep(0.5)
+        wait_for_http(server, f"http://127.0.0.1:{port}/ping", log, 120, "mlflow models serve")
         yield server
     finally:
         workers = psutil.Process(server.pid).children(recursive=True) if server.poll() is None else []
