@@ -42,8 +42,8 @@ def read_pixels(data_dir: str | Path, split: str) -> torch.Tensor:
 def to_input(pixels: torch.Tensor) -> torch.Tensor:
     """The network's input from raw pixels: scaled to [0, 1], normalized with
     the training set's mean and std, flattened. The same arithmetic as
-    torchvision's ToDtype(scale=True) and Normalize, which the logged model
-    carries (`model.served`): what a client sends is what training saw."""
+    torchvision's ToDtype(scale=True) and Normalize, and as the logged model's
+    `model.PixelsIn`: what a client sends is what training saw."""
     return pixels.float().mul_(1.0 / 255).sub_(MEAN).div_(STD).reshape(len(pixels), -1)
 
 

@@ -26,11 +26,18 @@ def build_mlp(hidden: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class PixelsIn(nn.Module):
+    """Raw MNIST pixels ((N, 28, 28) uint8, 0-255) to the network's input:
+    torchvision's ToDtype(scale=True) then Normalize, the same arithmetic as
+    `data.to_input` (tests/test_serving.py checks both, bit for bit).
+    Written here rather than imported: torchvision's import would cost every
+    training run about a second (benchmarks/results/model_outputs.md)."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.to(torch.float32).mul(1.0 / 255).sub(MEAN).div(STD).flatten(1)
+
+
 def served(network: nn.Module) -> nn.Sequential:
     """The network as it is logged and served: MNIST's pixels in as the data set
-    stores them ((N, 28, 28) uint8, 0-255), the 10 classes' logits out (the
-    class is their argmax). The input transform is torchvision's, the same
-    arithmetic as `data.to_input` (tests/test_serving.py checks bit for bit)."""
-    from torchvision.transforms import v2  # here: its import takes about a second, and only logging needs it
-
-    return nn.Sequential(v2.ToDtype(torch.float32, scale=True), v2.Normalize([MEAN], [STD]), nn.Flatten(), network)
+    stores them, the 10 classes' logits out (the class is their argmax)."""
+    return nn.Sequential(PixelsIn(), network)
