@@ -96,8 +96,8 @@ def train_and_record(job: Job) -> None:
             except Stopped as stopped:
                 run.stopped(stopped.checkpoint)
                 raise interrupted(stopped, job.stop, f"checkpoint written to {paths.CHECKPOINT}: ") from None
-            summary = write_outputs(job, result)
-            weights = {name: tensor.cpu() for name, tensor in job.model.state_dict().items()}
+            weights = {name: tensor.cpu() for name, tensor in job.model.state_dict().items()}  # training dtype
+            summary = write_outputs(job, result, weights)
             example = read_pixels(paths.DATA_DIR, "train")[:2]  # what a client of the served model sends
             run.log_outcome(summary, paths.TRAIN_PLOTS, weights, job.params.train.hidden, example)
     paths.CHECKPOINT.unlink(missing_ok=True)  # the run ended: a later `dvc repro` starts afresh
@@ -137,12 +137,12 @@ def interrupted(stopped: Stopped, stop: StopRequest, written: str) -> Interrupte
     return Interrupted(f"{stopped}; {written}run the stage again (dvc repro) to resume", stop.signum or signal.SIGTERM)
 
 
-def write_outputs(job: Job, result: TrainResult) -> dict[str, float]:
-    """The stage's DVC outputs: the weights (in their training dtype), the
-    metrics and the plots. Returns the run's figures."""
+def write_outputs(job: Job, result: TrainResult, weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The stage's DVC outputs: the weights, the metrics and the plots.
+    Returns the run's figures."""
     summary = result.figures() | peak_memory_metrics(job.device)
     last = result.epochs[-1]
-    atomic_torch_save(paths.MODEL, {name: tensor.cpu() for name, tensor in job.model.state_dict().items()})
+    atomic_torch_save(paths.MODEL, weights)
     atomic_write_json(paths.TRAIN_METRICS, {names.TRAIN_LOSS: last.loss, names.TRAIN_ACCURACY: last.accuracy} | summary)
     atomic_write_json(paths.TRAIN_PLOT, [record.plot_row() for record in result.epochs])
     numerics = {record.epoch: record.diagnostics for record in result.epochs if record.diagnostics}

@@ -43,8 +43,9 @@ def to_input(pixels: torch.Tensor) -> torch.Tensor:
     """The network's input from raw pixels: scaled to [0, 1], normalized with
     the training set's mean and std, flattened. The same arithmetic as
     torchvision's ToDtype(scale=True) and Normalize, and as the logged model's
-    `model.PixelsIn`: what a client sends is what training saw."""
-    return pixels.float().mul_(1.0 / 255).sub_(MEAN).div_(STD).reshape(len(pixels), -1)
+    `model.PixelsIn`, which calls it: what a client sends is what training saw.
+    In place on a copy: the whole training set goes through it at once."""
+    return pixels.to(torch.float32, copy=True).mul_(1.0 / 255).sub_(MEAN).div_(STD).flatten(1)
 
 
 def load_split(data_dir: str | Path, split: str, device: torch.device | str = "cpu") -> Split:

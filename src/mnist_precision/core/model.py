@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mnist_precision.core.data import MEAN, STD
+from mnist_precision.core.data import to_input
 
 IN_FEATURES, CLASSES = 28 * 28, 10
 
@@ -27,14 +27,14 @@ def build_mlp(hidden: Sequence[int]) -> nn.Sequential:
 
 
 class PixelsIn(nn.Module):
-    """Raw MNIST pixels ((N, 28, 28) uint8, 0-255) to the network's input:
-    torchvision's ToDtype(scale=True) then Normalize, the same arithmetic as
-    `data.to_input` (tests/test_serving.py checks both, bit for bit).
-    Written here rather than imported: torchvision's import would cost every
-    training run about a second (benchmarks/results/model_outputs.md)."""
+    """Raw MNIST pixels ((N, 28, 28) uint8, 0-255) to the network's input, as
+    the training data went in (`data.to_input`: torchvision's ToDtype(scale=True)
+    then Normalize, bit for bit, tests/test_serving.py). Not torchvision's own
+    modules: its import would cost every training run about a second
+    (benchmarks/results/model_outputs.md)."""
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels.to(torch.float32).mul(1.0 / 255).sub(MEAN).div(STD).flatten(1)
+        return to_input(pixels)
 
 
 def served(network: nn.Module) -> nn.Sequential:
