@@ -204,14 +204,15 @@ def wait_for_queue(project: Project, timeout: float = 600) -> str:
             seen, asked = results, time.monotonic()
             status = project.run("dvc", "queue", "status").stdout
             if not any(word in status for word in ("Queued", "Running")):
-                return status + "".join(failed_logs(project, status))
+                return status + "".join(queue_logs(project, status, ("Failed",)))
         time.sleep(1)
     pytest.fail(f"the DVC queue did not finish in {timeout} s:\n{status}")
 
 
-def failed_logs(project: Project, status: str) -> Iterator[str]:
+def queue_logs(project: Project, status: str, states: tuple[str, ...] = ("Success", "Failed")) -> Iterator[str]:
+    """What the experiments in `states` printed, for `dvc queue status`'s `status`."""
     for line in status.splitlines():
-        if line.split()[-1:] == ["Failed"]:
+        if line.split()[-1:] and line.split()[-1] in states:
             name = line.split()[1]
             logs = subprocess.run(
                 ["dvc", "queue", "logs", name], cwd=project.root, env=project.env, capture_output=True, text=True

@@ -15,7 +15,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ADMIN, S3_KEYS, Project, Server, free_port, make_project, stop_queue, wait_for_queue
+from helpers import (
+    ADMIN,
+    S3_KEYS,
+    Project,
+    Server,
+    free_port,
+    make_project,
+    queue_logs,
+    stop_queue,
+    wait_for_queue,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +101,20 @@ def train_run_cache_environments(root: Path) -> list[str]:
     ]
 
 
+def described(run) -> str:
+    """A run as a failed assertion shows it: what ran, how it ended, and why."""
+    info = run.info
+    return (
+        f"{info.run_name} ({info.run_id}): {info.status}, {info.start_time} to {info.end_time}, "
+        f"params {run.data.params}, tags {run.data.tags}"
+    )
+
+
+def printed(machines: list[Project], statuses: list[str]) -> str:
+    """What every experiment of every machine printed."""
+    return "".join(log for m, status in zip(machines, statuses, strict=True) for log in queue_logs(m, status))
+
+
 def runs_on(server: Server) -> list:
     from mlflow import MlflowClient
 
@@ -146,14 +170,15 @@ def test_a_sweep_split_across_two_machines_meets_in_one_server(tmp_path, mnist_m
         assert server.stop() == 0
         server = Server(folder / "data", port).wait_ready()  # the same database, the same address
 
+        statuses = []
         for machine in machines:
-            status = wait_for_queue(machine, timeout=900)
-            assert status.count("Success") == 2, status
+            statuses.append(wait_for_queue(machine, timeout=900))
+            assert statuses[-1].count("Success") == 2, statuses[-1]
             machine.run("dvc", "exp", "push", "origin", "-A")
         runs = runs_on(server)
-        assert len(runs) == 4
+        assert len(runs) == 4, [described(run) for run, _ in runs] + [printed(machines, statuses)]
         for run, steps in runs:
-            assert run.info.status == "FINISHED", run.info
+            assert run.info.status == "FINISHED", described(run) + printed(machines, statuses)
             assert sorted(steps) == [1, 2], (run.info.run_name, steps)
             assert run.data.tags["host"] and run.data.metrics["test_accuracy"] > 0.85
         assert sorted((r.data.params["precision"], r.data.params["seed"]) for r, _ in runs) == sorted(
