@@ -10,7 +10,9 @@ on the PATH of `dvc` records when each stage process starts and ends, so the
 wall splits into DVC's own time and each stage's process; the fixed cost is
 the wall minus the run's `train_seconds`. Then one more experiment of HEAD
 under `python -X importtime` and cProfile splits each stage process into its
-imports, the MLflow store and run, the model's logging, and training.
+imports, the MLflow store and run, the model's logging, and training. Last,
+`--long-repeats` experiments of `--long-epochs` epochs each, alternated the
+same way: what a longer experiment's wall gained or lost.
 Writes benchmarks/results/experiment_overhead.md.
 """
 
@@ -89,11 +91,11 @@ class Copy:
             command, cwd=self.root, env=self.env | env, capture_output=True, text=True, check=True
         ).stdout
 
-    def experiment(self, seed: int, **env: str) -> dict[str, float]:
-        """One short experiment: its wall, each stage process's, DVC's own and the fixed cost."""
+    def experiment(self, seed: int, epochs: int = 1, **env: str) -> dict[str, float]:
+        """One experiment: its wall, each stage process's, DVC's own and the fixed cost."""
         (self.times / "processes").unlink(missing_ok=True)
         started = time.perf_counter()
-        self.run("dvc", "exp", "run", "-S", "train.epochs=1", "-S", f"seed={seed}", **env)
+        self.run("dvc", "exp", "run", "-S", f"train.epochs={epochs}", "-S", f"seed={seed}", **env)
         wall = time.perf_counter() - started
         processes: dict[str, float] = {}
         for line in (self.times / "processes").read_text().splitlines():
@@ -135,10 +137,20 @@ def table(label: str, results: list[dict[str, float]]) -> list[str]:
     return [f"| {label}: {key} | {statistics.median(r.get(key, 0.0) for r in results):.2f} |" for key in keys]
 
 
+def ratio(new: list[dict[str, float]], base: list[dict[str, float]], key: str) -> str:
+    """`key`'s ratio new / base, paired by repeat, with its 95% interval."""
+    found = ratio_of_means({i: r[key] for i, r in enumerate(new)}, {i: r[key] for i, r in enumerate(base)})
+    bounds = found.low is not None and found.high is not None and not math.isnan(found.low)
+    interval = f" [{found.low:.2f}, {found.high:.2f}]" if bounds else ""
+    return f"{found.estimate:.2f}x{interval} ({found.method})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="d62a2fd", help="the commit to compare against")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--long-epochs", type=int, default=5)
+    parser.add_argument("--long-repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "experiment_overhead.md")
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
@@ -150,11 +162,15 @@ def main() -> None:
             for rev, copy in copies.items():
                 results[rev].append(copy.experiment(seed=repeat))
         phases = profile(copies[head.stdout.strip()])
+        longer: dict[str, list[dict[str, float]]] = {rev: [] for rev in copies}
+        for repeat in range(args.long_repeats):
+            for rev, copy in copies.items():
+                longer[rev].append(copy.experiment(seed=100 + repeat, epochs=args.long_epochs))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     base, new = results[args.base], results[head.stdout.strip()]
-    ratio = ratio_of_means({i: r["fixed"] for i, r in enumerate(new)}, {i: r["fixed"] for i, r in enumerate(base)})
-    interval = f"[{ratio.low:.2f}, {ratio.high:.2f}]" if ratio.low is not None and not math.isnan(ratio.low) else ""
+    fixed = ratio(new, base, "fixed")
+    long_base, long_new = longer[args.base], longer[head.stdout.strip()]
     lines = [
         "# What a short experiment pays besides training",
         "",
@@ -167,7 +183,7 @@ def main() -> None:
         *table(args.base, base),
         *table(head.stdout.strip(), new),
         "",
-        f"Fixed cost, {head.stdout.strip()} against {args.base}: {ratio.estimate:.2f}x {interval} ({ratio.method}).",
+        f"Fixed cost, {head.stdout.strip()} against {args.base}: {fixed}.",
         "",
         f"Inside the stage processes of one more experiment of {head.stdout.strip()}, under cProfile "
         "(which slows Python code; cumulative seconds, a phase may contain another):",
@@ -175,6 +191,16 @@ def main() -> None:
         "| stage | phase | s |",
         "| --- | --- | ---: |",
         *(f"| {stage} | {phase} | {seconds:.2f} |" for stage, phase, seconds in phases),
+        "",
+        f"`dvc exp run -S train.epochs={args.long_epochs}`, alternated {args.long_repeats} times (medians, seconds):",
+        "",
+        "| commit: part | s |",
+        "| --- | ---: |",
+        *table(args.base, long_base),
+        *table(head.stdout.strip(), long_new),
+        "",
+        f"Wall of {args.long_epochs} epochs, {head.stdout.strip()} against {args.base}: "
+        f"{ratio(long_new, long_base, 'wall')}.",
         "",
     ]
     atomic_write_bytes(args.out, "\n".join(lines).encode())
