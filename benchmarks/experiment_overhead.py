@@ -13,7 +13,8 @@ under `python -X importtime` and cProfile splits each stage process into its
 imports, the MLflow store and run, the model's logging, and training. Last,
 `--long-repeats` experiments of `--long-epochs` epochs each, alternated the
 same way: what a longer experiment's wall gained or lost.
-Writes benchmarks/results/experiment_overhead.md.
+Writes benchmarks/results/experiment_overhead.md, and the figures the README
+quotes to experiment_overhead.json beside it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_precision.analysis.stats import ratio_of_means
@@ -51,6 +53,8 @@ code=$?
 echo "$(basename "$1" .py) $start $(date +%s.%N)" >> "$TIMES/processes"
 exit $code
 """
+# The figures of an experiment the README quotes (seconds).
+STAGE_KEYS = ("wall", "train_seconds", "fixed", "dvc", "process train", "process evaluate", "process environment")
 # What each profiled phase is, by the function cProfile found it under (cumulative seconds).
 PHASES = {
     "MLflow store: open it, get or create the experiment": ("store.py", "configure"),
@@ -137,12 +141,102 @@ def table(label: str, results: list[dict[str, float]]) -> list[str]:
     return [f"| {label}: {key} | {statistics.median(r.get(key, 0.0) for r in results):.2f} |" for key in keys]
 
 
-def ratio(new: list[dict[str, float]], base: list[dict[str, float]], key: str) -> str:
+Runs = dict[str, list[dict[str, float]]]  # commit -> one dict of figures per experiment
+
+
+@dataclass
+class Measured:
+    base: str
+    head: str
+    short: Runs  # one-epoch experiments
+    longer: Runs  # `--long-epochs` experiments
+    phases: list[tuple[str, str, float]]  # one profiled experiment of head
+
+
+def ratio(runs: Runs, new: str, base: str, key: str) -> dict[str, float | str | None]:
     """`key`'s ratio new / base, paired by repeat, with its 95% interval."""
-    found = ratio_of_means({i: r[key] for i, r in enumerate(new)}, {i: r[key] for i, r in enumerate(base)})
-    bounds = found.low is not None and found.high is not None and not math.isnan(found.low)
-    interval = f" [{found.low:.2f}, {found.high:.2f}]" if bounds else ""
-    return f"{found.estimate:.2f}x{interval} ({found.method})"
+    found = ratio_of_means({i: r[key] for i, r in enumerate(runs[new])}, {i: r[key] for i, r in enumerate(runs[base])})
+    bounded = found.low is not None and found.high is not None and not math.isnan(found.low)
+    return {
+        "estimate": found.estimate,
+        "low": found.low if bounded else None,
+        "high": found.high if bounded else None,
+        "method": found.method,
+    }
+
+
+def said(found: dict) -> str:
+    interval = f" [{found['low']:.2f}, {found['high']:.2f}]" if found["low"] is not None else ""
+    return f"{found['estimate']:.2f}x{interval} ({found['method']})"
+
+
+def measure(args: argparse.Namespace, head: str) -> Measured:
+    folder = Path(tempfile.mkdtemp(prefix="experiment-overhead-"))
+    try:
+        copies = {rev: Copy(folder / rev, rev, folder / f"times-{rev}") for rev in (args.base, head)}
+        short: Runs = {rev: [] for rev in copies}
+        for repeat in range(args.repeats):
+            for rev, copy in copies.items():
+                short[rev].append(copy.experiment(seed=repeat))
+        phases = profile(copies[head])
+        longer: Runs = {rev: [] for rev in copies}
+        for repeat in range(args.long_repeats):
+            for rev, copy in copies.items():
+                longer[rev].append(copy.experiment(seed=100 + repeat, epochs=args.long_epochs))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return Measured(args.base, head, short, longer, phases)
+
+
+def summary(measured: Measured, args: argparse.Namespace) -> dict:
+    """What docs/generate.py puts in the README: medians of head, and both ratios."""
+    medians = {key: statistics.median(r.get(key, 0.0) for r in measured.short[measured.head]) for key in STAGE_KEYS}
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "base": measured.base,
+        "head": measured.head,
+        "head_medians_s": medians,
+        "fixed_vs_base": ratio(measured.short, measured.head, measured.base, "fixed"),
+        "long_epochs": args.long_epochs,
+        "long_wall_vs_base": ratio(measured.longer, measured.head, measured.base, "wall"),
+    }
+
+
+def page(measured: Measured, args: argparse.Namespace, found: dict) -> str:
+    base, head = measured.base, measured.head
+    lines = [
+        "# What a short experiment pays besides training",
+        "",
+        f"`python benchmarks/experiment_overhead.py`, {found['date']}, {found['machine']}: "
+        "`dvc exp run -S train.epochs=1` in a fresh copy of each commit with its data, "
+        f"alternated {args.repeats} times (medians, seconds). Fixed cost = wall - `train_seconds`.",
+        "",
+        "| commit: part | s |",
+        "| --- | ---: |",
+        *table(base, measured.short[base]),
+        *table(head, measured.short[head]),
+        "",
+        f"Fixed cost, {head} against {base}: {said(found['fixed_vs_base'])}.",
+        "",
+        f"Inside the stage processes of one more experiment of {head}, under cProfile "
+        "(which slows Python code; cumulative seconds, a phase may contain another):",
+        "",
+        "| stage | phase | s |",
+        "| --- | --- | ---: |",
+        *(f"| {stage} | {phase} | {seconds:.2f} |" for stage, phase, seconds in measured.phases),
+        "",
+        f"`dvc exp run -S train.epochs={args.long_epochs}`, alternated {args.long_repeats} times (medians, seconds):",
+        "",
+        "| commit: part | s |",
+        "| --- | ---: |",
+        *table(base, measured.longer[base]),
+        *table(head, measured.longer[head]),
+        "",
+        f"Wall of {args.long_epochs} epochs, {head} against {base}: {said(found['long_wall_vs_base'])}.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -154,57 +248,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "experiment_overhead.md")
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
-    folder = Path(tempfile.mkdtemp(prefix="experiment-overhead-"))
-    try:
-        copies = {rev: Copy(folder / rev, rev, folder / f"times-{rev}") for rev in (args.base, head.stdout.strip())}
-        results: dict[str, list[dict[str, float]]] = {rev: [] for rev in copies}
-        for repeat in range(args.repeats):
-            for rev, copy in copies.items():
-                results[rev].append(copy.experiment(seed=repeat))
-        phases = profile(copies[head.stdout.strip()])
-        longer: dict[str, list[dict[str, float]]] = {rev: [] for rev in copies}
-        for repeat in range(args.long_repeats):
-            for rev, copy in copies.items():
-                longer[rev].append(copy.experiment(seed=100 + repeat, epochs=args.long_epochs))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    base, new = results[args.base], results[head.stdout.strip()]
-    fixed = ratio(new, base, "fixed")
-    long_base, long_new = longer[args.base], longer[head.stdout.strip()]
-    lines = [
-        "# What a short experiment pays besides training",
-        "",
-        f"`python benchmarks/experiment_overhead.py`, {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
-        f"{os.cpu_count()} cores: `dvc exp run -S train.epochs=1` in a fresh copy of each commit with its data, "
-        f"alternated {args.repeats} times (medians, seconds). Fixed cost = wall - `train_seconds`.",
-        "",
-        "| commit: part | s |",
-        "| --- | ---: |",
-        *table(args.base, base),
-        *table(head.stdout.strip(), new),
-        "",
-        f"Fixed cost, {head.stdout.strip()} against {args.base}: {fixed}.",
-        "",
-        f"Inside the stage processes of one more experiment of {head.stdout.strip()}, under cProfile "
-        "(which slows Python code; cumulative seconds, a phase may contain another):",
-        "",
-        "| stage | phase | s |",
-        "| --- | --- | ---: |",
-        *(f"| {stage} | {phase} | {seconds:.2f} |" for stage, phase, seconds in phases),
-        "",
-        f"`dvc exp run -S train.epochs={args.long_epochs}`, alternated {args.long_repeats} times (medians, seconds):",
-        "",
-        "| commit: part | s |",
-        "| --- | ---: |",
-        *table(args.base, long_base),
-        *table(head.stdout.strip(), long_new),
-        "",
-        f"Wall of {args.long_epochs} epochs, {head.stdout.strip()} against {args.base}: "
-        f"{ratio(long_new, long_base, 'wall')}.",
-        "",
-    ]
-    atomic_write_bytes(args.out, "\n".join(lines).encode())
-    print("\n".join(lines))
+    measured = measure(args, head.stdout.strip())
+    found = summary(measured, args)
+    atomic_write_bytes(args.out.with_suffix(".json"), (json.dumps(found, indent=2) + "\n").encode())
+    atomic_write_bytes(args.out, page(measured, args, found).encode())
+    print(page(measured, args, found))
 
 
 if __name__ == "__main__":
