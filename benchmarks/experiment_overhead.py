@@ -12,7 +12,9 @@ the wall minus the run's `train_seconds`. Then one more experiment of HEAD
 under `python -X importtime` and cProfile splits each stage process into its
 imports, the MLflow store and run, the model's logging, and training. Last,
 `--long-repeats` experiments of `--long-epochs` epochs each, alternated the
-same way: what a longer experiment's wall gained or lost.
+same way: what a longer experiment's wall gained or lost. And a sweep of
+`--sweep` one-epoch experiments through DVC's queue on `--sweep-jobs`
+workers, once per commit: experiments per hour.
 Writes benchmarks/results/experiment_overhead.md, and the figures the README
 quotes to experiment_overhead.json beside it.
 """
@@ -61,6 +63,12 @@ PHASES = {
     "MLflow run: start it": ("fluent.py", "start_run"),
     "MLflow run: end it": ("fluent.py", "end_run"),
     "log the model (export, signature, requirements)": ("training_run.py", "log_model"),
+    "of which torch.export of the served model": ("torch/export/__init__.py", "export"),
+    "of which MLflow's check of its requirements against the environment": (
+        "requirements_utils.py",
+        "warn_dependency_requirement_mismatches",
+    ),
+    "build the optimizer (torch.optim imports torch._dynamo)": ("optim/optimizer.py", "__init__"),
     "register the model": ("registry.py", "register"),
     "log the datasets": ("lineage.py", "log_split"),
     "training (the loop)": ("training.py", "train"),
@@ -115,19 +123,38 @@ class Copy:
         }
 
 
+def top_level_imports(log: Path) -> dict[str, float]:
+    """Seconds of each top-level import in a `-X importtime` log (one imported
+    inside a function is top-level too: it was not imported before)."""
+    found = {}
+    for line in log.read_text().splitlines():
+        if line.startswith("import time:") and "|" in line:
+            cumulative, name = line.split("|")[1:3]
+            # A top-level import's name has one leading space; nested ones are indented further.
+            if cumulative.strip().isdigit() and not name.startswith("  "):
+                found[name.strip()] = found.get(name.strip(), 0.0) + int(cumulative) / 1e6
+    return found
+
+
+def sweep(copy: Copy, experiments: int, jobs: int) -> float:
+    """Seconds of `experiments` one-epoch experiments (fp32 and bf16, new
+    seeds) run from DVC's queue by `jobs` workers."""
+    seeds = ",".join(str(200 + i) for i in range(experiments // 2))
+    copy.run("dvc", "exp", "run", "--queue", "-S", "precision=fp32,bf16", "-S", f"seed={seeds}", "-S", "train.epochs=1")
+    started = time.perf_counter()
+    copy.run("dvc", "exp", "run", "--run-all", "--jobs", str(jobs))
+    return time.perf_counter() - started
+
+
 def profile(copy: Copy) -> list[tuple[str, str, float]]:
     """(stage, phase, seconds) of one experiment run under cProfile and -X importtime."""
     copy.experiment(10_000, PROFILE="1")
     rows = []
     for stage in ("environment", "train", "evaluate"):
-        imports = 0
-        for line in (copy.times / f"{stage}.imports").read_text().splitlines():
-            if line.startswith("import time:") and "|" in line:
-                cumulative, name = line.split("|")[1:3]
-                # A top-level import's name has one leading space; nested ones are indented further.
-                if cumulative.strip().isdigit() and not name.startswith("  "):
-                    imports += int(cumulative)
-        rows.append((stage, "imports (-X importtime, top level)", imports / 1e6))
+        imports = top_level_imports(copy.times / f"{stage}.imports")
+        rows.append((stage, "imports (-X importtime, top level)", sum(imports.values())))
+        biggest = sorted(imports.items(), key=lambda item: -item[1])[:4]
+        rows += [(stage, f"of which `import {name}`", seconds) for name, seconds in biggest if seconds >= 0.1]
         stats = pstats.Stats(str(copy.times / f"{stage}.prof")).stats  # type: ignore[attr-defined]
         for phase, (file, function) in PHASES.items():
             seconds = sum(v[3] for (path, _, name), v in stats.items() if path.endswith(file) and name == function)
@@ -151,6 +178,7 @@ class Measured:
     short: Runs  # one-epoch experiments
     longer: Runs  # `--long-epochs` experiments
     phases: list[tuple[str, str, float]]  # one profiled experiment of head
+    sweeps: dict[str, float]  # commit -> wall of the queued sweep
 
 
 def ratio(runs: Runs, new: str, base: str, key: str) -> dict[str, float | str | None]:
@@ -183,9 +211,10 @@ def measure(args: argparse.Namespace, head: str) -> Measured:
         for repeat in range(args.long_repeats):
             for rev, copy in copies.items():
                 longer[rev].append(copy.experiment(seed=100 + repeat, epochs=args.long_epochs))
+        sweeps = {rev: sweep(copy, args.sweep, args.sweep_jobs) for rev, copy in copies.items()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return Measured(args.base, head, short, longer, phases)
+    return Measured(args.base, head, short, longer, phases, sweeps)
 
 
 def summary(measured: Measured, args: argparse.Namespace) -> dict:
@@ -200,6 +229,11 @@ def summary(measured: Measured, args: argparse.Namespace) -> dict:
         "fixed_vs_base": ratio(measured.short, measured.head, measured.base, "fixed"),
         "long_epochs": args.long_epochs,
         "long_wall_vs_base": ratio(measured.longer, measured.head, measured.base, "wall"),
+        "sweep": {
+            "experiments": args.sweep,
+            "jobs": args.sweep_jobs,
+            "per_hour": {rev: args.sweep * 3600 / wall for rev, wall in measured.sweeps.items()},
+        },
     }
 
 
@@ -235,6 +269,13 @@ def page(measured: Measured, args: argparse.Namespace, found: dict) -> str:
         "",
         f"Wall of {args.long_epochs} epochs, {head} against {base}: {said(found['long_wall_vs_base'])}.",
         "",
+        f"A sweep of {args.sweep} one-epoch experiments (fp32 and bf16, {args.sweep // 2} seeds) queued, then "
+        f"`dvc exp run --run-all --jobs {args.sweep_jobs}`, once per commit ({base} first):",
+        "",
+        "| commit | wall, s | experiments per hour |",
+        "| --- | ---: | ---: |",
+        *(f"| {rev} | {wall:.1f} | {found['sweep']['per_hour'][rev]:.0f} |" for rev, wall in measured.sweeps.items()),
+        "",
     ]
     return "\n".join(lines)
 
@@ -245,6 +286,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--long-epochs", type=int, default=5)
     parser.add_argument("--long-repeats", type=int, default=3)
+    parser.add_argument("--sweep", type=int, default=12, help="experiments in the queued sweep (even)")
+    parser.add_argument("--sweep-jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "experiment_overhead.md")
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
