@@ -8,7 +8,8 @@
   `benchmarks/train_speed.py` on one machine, newest first in each file, and
   the table has the newest run of each machine as a column; below it, where
   each precision pays, read from each crossover map (crossover_*.json) with
-  the thresholds of `mnist_precision.analysis.crossover.verdict`;
+  the thresholds of `mnist_precision.analysis.crossover.verdict`; and what a
+  short experiment pays besides training (experiment_overhead.json);
 - docs/parameters.md, from the params schema that validates params.yaml
   (the pydantic model `mnist_precision.base.params.Params`), with params.yaml's values.
 """
@@ -120,12 +121,37 @@ def crossover_lines() -> list[str]:
     return lines
 
 
+def overhead_lines() -> list[str]:
+    """What a one-epoch `dvc exp run` costs besides training, from benchmarks/experiment_overhead.py."""
+    path = RESULTS / "experiment_overhead.json"
+    if not path.exists():
+        return []
+    found = json.loads(path.read_text())
+    s, fixed, longer = found["head_medians_s"], found["fixed_vs_base"], found["long_wall_vs_base"]
+    sweep = found["sweep"]
+    per_hour = sweep["per_hour"]
+
+    def ratio(r: dict) -> str:
+        return f"{r['estimate']:.2f}×" + (f" [{r['low']:.2f}, {r['high']:.2f}]" if r["low"] is not None else "")
+
+    return [
+        f"\nWhat a short experiment pays besides training ([{found['machine']}]"
+        f"(benchmarks/results/experiment_overhead.md), `benchmarks/experiment_overhead.py`): a one-epoch "
+        f"`dvc exp run` takes {s['wall']:.1f} s, of which {s['train_seconds']:.1f} s is training; DVC's own "
+        f"time is {s['dvc']:.1f} s, the train stage's process {s['process train']:.1f} s and evaluate's "
+        f"{s['process evaluate']:.1f} s (imports, MLflow's store, the model's export and checks). Against "
+        f"{found['base']}: {ratio(fixed)} its fixed cost, {ratio(longer)} its wall at {found['long_epochs']} epochs; "
+        f"a sweep of {sweep['experiments']} on {sweep['jobs']} workers runs {per_hour[found['base']]:.0f} → "
+        f"{per_hour[found['head']]:.0f} experiments an hour."
+    ]
+
+
 def with_table(readme: str) -> str:
     if BEGIN not in readme or END not in readme:
         raise SystemExit(f"{README}: the markers {BEGIN!r} and {END!r} are missing: put them where the table goes")
     before, rest = readme.split(BEGIN, 1)
     _, after = rest.split(END, 1)
-    generated = "\n".join([table(), *crossover_lines()])
+    generated = "\n".join([table(), *crossover_lines(), *overhead_lines()])
     return f"{before}{BEGIN}\n{generated}\n{END}{after}"
 
 
