@@ -6,6 +6,7 @@ data, so that MLflow and DVC name the same bytes."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import mlflow
@@ -13,6 +14,7 @@ import numpy as np
 import yaml
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
 from mlflow.types import Schema, TensorSpec
 
 from mnist_precision.base import names, paths
@@ -45,10 +47,25 @@ class Split(MetaDataset):
         return {"num_images": self.images}
 
 
+# The error of a store whose datasets table already holds the row being
+# inserted: SQLite's, PostgreSQL's (through a tracking server), MySQL 8's.
+DUPLICATE_DATASET = re.compile(r"UNIQUE constraint failed: datasets\.|\"dataset_pk\"|for key 'datasets\.PRIMARY'")
+
+
 def log_split(data_dir: Path, split: str, images: int, context: str) -> None:
     """Record MNIST's `split` (`images` of them) as an input of the active
     run, in `context` ("training" or "evaluation")."""
-    mlflow.log_input(Split(data_dir, split, images), context=context)
+    dataset = Split(data_dir, split, images)
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException as error:
+        if not DUPLICATE_DATASET.search(str(error.message)):
+            raise
+        # MLflow's store looks the dataset up, then inserts it: a stage of
+        # another experiment logged the same split in between (two queued
+        # experiments starting together). That transaction rolled back whole,
+        # and the row it lost to is there now, so the second try links it.
+        mlflow.log_input(dataset, context=context)
 
 
 def dvc_data_hash(lock: Path = paths.DVC_LOCK) -> str | None:
