@@ -189,9 +189,25 @@ def task_results(project: Project) -> list[tuple[str, int]]:
     return sorted((path.name, path.stat().st_mtime_ns) for path in results.iterdir()) if results.is_dir() else []
 
 
-def wait_for_queue(project: Project, timeout: float = 600) -> str:
+@dataclass(frozen=True)
+class QueueEnd:
+    """`dvc queue status` once nothing is queued or running, and what its failed experiments printed."""
+
+    status: str
+    failed_logs: str
+
+    def count(self, state: str) -> int:
+        """The tasks in `state` (Success, Failed): the status table's last column,
+        never a word of an experiment's log (MLflow prints "Successfully ...")."""
+        return sum(1 for line in self.status.splitlines() if line.split()[-1:] == [state])
+
+    def __str__(self) -> str:
+        return self.status + self.failed_logs
+
+
+def wait_for_queue(project: Project, timeout: float = 600) -> QueueEnd:
     """The queue's status once nothing is queued or running, with the logs of
-    the experiments that failed appended (what a failed assertion should show).
+    the experiments that failed (what a failed assertion should show).
 
     `dvc queue status` costs a core about a second: it is asked when a task's
     result appears, or every 20 s, not every few seconds, which took that core
@@ -204,7 +220,7 @@ def wait_for_queue(project: Project, timeout: float = 600) -> str:
             seen, asked = results, time.monotonic()
             status = project.run("dvc", "queue", "status").stdout
             if not any(word in status for word in ("Queued", "Running")):
-                return status + "".join(queue_logs(project, status, ("Failed",)))
+                return QueueEnd(status, "".join(queue_logs(project, status, ("Failed",))))
         time.sleep(1)
     pytest.fail(f"the DVC queue did not finish in {timeout} s:\n{status}")
 

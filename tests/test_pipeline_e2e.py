@@ -291,7 +291,7 @@ def test_every_variant_that_runs_on_the_cpu_runs_as_an_experiment(project):
         )
     with running_queue(project, jobs=2):
         status = wait_for_queue(project, timeout=900)
-    assert status.count("Success") == len(CPU_VARIANTS), status
+    assert status.count("Success") == len(CPU_VARIANTS), str(status)
 
     client, experiment, runs = project.mlflow_runs()
     variants = {

@@ -19,6 +19,7 @@ from helpers import (
     ADMIN,
     S3_KEYS,
     Project,
+    QueueEnd,
     Server,
     free_port,
     make_project,
@@ -110,9 +111,9 @@ def described(run) -> str:
     )
 
 
-def printed(machines: list[Project], statuses: list[str]) -> str:
+def printed(machines: list[Project], ends: list[QueueEnd]) -> str:
     """What every experiment of every machine printed."""
-    return "".join(log for m, status in zip(machines, statuses, strict=True) for log in queue_logs(m, status))
+    return "".join(log for m, end in zip(machines, ends, strict=True) for log in queue_logs(m, end.status))
 
 
 def runs_on(server: Server) -> list:
@@ -170,10 +171,10 @@ def test_a_sweep_split_across_two_machines_meets_in_one_server(tmp_path, mnist_m
         assert server.stop() == 0
         server = Server(folder / "data", port).wait_ready()  # the same database, the same address
 
-        statuses = []
+        statuses: list[QueueEnd] = []
         for machine in machines:
             statuses.append(wait_for_queue(machine, timeout=900))
-            assert statuses[-1].count("Success") == 2, statuses[-1]
+            assert statuses[-1].count("Success") == 2, str(statuses[-1])
             machine.run("dvc", "exp", "push", "origin", "-A")
         runs = runs_on(server)
         assert len(runs) == 4, [described(run) for run, _ in runs] + [printed(machines, statuses)]
