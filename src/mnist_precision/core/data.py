@@ -49,8 +49,8 @@ def to_input(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def load_split(data_dir: str | Path, split: str, device: torch.device | str = "cpu") -> Split:
-    images = read_pixels(data_dir, split)
-    labels = read_idx(split_files(data_dir, split)[1])
+    images_file, labels_file = split_files(data_dir, split)
+    images, labels = read_idx(images_file), read_idx(labels_file)
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
     return Split(images=to_input(images.to(device)), labels=labels.to(device).long())

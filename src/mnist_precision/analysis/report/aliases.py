@@ -54,20 +54,23 @@ def set_aliases(client: MlflowClient, name: str, groups: list[Group]) -> list[st
     found = client.search_model_versions(f"name = '{name}'")
     versions = {v.run_id: str(v.version) for v in found if v.run_id}
     done: dict[str, str] = {}
+
+    def point(key: str, version: str | None) -> bool:
+        """Set alias `key` on `version`, unless there is none or an earlier group set it."""
+        if not version or key in done:
+            return False
+        done[key] = version
+        client.set_registered_model_alias(name, key, version)
+        return True
+
     try:
         for group in groups:
             by_variant = {v: most_accurate(list(group.runs[v].values()), versions) for v in group.precisions()}
             for variant, version in by_variant.items():
-                if version and alias(variant, group) not in done:
-                    done[alias(variant, group)] = version
-                    client.set_registered_model_alias(name, alias(variant, group), version)
+                point(alias(variant, group), version)
             choice, why = recommended(group)
-            version = by_variant.get(choice)
-            key = alias(names.RECOMMENDED_ALIAS, group)
-            if version and key not in done:
-                done[key] = version
-                client.set_registered_model_alias(name, key, version)
-                client.update_model_version(name, version, description=why)
+            if point(alias(names.RECOMMENDED_ALIAS, group), by_variant.get(choice)):
+                client.update_model_version(name, str(by_variant[choice]), description=why)
     except MlflowException as error:
         if not forbidden(error):
             raise
