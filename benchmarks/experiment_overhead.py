@@ -15,6 +15,13 @@ imports, the MLflow store and run, the model's logging, and training. Last,
 same way: what a longer experiment's wall gained or lost. And a sweep of
 `--sweep` one-epoch experiments through DVC's queue on `--sweep-jobs`
 workers, once per commit: experiments per hour.
+Alternated with the experiments, the least any experiment of these four
+stages can cost under the libraries this project keeps (the "floor"): DVC's
+own time for an experiment of a one-stage pipeline that runs `true`, and a
+bare Python process that only imports what the train stage must (torch,
+MLflow, MLflow's SQLAlchemy store, torch._dynamo, which torch.optim imports)
+and one that imports what evaluate must (the same without torch._dynamo),
+each exiting as the stages do (`gc.freeze()`).
 Writes benchmarks/results/experiment_overhead.md, and the figures the README
 quotes to experiment_overhead.json beside it.
 """
@@ -55,6 +62,32 @@ code=$?
 echo "$(basename "$1" .py) $start $(date +%s.%N)" >> "$TIMES/processes"
 exit $code
 """
+# What each stage process cannot do without under the issue's rules, and
+# nothing else: its libraries, MLflow's run lifecycle on the SQLite store, and
+# in train a logged model with its signature. It exits as the stages do.
+STAGE_FLOORS = {
+    "train": """
+import gc
+import mlflow, mlflow.store.tracking.sqlalchemy_store, torch, torch._dynamo
+from mlflow.models import infer_signature
+mlflow.set_tracking_uri("sqlite:///floor.db")
+with mlflow.start_run():
+    model, pixels = torch.nn.Linear(784, 10), torch.zeros(1, 784)
+    signature = infer_signature(pixels.numpy(), model(pixels).detach().numpy())
+    mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=pixels.numpy(),
+                             pip_requirements=["torch"])
+gc.freeze()
+""",
+    "evaluate": """
+import gc
+import mlflow, mlflow.store.tracking.sqlalchemy_store, torch
+mlflow.set_tracking_uri("sqlite:///floor.db")
+with mlflow.start_run():
+    mlflow.log_metric("test_accuracy", 1.0)
+gc.freeze()
+""",
+}
+NO_OP_STAGE = "stages:\n  no-op:\n    cmd: 'true'\n    params: [seed]\n"
 # The figures of an experiment the README quotes (seconds).
 STAGE_KEYS = ("wall", "train_seconds", "fixed", "dvc", "process train", "process evaluate", "process environment")
 # What each profiled phase is, by the function cProfile found it under (cumulative seconds).
@@ -123,10 +156,42 @@ class Copy:
         }
 
 
+class Floor:
+    """The least an experiment of the four stages can cost: DVC's time for a
+    one-stage experiment that does nothing, plus the train and evaluate
+    processes reduced to `STAGE_FLOORS`. The environment stage, the training
+    and everything this project does itself count as nothing."""
+
+    def __init__(self, root: Path, env: dict[str, str]):
+        root.mkdir()
+        self.root, self.env = root, env
+        for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+            subprocess.run(command, cwd=root, env=env, check=True)
+        (root / "params.yaml").write_text("seed: 0\n")
+        (root / "dvc.yaml").write_text(NO_OP_STAGE)
+        for stage, script in STAGE_FLOORS.items():
+            (root / f"{stage}_floor.py").write_text(script)
+        subprocess.run(["git", "add", "-A"], cwd=root, env=env, check=True)
+        subprocess.run(["git", "commit", "-qm", "no-op"], cwd=root, env=env, check=True)
+        self.timed(sys.executable, "train_floor.py")  # creates floor.db, as each copy has its mlflow.db
+
+    def measure(self, seed: int) -> dict[str, float]:
+        found = {"dvc, a one-stage no-op experiment": self.timed("dvc", "exp", "run", "-S", f"seed={seed}")}
+        for stage in STAGE_FLOORS:
+            found[f"process {stage}, reduced"] = self.timed(sys.executable, f"{stage}_floor.py")
+        found["floor"] = sum(found.values())
+        return found
+
+    def timed(self, *command: str) -> float:
+        started = time.perf_counter()
+        subprocess.run(command, cwd=self.root, env=self.env, capture_output=True, check=True)
+        return time.perf_counter() - started
+
+
 def top_level_imports(log: Path) -> dict[str, float]:
     """Seconds of each top-level import in a `-X importtime` log (one imported
     inside a function is top-level too: it was not imported before)."""
-    found = {}
+    found: dict[str, float] = {}
     for line in log.read_text().splitlines():
         if line.startswith("import time:") and "|" in line:
             cumulative, name = line.split("|")[1:3]
@@ -179,11 +244,14 @@ class Measured:
     longer: Runs  # `--long-epochs` experiments
     phases: list[tuple[str, str, float]]  # one profiled experiment of head
     sweeps: dict[str, float]  # commit -> wall of the queued sweep
+    floor: list[dict[str, float]]  # Floor.measure of each repeat of `short`
 
 
-def ratio(runs: Runs, new: str, base: str, key: str) -> dict[str, float | str | None]:
-    """`key`'s ratio new / base, paired by repeat, with its 95% interval."""
-    found = ratio_of_means({i: r[key] for i, r in enumerate(runs[new])}, {i: r[key] for i, r in enumerate(runs[base])})
+def ratio(runs: Runs, new: str, base: str, key: str, base_key: str | None = None) -> dict[str, float | str | None]:
+    """`key`'s ratio new / base (`base_key` of base), paired by repeat, with its 95% interval."""
+    found = ratio_of_means(
+        {i: r[key] for i, r in enumerate(runs[new])}, {i: r[base_key or key] for i, r in enumerate(runs[base])}
+    )
     bounded = found.low is not None and found.high is not None and not math.isnan(found.low)
     return {
         "estimate": found.estimate,
@@ -202,10 +270,13 @@ def measure(args: argparse.Namespace, head: str) -> Measured:
     folder = Path(tempfile.mkdtemp(prefix="experiment-overhead-"))
     try:
         copies = {rev: Copy(folder / rev, rev, folder / f"times-{rev}") for rev in (args.base, head)}
+        floor = Floor(folder / "no-op", copies[head].env)
         short: Runs = {rev: [] for rev in copies}
+        floors = []
         for repeat in range(args.repeats):
             for rev, copy in copies.items():
                 short[rev].append(copy.experiment(seed=repeat))
+            floors.append(floor.measure(seed=repeat))
         phases = profile(copies[head])
         longer: Runs = {rev: [] for rev in copies}
         for repeat in range(args.long_repeats):
@@ -214,7 +285,7 @@ def measure(args: argparse.Namespace, head: str) -> Measured:
         sweeps = {rev: sweep(copy, args.sweep, args.sweep_jobs) for rev, copy in copies.items()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return Measured(args.base, head, short, longer, phases, sweeps)
+    return Measured(args.base, head, short, longer, phases, sweeps, floors)
 
 
 def summary(measured: Measured, args: argparse.Namespace) -> dict:
@@ -227,6 +298,8 @@ def summary(measured: Measured, args: argparse.Namespace) -> dict:
         "head": measured.head,
         "head_medians_s": medians,
         "fixed_vs_base": ratio(measured.short, measured.head, measured.base, "fixed"),
+        "floor_s": {key: statistics.median(f[key] for f in measured.floor) for key in measured.floor[0]},
+        "floor_vs_base": ratio({"floor": measured.floor} | measured.short, "floor", measured.base, "floor", "fixed"),
         "long_epochs": args.long_epochs,
         "long_wall_vs_base": ratio(measured.longer, measured.head, measured.base, "wall"),
         "sweep": {
@@ -252,6 +325,28 @@ def page(measured: Measured, args: argparse.Namespace, found: dict) -> str:
         *table(head, measured.short[head]),
         "",
         f"Fixed cost, {head} against {base}: {said(found['fixed_vs_base'])}.",
+        "",
+        "The floor: the least an experiment of these four stages can cost while each stage is a Python "
+        "process that imports the libraries it uses, measured in the same alternation (medians, seconds). "
+        "DVC's own time for an experiment of a one-stage pipeline whose command is `true`, and for train "
+        "and evaluate a bare process that does only what the issue's rules keep: it imports the stage's "
+        "libraries (torch, MLflow and its SQLAlchemy store, and in train torch._dynamo, which torch.optim "
+        "imports), runs MLflow's run lifecycle on a SQLite store, logs a model with its signature (train) "
+        "or a metric (evaluate), and exits as the stages do (`gc.freeze()`). Training, the environment "
+        "stage and all of this project's own work count as nothing.",
+        "",
+        "| part | what | s |",
+        "| --- | --- | ---: |",
+        f"| dvc, a one-stage no-op experiment | `dvc exp run -S seed=<n>` of `{NO_OP_STAGE.splitlines()[2].strip()}` | "
+        f"{found['floor_s']['dvc, a one-stage no-op experiment']:.2f} |",
+        *(
+            f"| process {stage}, reduced | `python {stage}_floor.py` (in the script) | "
+            f"{found['floor_s'][f'process {stage}, reduced']:.2f} |"
+            for stage in STAGE_FLOORS
+        ),
+        f"| floor | the sum | {found['floor_s']['floor']:.2f} |",
+        "",
+        f"Floor against {base}'s fixed cost: {said(found['floor_vs_base'])}.",
         "",
         f"Inside the stage processes of one more experiment of {head}, under cProfile "
         "(which slows Python code; cumulative seconds, a phase may contain another):",
