@@ -142,7 +142,10 @@ def overhead_lines() -> list[str]:
         f"{s['process evaluate']:.1f} s (imports, MLflow's store, the model's export and checks). Against "
         f"{found['base']}: {ratio(fixed)} its fixed cost, {ratio(longer)} its wall at {found['long_epochs']} epochs; "
         f"a sweep of {sweep['experiments']} on {sweep['jobs']} workers runs {per_hour[found['base']]:.0f} → "
-        f"{per_hour[found['head']]:.0f} experiments an hour."
+        f"{per_hour[found['head']]:.0f} experiments an hour. No experiment of these four stages can go below "
+        f"{ratio(found['floor_vs_base'])} of {found['base']}'s fixed cost while each stage is a process that imports "
+        f"torch and MLflow: that is the floor of DVC, the libraries and a run alone "
+        f"([why](docs/benchmarks.md#what-a-short-experiment-pays-besides-training))."
     ]
 
 
