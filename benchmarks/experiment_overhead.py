@@ -340,7 +340,7 @@ def page(measured: Measured, args: argparse.Namespace, found: dict) -> str:
         f"| dvc, a one-stage no-op experiment | `dvc exp run -S seed=<n>` of `{NO_OP_STAGE.splitlines()[2].strip()}` | "
         f"{found['floor_s']['dvc, a one-stage no-op experiment']:.2f} |",
         *(
-            f"| process {stage}, reduced | `python {stage}_floor.py` (in the script) | "
+            f"| process {stage}, reduced | `python {stage}_floor.py` (`STAGE_FLOORS` in the benchmark) | "
             f"{found['floor_s'][f'process {stage}, reduced']:.2f} |"
             for stage in STAGE_FLOORS
         ),
