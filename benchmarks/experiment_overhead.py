@@ -247,11 +247,9 @@ class Measured:
     floor: list[dict[str, float]]  # Floor.measure of each repeat of `short`
 
 
-def ratio(runs: Runs, new: str, base: str, key: str, base_key: str | None = None) -> dict[str, float | str | None]:
-    """`key`'s ratio new / base (`base_key` of base), paired by repeat, with its 95% interval."""
-    found = ratio_of_means(
-        {i: r[key] for i, r in enumerate(runs[new])}, {i: r[base_key or key] for i, r in enumerate(runs[base])}
-    )
+def ratio(new: list[dict[str, float]], base: list[dict[str, float]], key: str, base_key: str = "") -> dict:
+    """`key` of `new` over `base_key` (else `key`) of `base`, paired by repeat, with its 95% interval."""
+    found = ratio_of_means(dict(enumerate(r[key] for r in new)), dict(enumerate(r[base_key or key] for r in base)))
     bounded = found.low is not None and found.high is not None and not math.isnan(found.low)
     return {
         "estimate": found.estimate,
@@ -297,11 +295,11 @@ def summary(measured: Measured, args: argparse.Namespace) -> dict:
         "base": measured.base,
         "head": measured.head,
         "head_medians_s": medians,
-        "fixed_vs_base": ratio(measured.short, measured.head, measured.base, "fixed"),
+        "fixed_vs_base": ratio(measured.short[measured.head], measured.short[measured.base], "fixed"),
         "floor_s": {key: statistics.median(f[key] for f in measured.floor) for key in measured.floor[0]},
-        "floor_vs_base": ratio({"floor": measured.floor} | measured.short, "floor", measured.base, "floor", "fixed"),
+        "floor_vs_base": ratio(measured.floor, measured.short[measured.base], "floor", "fixed"),
         "long_epochs": args.long_epochs,
-        "long_wall_vs_base": ratio(measured.longer, measured.head, measured.base, "wall"),
+        "long_wall_vs_base": ratio(measured.longer[measured.head], measured.longer[measured.base], "wall"),
         "sweep": {
             "experiments": args.sweep,
             "jobs": args.sweep_jobs,

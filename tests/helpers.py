@@ -189,6 +189,11 @@ def task_results(project: Project) -> list[tuple[str, int]]:
     return sorted((path.name, path.stat().st_mtime_ns) for path in results.iterdir()) if results.is_dir() else []
 
 
+def task_state(line: str) -> str:
+    """A `dvc queue status` row's state: its last column ("" for a blank line)."""
+    return (line.split() or [""])[-1]
+
+
 @dataclass(frozen=True)
 class QueueEnd:
     """`dvc queue status` once nothing is queued or running, and what its failed experiments printed."""
@@ -199,7 +204,7 @@ class QueueEnd:
     def count(self, state: str) -> int:
         """The tasks in `state` (Success, Failed): the status table's last column,
         never a word of an experiment's log (MLflow prints "Successfully ...")."""
-        return sum(1 for line in self.status.splitlines() if line.split()[-1:] == [state])
+        return sum(1 for line in self.status.splitlines() if task_state(line) == state)
 
     def __str__(self) -> str:
         return self.status + self.failed_logs
@@ -228,7 +233,7 @@ def wait_for_queue(project: Project, timeout: float = 600) -> QueueEnd:
 def queue_logs(project: Project, status: str, states: tuple[str, ...] = ("Success", "Failed")) -> Iterator[str]:
     """What the experiments in `states` printed, for `dvc queue status`'s `status`."""
     for line in status.splitlines():
-        if line.split()[-1:] and line.split()[-1] in states:
+        if task_state(line) in states:
             name = line.split()[1]
             logs = subprocess.run(
                 ["dvc", "queue", "logs", name], cwd=project.root, env=project.env, capture_output=True, text=True
